@@ -1,0 +1,226 @@
+"""The one typed training config: every option, its default and its check live here.
+
+Field names are those of diffusers' `examples/dreambooth/train_dreambooth.py` wherever that script
+has the option, so its recipes (CLI flags or config keys) carry over unchanged. The CLI builds its
+flags from these fields; a YAML/TOML file uses the same keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from dreambooth.errors import ConfigError
+
+MixedPrecision = Literal["no", "fp16", "bf16"]
+LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+
+
+def option(default: Any, help: str, *aliases: str) -> Any:
+    """A config field with its CLI help text and extra flag spellings."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help, "aliases": aliases})
+    return field(default=default, metadata={"help": help, "aliases": aliases})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a DreamBooth run depends on (the resolved copy is saved beside the output)."""
+
+    # --- what to personalize -------------------------------------------------------------------
+    pretrained_model_name_or_path: str = option("", "base model: a local diffusers pipeline folder", "--model")
+    instance_data_dir: str = option("", "folder with the 3-5 subject photos", "--instance-dir")
+    output_dir: str = option("dreambooth-model", "where the personalized pipeline is written", "--output")
+    class_noun: str | None = option(None, "the subject's class, e.g. 'dog'", "--class")
+    identifier: str | None = option(None, "the rare-token identifier [V]; default: the tokenizer's best")
+    instance_prompt: str = option("a {identifier} {class_noun}", "instance prompt template")
+    class_prompt: str = option("a {class_noun}", "class prompt template")
+
+    # --- class-specific prior preservation (paper, Sec. 4.2) ------------------------------------
+    with_prior_preservation: bool = option(True, "add lambda x the denoising loss on class images")
+    prior_loss_weight: float = option(1.0, "lambda, the prior loss weight")
+    num_class_images: int = option(100, "class images to use (the paper used ~1000)")
+    class_data_dir: str | None = option(None, "your own class images, counted before generated ones")
+    class_cache_dir: str = option("~/.cache/dreambooth/class-images", "shared cache of generated class images")
+    sample_batch_size: int = option(4, "batch size when generating class images")
+    class_inference_steps: int = option(25, "sampler steps per generated class image")
+    class_guidance_scale: float = option(7.5, "classifier-free guidance for class images")
+
+    # --- optimisation ----------------------------------------------------------------------------
+    max_train_steps: int = option(400, "optimizer steps")
+    learning_rate: float = option(5e-6, "UNet learning rate")
+    train_batch_size: int = option(1, "instance images per step (as many class images join them)")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    lr_scheduler: LRScheduler = option("constant", "learning-rate schedule")
+    lr_warmup_steps: int = option(0, "warm-up steps of the schedule")
+    adam_beta1: float = option(0.9, "Adam beta1")
+    adam_beta2: float = option(0.999, "Adam beta2")
+    adam_weight_decay: float = option(1e-2, "AdamW weight decay")
+    adam_epsilon: float = option(1e-8, "Adam epsilon")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    use_8bit_adam: bool = option(False, "bitsandbytes 8-bit AdamW (CUDA only)")
+    snr_gamma: float | None = option(None, "min-SNR weighting gamma (Hang et al. 2023); 5.0 is typical")
+    noise_offset: float = option(0.0, "offset noise scale (0.05-0.1 helps very dark/bright images)")
+
+    # --- text encoder ----------------------------------------------------------------------------
+    train_text_encoder: bool = option(False, "fine-tune the text encoder as well")
+    text_encoder_lr: float | None = option(None, "text-encoder learning rate (default: --learning_rate)")
+    text_encoder_stop_step: int | None = option(None, "freeze the text encoder after this step")
+
+    # --- data ------------------------------------------------------------------------------------
+    resolution: int | None = option(None, "training resolution (default: the model's native size)")
+    center_crop: bool = option(False, "center crop instead of random crop")
+    random_flip: bool = option(False, "random horizontal flips")
+    cache_latents: bool = option(True, "encode images with the frozen VAE once, not every step")
+
+    # --- runtime ---------------------------------------------------------------------------------
+    seed: int = option(0, "seed for noise, timesteps, data order and class images")
+    mixed_precision: MixedPrecision = option("no", "autocast precision")
+    gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
+    attention: Literal["sdpa", "default"] = option("sdpa", "attention kernel: PyTorch SDPA or diffusers' default")
+    validation_prompts: tuple[str, ...] = option((), "prompts sampled every --validation_steps", "--validation_prompt")
+    validation_steps: int = option(100, "sample validation prompts every N steps")
+    num_validation_images: int = option(4, "images per validation prompt")
+    inference_steps: int = option(25, "sampler steps for validation images")
+    guidance_scale: float = option(7.5, "classifier-free guidance for validation images")
+    checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps")
+    checkpoints_total_limit: int | None = option(2, "keep only the newest K checkpoints")
+    resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder", "--resume")
+    logging_dir: str = option("logs", "TensorBoard folder, inside output_dir")
+    report_to: Literal["tensorboard", "none"] = option("tensorboard", "where metrics are logged")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def text_encoder_learning_rate(self) -> float:
+        return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def fill_prompt(template: str, identifier: str | None, class_noun: str | None) -> str:
+    """Substitute `{identifier}` and `{class_noun}`; other braces are left alone."""
+    return template.replace("{identifier}", identifier or "").replace("{class_noun}", class_noun or "").strip()
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every field once; all problems are reported together."""
+    problems: list[str] = []
+
+    def need(ok: bool, name: str, message: str) -> None:
+        if not ok:
+            problems.append(f"--{name}: {message}")
+
+    need(bool(cfg.pretrained_model_name_or_path), "pretrained_model_name_or_path", "required (a diffusers pipeline folder)")
+    need(bool(cfg.instance_data_dir), "instance_data_dir", "required (a folder of subject photos)")
+    for name in ("instance_prompt", "class_prompt"):
+        if "{class_noun}" in getattr(cfg, name) and not cfg.class_noun:
+            need(False, "class_noun", f"required because --{name} uses {{class_noun}}; e.g. --class_noun dog")
+            break
+    if cfg.identifier is not None:
+        need(cfg.identifier.strip() == cfg.identifier and cfg.identifier != "", "identifier", "must be a non-empty word")
+    for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "sample_batch_size",
+                 "class_inference_steps", "validation_steps", "num_validation_images", "inference_steps",
+                 "checkpointing_steps"):
+        need(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
+    need(cfg.num_class_images >= 0, "num_class_images", f"must be >= 0, got {cfg.num_class_images}")
+    need(cfg.learning_rate > 0, "learning_rate", f"must be > 0, got {cfg.learning_rate}")
+    need(cfg.text_encoder_lr is None or cfg.text_encoder_lr > 0, "text_encoder_lr", "must be > 0")
+    need(cfg.prior_loss_weight >= 0, "prior_loss_weight", f"must be >= 0, got {cfg.prior_loss_weight}")
+    need(cfg.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
+    need(cfg.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+    need(cfg.snr_gamma is None or cfg.snr_gamma > 0, "snr_gamma", f"must be > 0, got {cfg.snr_gamma}")
+    need(cfg.noise_offset >= 0, "noise_offset", "must be >= 0")
+    need(cfg.resolution is None or (cfg.resolution >= 8 and cfg.resolution % 8 == 0), "resolution",
+         f"must be a multiple of 8, got {cfg.resolution}")
+    need(cfg.checkpoints_total_limit is None or cfg.checkpoints_total_limit >= 1, "checkpoints_total_limit", "must be >= 1")
+    need(cfg.text_encoder_stop_step is None or cfg.train_text_encoder, "text_encoder_stop_step",
+         "only meaningful with --train_text_encoder")
+    need(not (cfg.with_prior_preservation and cfg.num_class_images == 0), "num_class_images",
+         "prior preservation needs class images; set >= 1 or pass --no_prior_preservation")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Turn a YAML/TOML/CLI value into the field's type, or raise naming the field."""
+    origin, args = get_origin(hint), get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"--{name}: a value is required")
+    if args and type(None) in args:  # Optional[X]
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"--{name}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else list(value)
+        return tuple(str(v) for v in items)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"--{name}: expected true or false, got {value!r}")
+        return value
+    try:
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name}: expected {hint.__name__}, got {value!r}") from None
+
+
+def config_types() -> dict[str, Any]:
+    return get_type_hints(TrainConfig)
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a validated config; unknown keys are an error naming the source and the key."""
+    hints = config_types()
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; see `dreambooth train --help`")
+    return TrainConfig(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml), TOML (.toml) or JSON file of config keys."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except Exception as exc:  # every parser has its own error type
+        raise ConfigError(f"{path}: cannot parse ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value")
+    return data
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
