@@ -224,3 +224,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
+
+
+def default_of(name: str) -> Any:
+    """The default of one field (for commands that expose a single option of the config)."""
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()

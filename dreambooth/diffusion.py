@@ -19,12 +19,11 @@ def sample_noise(latents: Tensor, noise_offset: float, generator: torch.Generato
     Offset noise (Guttenberg, 2023, "Diffusion with offset noise") lets the model change an image's
     mean brightness, which zero-mean noise at the last timestep never teaches it.
     """
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    noise = torch.randn(latents.shape, generator=generator)  # drawn on the generator's device (CPU)
     if noise_offset > 0:
         b, c = latents.shape[:2]
-        offset = torch.randn((b, c, 1, 1), generator=generator, device=latents.device, dtype=latents.dtype)
-        noise = noise + noise_offset * offset
-    return noise
+        noise = noise + noise_offset * torch.randn((b, c, 1, 1), generator=generator)
+    return noise.to(latents.device, latents.dtype)
 
 
 def alphas_sigmas(alphas_cumprod: Tensor, timesteps: Tensor) -> tuple[Tensor, Tensor]:

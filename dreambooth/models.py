@@ -1,7 +1,111 @@
-"""Loading a base Stable Diffusion model from a local diffusers folder, and its fingerprint."""
+"""Loading a base Stable Diffusion model from a local diffusers folder, and encoding prompts."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
+import torch
+from diffusers import (AutoencoderKL, DDPMScheduler, DiffusionPipeline, SchedulerMixin, StableDiffusionPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from dreambooth.errors import ModelError
+
 CLIP_TOKENIZER_DIR = str(Path(__file__).parent / "assets" / "clip-tokenizer")
+SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Components:
+    """The parts of a Stable Diffusion pipeline that fine-tuning touches."""
+
+    path: Path
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler  # the training (forward-process) scheduler
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+
+def check_model_folder(path: str | Path) -> Path:
+    """Fail early, in one line, if `path` is not a loadable diffusers SD folder."""
+    folder = Path(path).expanduser()
+    index = folder / "model_index.json"
+    if not folder.is_dir():
+        raise ModelError(f"--pretrained_model_name_or_path: {folder} is not a folder; pass a local diffusers "
+                         "pipeline folder (hub ids cannot be downloaded here)")
+    if not index.is_file():
+        raise ModelError(f"{folder}: no model_index.json; pass the folder written by `save_pretrained` "
+                         "(single .ckpt/.safetensors files are not supported as a base model)")
+    try:
+        listed = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{index}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    missing = [c for c in SD_COMPONENTS if c not in listed or not (folder / c).is_dir()]
+    if missing:
+        raise ModelError(f"{folder}: missing component(s) {', '.join(missing)}; a Stable Diffusion folder needs "
+                         f"{', '.join(SD_COMPONENTS)}")
+    for name in ("unet", "vae", "text_encoder"):
+        if not any((folder / name).glob("*.safetensors")):
+            raise ModelError(f"{folder / name}: no .safetensors weights; convert the model to safetensors "
+                             "(pickled .bin weights are not loaded)")
+    return folder
+
+
+def load_components(path: str | Path) -> Components:
+    """Load tokenizer, text encoder, VAE, UNet and the DDPM training scheduler from a local folder."""
+    folder = check_model_folder(path)
+    kwargs = {"local_files_only": True, "use_safetensors": True}
+    return Components(
+        path=folder,
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kwargs),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs),
+        noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
+    )
+
+
+def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """The sampling pipeline of a local folder (base or personalized), offline and quiet."""
+    folder = check_model_folder(path)
+    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True,
+                                             safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's context length, shaped (B, 77) for CLIP."""
+    return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                     return_tensors="pt").input_ids
+
+
+def encode_text(text_encoder: CLIPTextModel, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token hidden states the UNet cross-attends to, shaped (B, 77, D)."""
+    return text_encoder(input_ids.to(text_encoder.device))[0]
+
+
+def load_sampling_scheduler(path: str | Path) -> SchedulerMixin:
+    """The folder's own inference scheduler (the class named in model_index.json)."""
+    folder = Path(path)
+    library, class_name = json.loads((folder / "model_index.json").read_text())["scheduler"]
+    scheduler_class = getattr(diffusers, class_name, None)
+    if library != "diffusers" or scheduler_class is None:
+        raise ModelError(f"{folder}/model_index.json: unknown scheduler {library}.{class_name}")
+    return scheduler_class.from_pretrained(folder, subfolder="scheduler")

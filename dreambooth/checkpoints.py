@@ -1,0 +1,85 @@
+"""Resumable training checkpoints, written atomically (diffusers' `checkpoint-<step>` layout).
+
+A checkpoint is written under a temporary name, flushed to disk, and renamed into place, so a
+folder named `checkpoint-<step>` is always complete; leftovers of an interrupted write are ignored
+and removed. It holds what accelerate saves (models, optimizer, LR schedule, RNG states) and
+`dreambooth_state.json` with the step; data order and noise are derived from (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from dreambooth.errors import ConfigError
+
+STATE_FILE = "dreambooth_state.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")) + [folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest(output_dir: Path) -> Path | None:
+    done = complete_checkpoints(output_dir)
+    return done[-1] if done else None
+
+
+def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None) -> Path:
+    """Save a checkpoint for `step` atomically and prune to the newest `keep`."""
+    final = output_dir / f"checkpoint-{step}"
+    temp = output_dir / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(temp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (temp / STATE_FILE).write_text(json.dumps({"step": step}))
+        _fsync_tree(temp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temp, final)
+        _fsync_tree(output_dir)
+        if keep is not None:
+            for old in complete_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int:
+    """Load the checkpoint named by `which` ('latest' or a folder) and return its step; 0 if None."""
+    if which is None:
+        return 0
+    if which == "latest":
+        path = latest(output_dir)
+        if path is None:
+            raise ConfigError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}; "
+                              "drop the option to start fresh")
+    else:
+        path = Path(which).expanduser()
+        if not path.exists() and (output_dir / which).exists():  # diffusers passes "checkpoint-500"
+            path = output_dir / which
+        if not (path / STATE_FILE).is_file():
+            raise ConfigError(f"--resume_from_checkpoint: {path} is not a complete checkpoint "
+                              f"(no {STATE_FILE}); use 'latest' or a checkpoint-<step> folder")
+    accelerator.load_state(str(path))
+    return int(json.loads((path / STATE_FILE).read_text())["step"])

@@ -1,0 +1,174 @@
+"""The `dreambooth` command: parses arguments, builds configs, calls the library. Nothing else.
+
+    dreambooth train --pretrained_model_name_or_path base --instance_data_dir photos --class_noun dog
+    dreambooth identifier --model base
+    dreambooth generate --model out --prompt "a {identifier} {class_noun} on the beach" -n 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import get_args, get_origin
+
+from dreambooth.config import TrainConfig, config_types, default_of, from_dict, read_config_file
+from dreambooth.errors import DreamBoothError
+
+log = logging.getLogger("dreambooth")
+
+# Flags of diffusers' train_dreambooth.py that need no option here, and why.
+DIFFUSERS_NO_OPS = {
+    "--enable_xformers_memory_efficient_attention": "PyTorch SDPA attention is used (same memory savings)",
+    "--allow_tf32": "TF32 matmuls are enabled on Ampere+ GPUs anyway",
+    "--set_grads_to_none": "gradients are always set to None",
+    "--pre_compute_text_embeddings": "frozen text embeddings are always precomputed",
+}
+# Flags of diffusers' script that map onto one of our options.
+DIFFUSERS_RENAMED = {"--offset_noise": ("noise_offset", 0.1)}
+
+
+def _flags(name: str, aliases: tuple[str, ...]) -> list[str]:
+    return list(dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", *aliases]))
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (diffusers spelling, dashed spelling, aliases); bools get --no_X."""
+    hints = config_types()
+    for f in fields(TrainConfig):
+        hint, meta = hints[f.name], f.metadata
+        default = default_of(f.name)
+        help_text = f"{meta['help']} (default: {default})"
+        flags = _flags(f.name, meta["aliases"])
+        if hint is bool:
+            parser.add_argument(*flags, dest=f.name, action="store_const", const=True, help=help_text)
+            parser.add_argument(*_flags(f"no_{f.name}", ()), dest=f.name, action="store_const", const=False,
+                                help=argparse.SUPPRESS)
+        elif get_origin(hint) is tuple:
+            parser.add_argument(*flags, dest=f.name, action="append", metavar="TEXT", help=help_text + "; repeatable")
+        else:
+            choices = [a for a in get_args(hint) if isinstance(a, str)] if "Literal" in str(hint) else None
+            parser.add_argument(*flags, dest=f.name, choices=choices or None, metavar=f.name.upper(), help=help_text)
+    parser.add_argument("--no_prior_preservation", "--no-prior-preservation", dest="with_prior_preservation",
+                        action="store_const", const=False, help="train without the prior term (lambda = 0)")
+    for flag, reason in DIFFUSERS_NO_OPS.items():
+        parser.add_argument(flag, action="store_true", dest=f"noop{flag}", help=f"accepted for diffusers recipes: {reason}")
+    for flag, (name, value) in DIFFUSERS_RENAMED.items():
+        parser.add_argument(flag, dest=name, action="store_const", const=value, help=f"same as --{name} {value}")
+
+
+def build_train_config(args: argparse.Namespace) -> TrainConfig:
+    """Config file values, overridden by the flags given on the command line."""
+    values = read_config_file(args.config) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if v is not None and k in config_types()}
+    for k in vars(args):
+        if k.startswith("noop") and getattr(args, k):
+            log.info("%s: %s", k[4:], DIFFUSERS_NO_OPS[k[4:]])
+    return from_dict({**values, **given}, source=args.config or "command line")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from dreambooth.trainer import train
+
+    out = train(build_train_config(args))
+    print(f"saved the personalized pipeline to {out}")
+
+
+def cmd_identifier(args: argparse.Namespace) -> None:
+    from transformers import CLIPTokenizer
+
+    from dreambooth.identifier import find_identifiers
+    from dreambooth.models import check_model_folder
+
+    tokenizer = CLIPTokenizer.from_pretrained(check_model_folder(args.model), subfolder="tokenizer")
+    print("rank  token_id  identifier")
+    for rank, candidate in enumerate(find_identifiers(tokenizer, top_k=args.top_k), start=1):
+        print(f"{rank:>4}  {candidate.token_id:>8}  {candidate.text}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from dreambooth.generate import generate
+
+    out = args.output or Path(args.model) / "samples"
+    paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed)
+    print(f"wrote {len(paths)} images and grid.png to {out}")
+
+
+def cmd_class_images(args: argparse.Namespace) -> None:
+    from dreambooth.class_images import generate_for_model
+
+    paths = generate_for_model(Path(args.model), args.prompt, args.num_images, Path(args.cache_dir).expanduser(),
+                               args.resolution, args.steps, args.guidance_scale, args.seed, args.batch_size)
+    print(f"{len(paths)} class images in {paths[0].parent if paths else args.cache_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreambooth", description="DreamBooth personalization of diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="personalize a model on a few subject photos")
+    train.add_argument("--config", help="YAML/TOML/JSON file of options (flags override it)")
+    add_train_options(train)
+    train.set_defaults(run=cmd_train)
+
+    ident = sub.add_parser("identifier", help="list rare-token identifiers of a model's tokenizer")
+    ident.add_argument("--model", required=True, help="diffusers pipeline folder")
+    ident.add_argument("--top_k", "--top-k", "-k", type=int, default=10)
+    ident.set_defaults(run=cmd_identifier)
+
+    gen = sub.add_parser("generate", help="sample a (personalized) model")
+    gen.add_argument("--model", required=True, help="pipeline folder written by `dreambooth train`")
+    gen.add_argument("--prompt", required=True, help="may use {identifier} and {class_noun}")
+    gen.add_argument("-n", "--num_images", "--num-images", type=int, default=4)
+    gen.add_argument("--output", type=Path, help="folder for the PNGs (default: MODEL/samples)")
+    gen.add_argument("--steps", type=int, default=25)
+    gen.add_argument("--guidance_scale", "--guidance-scale", type=float, default=7.5)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(run=cmd_generate)
+
+    cls = sub.add_parser("class-images", help="generate (or reuse cached) class images for prior preservation")
+    cls.add_argument("--model", required=True, help="base model folder")
+    cls.add_argument("--prompt", required=True, help='class prompt, e.g. "a dog"')
+    cls.add_argument("-n", "--num_images", "--num-images", type=int, default=100)
+    cls.add_argument("--cache_dir", "--cache-dir", default=default_of("class_cache_dir"))
+    cls.add_argument("--resolution", type=int, help="default: the model's native size")
+    cls.add_argument("--steps", type=int, default=default_of("class_inference_steps"))
+    cls.add_argument("--guidance_scale", "--guidance-scale", type=float,
+                     default=default_of("class_guidance_scale"))
+    cls.add_argument("--seed", type=int, default=0)
+    cls.add_argument("--batch_size", "--batch-size", type=int, default=4)
+    cls.set_defaults(run=cmd_class_images)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress and errors, not the libraries' advice."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries()
+    try:
+        args.run(args)
+    except DreamBoothError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Training examples: subject and class images as VAE latents, drawn into explicit batches.
+
+Every random choice of a step (which images, crop, flip, the latent sample) comes from a generator
+seeded by (seed, micro-step), so a run resumed at step s sees exactly the data it would have seen.
+
+Latent caching: the VAE is frozen in DreamBooth, so each image's latent *distribution* (mean, std)
+is computed once and a fresh latent is sampled from it every step, as uncached training would.
+Augmentations stay exact: with `random_flip` both orientations are cached. Random crops of
+non-square photos cannot be enumerated, so with `center_crop=False` such images are encoded every
+step (square images crop the same either way and are cached).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor
+
+from dreambooth.data.images import load_rgb, prepare, to_tensor
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch: subject latents first, then class-prior latents (the layout the loss assumes)."""
+
+    instance: Tensor  # (n, 4, h, w), scaled by the VAE's scaling_factor
+    prior: Tensor | None  # (m, 4, h, w) or None without prior preservation
+
+    @property
+    def num_instance(self) -> int:
+        return self.instance.shape[0]
+
+    @property
+    def latents(self) -> Tensor:
+        return self.instance if self.prior is None else torch.cat([self.instance, self.prior])  # (n+m, 4, h, w)
+
+
+class LatentImages:
+    """A fixed list of images that yields (augmented) latents through a frozen VAE."""
+
+    def __init__(self, paths: list[Path], vae: AutoencoderKL, resolution: int, center_crop: bool,
+                 random_flip: bool, cache: bool) -> None:
+        self.images = [load_rgb(p) for p in paths]
+        self.vae, self.resolution, self.center_crop, self.random_flip = vae, resolution, center_crop, random_flip
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.cached: list[dict[bool, tuple[Tensor, Tensor]]] = [{} for _ in self.images]
+        if cache:
+            flips = (False, True) if random_flip else (False,)
+            for i, image in enumerate(self.images):
+                if center_crop or image.width == image.height:
+                    for flip in flips:
+                        self.cached[i][flip] = self._encode(prepare(image, resolution, True, None), flip)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_cached(self) -> int:
+        return sum(bool(c) for c in self.cached)
+
+    @torch.no_grad()
+    def _encode(self, image, flip: bool) -> tuple[Tensor, Tensor]:
+        pixels = to_tensor(image).unsqueeze(0)  # (1, 3, H, W) in [-1, 1]
+        if flip:
+            pixels = pixels.flip(-1)
+        dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
+        return dist.mean[0].float().cpu(), dist.std[0].float().cpu()
+
+    def latents(self, indices: list[int], generator: torch.Generator) -> Tensor:
+        """Sampled, scaled latents for `indices`, shaped (len(indices), 4, h, w)."""
+        rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
+        out = []
+        for i in indices:
+            flip = self.random_flip and rng.random() < 0.5
+            if flip in self.cached[i]:
+                mean, std = self.cached[i][flip]
+            else:
+                mean, std = self._encode(prepare(self.images[i], self.resolution, self.center_crop, rng), flip)
+            out.append(mean + std * torch.randn(mean.shape, generator=generator))
+        return torch.stack(out) * self.scaling_factor
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> list[int]:
+    """A seeded shuffle of range(num_items) for one pass over the data."""
+    return torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def take(num_items: int, seed: int, start: int, count: int) -> list[int]:
+    """Items start..start+count of the endless sequence of seeded epochs (exact under resume)."""
+    return [epoch_order(num_items, seed, k // num_items)[k % num_items] for k in range(start, start + count)]
+
+
+class DreamBoothData:
+    """Subject images and (optionally) class images, paired one-to-one in every batch."""
+
+    def __init__(self, instance: LatentImages, prior: LatentImages | None, batch_size: int, seed: int) -> None:
+        self.instance, self.prior, self.batch_size, self.seed = instance, prior, batch_size, seed
+
+    def batch(self, micro_step: int, generator: torch.Generator) -> Batch:
+        n = self.batch_size
+        inst = self.instance.latents(take(len(self.instance), self.seed, micro_step * n, n), generator)
+        if self.prior is None:
+            return Batch(instance=inst, prior=None)
+        prior = self.prior.latents(take(len(self.prior), self.seed + 1, micro_step * n, n), generator)
+        return Batch(instance=inst, prior=prior)

@@ -1,0 +1,81 @@
+"""Writing the personalized model: a diffusers pipeline folder, its model card and config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from diffusers import StableDiffusionPipeline
+
+from dreambooth.config import TrainConfig
+from dreambooth.models import Components, load_sampling_scheduler
+
+CONFIG_FILE = "dreambooth_config.yaml"
+
+
+def pipeline_from(parts: Components, unet, text_encoder) -> StableDiffusionPipeline:
+    """A sampling pipeline around the given (possibly fine-tuned) UNet and text encoder."""
+    pipe = StableDiffusionPipeline(
+        vae=parts.vae, text_encoder=text_encoder, tokenizer=parts.tokenizer, unet=unet,
+        scheduler=load_sampling_scheduler(parts.path), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def scalar_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The config with only scalar values, as TensorBoard's hparams need."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()}
+
+
+def save_pipeline(pipe: StableDiffusionPipeline, out: Path, cfg: TrainConfig, instance_prompt: str,
+                  class_prompt: str) -> None:
+    """Save weights as safetensors (fp32, as trained), the resolved config and the model card."""
+    pipe.save_pretrained(out, safe_serialization=True)
+    cfg.save(out / CONFIG_FILE)
+    (out / "README.md").write_text(model_card(cfg, instance_prompt, class_prompt))
+
+
+def model_card(cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> str:
+    """A Hugging Face-style model card: YAML front matter, then what was trained and how."""
+    front = {
+        "library_name": "diffusers",
+        "pipeline_tag": "text-to-image",
+        "tags": ["dreambooth", "text-to-image", "stable-diffusion"],
+        "base_model": cfg.pretrained_model_name_or_path,
+        "instance_prompt": instance_prompt,
+    }
+    prior = (f"on, lambda = {cfg.prior_loss_weight}, {cfg.num_class_images} class images for "
+             f"\"{class_prompt}\"" if cfg.with_prior_preservation else "off")
+    rows = [
+        ("base model", cfg.pretrained_model_name_or_path), ("identifier", cfg.identifier),
+        ("class noun", cfg.class_noun), ("instance prompt", instance_prompt), ("class prompt", class_prompt),
+        ("prior preservation", prior), ("steps", cfg.max_train_steps), ("learning rate", cfg.learning_rate),
+        ("batch size", cfg.train_batch_size), ("resolution", cfg.resolution),
+        ("text encoder trained", cfg.train_text_encoder), ("seed", cfg.seed),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    lines = "\n".join(f"{k}: {json.dumps(v)}" for k, v in front.items())
+    return f"""---
+{lines}
+---
+
+# DreamBooth: {instance_prompt}
+
+Fine-tuned with [DreamBooth](https://arxiv.org/abs/2208.12242) by the `dreambooth` toolkit.
+
+| setting | value |
+|---|---|
+{table}
+
+```python
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained("{cfg.output_dir}")
+image = pipe("{instance_prompt} on the beach").images[0]
+```
+
+or `dreambooth generate --model {cfg.output_dir} --prompt "a {{identifier}} {{class_noun}} on the beach"`.
+The full resolved configuration is in `{CONFIG_FILE}`.
+"""

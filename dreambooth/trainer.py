@@ -1,0 +1,249 @@
+"""The DreamBooth training run: setup -> loop -> save, through accelerate.
+
+    from dreambooth import TrainConfig, train
+    train(TrainConfig(pretrained_model_name_or_path="base", instance_data_dir="photos", class_noun="dog"))
+
+Every micro-step draws its images, noise and timesteps from a generator seeded by (seed, step), so
+a run resumed from a checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from dreambooth import checkpoints, export
+from dreambooth.class_images import ClassImageSpec, ensure_class_images
+from dreambooth.config import TrainConfig, fill_prompt
+from dreambooth.data.dataset import DreamBoothData, LatentImages
+from dreambooth.data.images import scan_images
+from dreambooth.diffusion import LossParts, dreambooth_loss, min_snr_weights, sample_noise, snr, training_target
+from dreambooth.errors import DreamBoothError
+from dreambooth.generate import sample_grid
+from dreambooth.identifier import find_identifiers
+from dreambooth.models import Components, encode_text, load_components, load_sampling_scheduler, tokenize
+
+log = logging.getLogger("dreambooth")
+
+
+class Trainer:
+    """One DreamBooth run. `setup()` builds everything in dependency order; `train()` runs the loop."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir).expanduser()
+        self.step = 0
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            log_with=None if cfg.report_to == "none" else cfg.report_to,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                logging_dir=str(self.output_dir / cfg.logging_dir)),
+        )
+
+    def setup(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        set_seed(cfg.seed)
+        # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.
+        self.parts: Components = load_components(cfg.pretrained_model_name_or_path)
+        identifier = cfg.identifier or find_identifiers(self.parts.tokenizer, top_k=1)[0].text
+        self.cfg = cfg = dataclasses.replace(cfg, identifier=identifier,
+                                             resolution=cfg.resolution or self.parts.native_resolution)
+        self.instance_prompt = fill_prompt(cfg.instance_prompt, identifier, cfg.class_noun)
+        self.class_prompt = fill_prompt(cfg.class_prompt, identifier, cfg.class_noun)
+        self._freeze_and_place()
+        # Data: class images are generated (or reused from the cache) by the frozen base model.
+        self.data = self._build_data()
+        # Text: both prompts are encoded together; with a frozen encoder, once for the whole run.
+        self.prompt_ids = tokenize(self.parts.tokenizer, [self.instance_prompt, self.class_prompt]).to(acc.device)
+        self.frozen_embeddings = None
+        if not cfg.train_text_encoder:
+            with torch.no_grad():
+                self.frozen_embeddings = encode_text(self.parts.text_encoder, self.prompt_ids).float()
+        # Optimizer after the models (it holds their parameters), schedule after the optimizer.
+        self.optimizer = self._build_optimizer()
+        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
+                                          num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_train_steps)
+        prepared = acc.prepare(self.parts.unet, self.parts.text_encoder, self.optimizer, self.lr_scheduler)
+        self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = prepared
+        self.start_step = checkpoints.resume(acc, self.output_dir, cfg.resume_from_checkpoint)
+        if acc.is_main_process and cfg.report_to != "none":
+            acc.init_trackers("dreambooth", config=export.scalar_config(cfg))
+
+    def _freeze_and_place(self) -> None:
+        cfg, parts, device = self.cfg, self.parts, self.accelerator.device
+        frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        parts.vae.requires_grad_(False).to(device, frozen_dtype)
+        parts.unet.requires_grad_(True).train()
+        parts.text_encoder.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
+        if not cfg.train_text_encoder:
+            parts.text_encoder.to(device, frozen_dtype)
+        if cfg.gradient_checkpointing:
+            parts.unet.enable_gradient_checkpointing()
+            if cfg.train_text_encoder:
+                parts.text_encoder.gradient_checkpointing_enable()
+        if cfg.attention == "default":
+            from diffusers.models.attention_processor import AttnProcessor
+            parts.unet.set_attn_processor(AttnProcessor())
+
+    def _build_data(self) -> DreamBoothData:
+        cfg, acc = self.cfg, self.accelerator
+        instance_scan = scan_images(Path(cfg.instance_data_dir).expanduser(), role="instance")
+        instance_scan.require()
+        for line in instance_scan.warnings:
+            log.warning(line)
+        views = dict(vae=self.parts.vae, resolution=cfg.resolution, center_crop=cfg.center_crop,
+                     random_flip=cfg.random_flip, cache=cfg.cache_latents)
+        prior = None
+        if cfg.with_prior_preservation:
+            with acc.main_process_first():  # one process generates; the others find a warm cache
+                class_paths = ensure_class_images(
+                    self._class_image_spec(), Path(cfg.class_cache_dir).expanduser(),
+                    cfg.num_class_images, Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None,
+                    load_pipeline=self._base_pipeline, batch_size=cfg.sample_batch_size,
+                    progress=acc.is_local_main_process)
+            prior = LatentImages(class_paths, **views)
+        return DreamBoothData(LatentImages(list(instance_scan.images), **views), prior,
+                              batch_size=cfg.train_batch_size, seed=cfg.seed)
+
+    def _class_image_spec(self) -> ClassImageSpec:
+        cfg, sampler = self.cfg, load_sampling_scheduler(self.parts.path)
+        return ClassImageSpec(model_path=self.parts.path, prompt=self.class_prompt, resolution=cfg.resolution,
+                              sampler=sampler.__class__.__name__, sampler_config=dict(sampler.config),
+                              num_inference_steps=cfg.class_inference_steps, guidance_scale=cfg.class_guidance_scale,
+                              seed=cfg.seed)
+
+    def _base_pipeline(self):
+        return export.pipeline_from(self.parts, self.parts.unet, self.parts.text_encoder)
+
+    @property
+    def text_encoder_training(self) -> bool:
+        stop = self.cfg.text_encoder_stop_step
+        return self.cfg.train_text_encoder and (stop is None or self.step < stop)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        groups = [{"params": list(self.parts.unet.parameters()), "lr": cfg.learning_rate}]
+        if cfg.train_text_encoder:
+            groups.append({"params": list(self.parts.text_encoder.parameters()), "lr": cfg.text_encoder_learning_rate})
+        optimizer_class = torch.optim.AdamW
+        if cfg.use_8bit_adam:
+            try:
+                import bitsandbytes
+            except ImportError:
+                raise DreamBoothError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from None
+            optimizer_class = bitsandbytes.optim.AdamW8bit
+        return optimizer_class(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
+                               eps=cfg.adam_epsilon)
+
+    def train(self) -> Path:
+        cfg, acc = self.cfg, self.accelerator
+        self.step = self.start_step
+        bar = tqdm(total=cfg.max_train_steps, initial=self.step, desc="training", unit="step",
+                   disable=not acc.is_local_main_process)
+        while self.step < cfg.max_train_steps:
+            for micro in range(cfg.gradient_accumulation_steps):
+                with acc.accumulate(self.unet, self.text_encoder):
+                    loss = self.training_step(self.step * cfg.gradient_accumulation_steps + micro)
+            self.step += 1
+            self._check_finite(loss.total)
+            logs = {"loss": loss.total.item(), "loss/instance": loss.instance.item(),
+                    "lr": self.lr_scheduler.get_last_lr()[0]}
+            if loss.prior is not None:
+                logs["loss/prior"] = loss.prior.item()
+            acc.log(logs, step=self.step)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+            bar.update(1)
+            if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
+                checkpoints.save(acc, self.output_dir, self.step, cfg.checkpoints_total_limit)
+            if cfg.validation_prompts and self.step % cfg.validation_steps == 0:
+                self.validate()
+        bar.close()
+        return self.save()
+
+    def training_step(self, micro_step: int) -> LossParts:
+        """One forward/backward pass on a concatenated [instance; prior] batch (paper, Eq. 2)."""
+        cfg, sched, device = self.cfg, self.parts.noise_scheduler, self.accelerator.device
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + micro_step)
+        batch = self.data.batch(micro_step, generator)
+        latents = batch.latents.to(device)  # (n+m, 4, h, w)
+        noise = sample_noise(latents, cfg.noise_offset, generator)
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+        timesteps = timesteps.to(device)
+        noisy = sched.add_noise(latents, noise, timesteps)
+        rows = torch.tensor([0] * batch.num_instance + [1] * (latents.shape[0] - batch.num_instance), device=device)
+        conditioning = self.prompt_embeddings()[rows]  # (n+m, 77, D): row 0 instance prompt, row 1 class prompt
+        prediction = self.unet(noisy, timesteps, conditioning).sample
+        target = training_target(self.parts.prediction_type, latents, noise, sched.alphas_cumprod, timesteps)
+        weights = None
+        if cfg.snr_gamma is not None:
+            weights = min_snr_weights(snr(sched.alphas_cumprod, timesteps), cfg.snr_gamma, self.parts.prediction_type)
+        loss = dreambooth_loss(prediction, target, batch.num_instance, cfg.prior_loss_weight, weights)
+        self.accelerator.backward(loss.total)
+        if self.accelerator.sync_gradients:
+            self.accelerator.clip_grad_norm_(self.trainable_parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def prompt_embeddings(self) -> torch.Tensor:
+        """(2, 77, D): the instance prompt's embedding, then the class prompt's."""
+        if self.frozen_embeddings is not None:
+            return self.frozen_embeddings
+        with torch.set_grad_enabled(self.text_encoder_training):
+            return encode_text(self.text_encoder, self.prompt_ids)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        modules = [self.unet] + ([self.text_encoder] if self.text_encoder_training else [])
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            last = checkpoints.latest(self.output_dir)
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+            raise DreamBoothError(f"step {self.step}: the loss is {loss.item()}; lower --learning_rate (now "
+                                  f"{self.cfg.learning_rate:g}) or use --mixed_precision no; {where}")
+
+    def pipeline(self):
+        acc = self.accelerator
+        return export.pipeline_from(self.parts, acc.unwrap_model(self.unet), acc.unwrap_model(self.text_encoder))
+
+    def validate(self) -> None:
+        """Sample the validation prompts with fixed seeds and save (and log) one grid."""
+        if not self.accelerator.is_main_process:
+            return
+        cfg = self.cfg
+        prompts = [fill_prompt(p, cfg.identifier, cfg.class_noun) for p in cfg.validation_prompts]
+        grid = sample_grid(self.pipeline(), prompts, cfg.num_validation_images, cfg.inference_steps,
+                           cfg.guidance_scale, cfg.seed, cfg.resolution)
+        folder = self.output_dir / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        grid.save(folder / f"step-{self.step:06d}.png")
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_image("validation", np.asarray(grid), self.step, dataformats="HWC")
+
+    def save(self) -> Path:
+        """Write the diffusers pipeline folder, model card and resolved config; return the folder."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            export.save_pipeline(self.pipeline(), self.output_dir, self.cfg, self.instance_prompt, self.class_prompt)
+        acc.end_training()
+        return self.output_dir
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Personalize `cfg.pretrained_model_name_or_path` on `cfg.instance_data_dir`; return the output folder."""
+    trainer = Trainer(cfg)
+    trainer.setup()
+    return trainer.train()

@@ -1,0 +1,75 @@
+import pytest
+
+from dreambooth.cli import build_parser, build_train_config
+from dreambooth.config import TrainConfig, fill_prompt, from_dict
+from dreambooth.errors import ConfigError
+
+REQUIRED = {"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "class_noun": "dog"}
+
+
+def test_defaults_follow_the_paper():
+    cfg = from_dict(REQUIRED)
+    assert cfg.with_prior_preservation and cfg.prior_loss_weight == 1.0 and cfg.num_class_images == 100
+    assert fill_prompt(cfg.instance_prompt, "zwx", cfg.class_noun) == "a zwx dog"
+    assert fill_prompt(cfg.class_prompt, "zwx", cfg.class_noun) == "a dog"
+
+
+def test_every_problem_is_reported_at_once_with_the_option_name():
+    with pytest.raises(ConfigError) as err:
+        from_dict({"max_train_steps": 0, "learning_rate": -1, "resolution": 30})
+    message = str(err.value)
+    for name in ("--pretrained_model_name_or_path", "--instance_data_dir", "--class_noun", "--max_train_steps",
+                 "--learning_rate", "--resolution"):
+        assert name in message
+
+
+def test_bad_types_and_unknown_keys_name_the_field():
+    with pytest.raises(ConfigError, match="--max_train_steps: expected int, got 'many'"):
+        from_dict({**REQUIRED, "max_train_steps": "many"})
+    with pytest.raises(ConfigError, match="unknown option.*lerning_rate"):
+        from_dict({**REQUIRED, "lerning_rate": 1e-5})
+    with pytest.raises(ConfigError, match="--mixed_precision: 'fp8' is not one of"):
+        from_dict({**REQUIRED, "mixed_precision": "fp8"})
+
+
+def test_literal_prompts_need_no_class_noun():
+    cfg = from_dict({"pretrained_model_name_or_path": "m", "instance_data_dir": "d",
+                     "instance_prompt": "a photo of sks dog", "class_prompt": "a photo of dog"})
+    assert cfg.class_noun is None
+
+
+def test_diffusers_flags_parse_unchanged(tmp_path):
+    argv = ["train", "--pretrained_model_name_or_path", "m", "--instance_data_dir", "d",
+            "--instance_prompt", "a photo of sks dog", "--class_prompt", "a photo of dog", "--class_data_dir", "c",
+            "--with_prior_preservation", "--prior_loss_weight", "0.5", "--num_class_images", "10",
+            "--max_train_steps", "7", "--learning_rate", "2e-6", "--train_batch_size", "2", "--resolution", "64",
+            "--center_crop", "--train_text_encoder", "--mixed_precision", "no", "--gradient_checkpointing",
+            "--seed", "3", "--output_dir", str(tmp_path), "--checkpointing_steps", "5",
+            "--validation_prompt", "a photo of sks dog", "--enable_xformers_memory_efficient_attention",
+            "--offset_noise"]
+    cfg = build_train_config(build_parser().parse_args(argv))
+    assert (cfg.prior_loss_weight, cfg.num_class_images, cfg.max_train_steps, cfg.train_batch_size) == (0.5, 10, 7, 2)
+    assert cfg.learning_rate == 2e-6 and cfg.center_crop and cfg.train_text_encoder and cfg.gradient_checkpointing
+    assert cfg.validation_prompts == ("a photo of sks dog",) and cfg.noise_offset == 0.1 and cfg.class_data_dir == "c"
+
+
+def test_config_file_with_cli_overrides(tmp_path):
+    (tmp_path / "run.yaml").write_text("pretrained_model_name_or_path: m\ninstance_data_dir: d\nclass_noun: cat\n"
+                                       "max_train_steps: 50\nrandom_flip: true\n")
+    (tmp_path / "run.toml").write_text('pretrained_model_name_or_path = "m"\ninstance_data_dir = "d"\n'
+                                       'class_noun = "cat"\nmax_train_steps = 60\n')
+    parser = build_parser()
+    cfg = build_train_config(parser.parse_args(["train", "--config", str(tmp_path / "run.yaml"),
+                                                "--max-train-steps", "9", "--no_random_flip"]))
+    assert cfg.max_train_steps == 9 and cfg.class_noun == "cat" and not cfg.random_flip
+    cfg = build_train_config(parser.parse_args(["train", "--config", str(tmp_path / "run.toml")]))
+    assert cfg.max_train_steps == 60
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = from_dict({**REQUIRED, "validation_prompts": ["a", "b"], "snr_gamma": 5})
+    cfg.save(tmp_path / "c.yaml")
+    from dreambooth.config import read_config_file
+
+    assert from_dict(read_config_file(tmp_path / "c.yaml")) == cfg
+    assert isinstance(cfg, TrainConfig)
