@@ -71,9 +71,17 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    cfg = build_train_config(args)
+    if args.check:
+        from dreambooth.preflight import preflight
+
+        report = preflight(cfg)
+        print(report.text())
+        report.raise_if_problems()
+        return
     from dreambooth.trainer import train
 
-    out = train(build_train_config(args))
+    out = train(cfg)
     print(f"saved the personalized pipeline to {out}")
 
 
@@ -111,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="personalize a model on a few subject photos")
     train.add_argument("--config", help="YAML/TOML/JSON file of options (flags override it)")
+    train.add_argument("--check", action="store_true", help="validate everything, report, and stop")
     add_train_options(train)
     train.set_defaults(run=cmd_train)
 

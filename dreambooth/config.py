@@ -72,6 +72,18 @@ class TrainConfig:
     text_encoder_lr: float | None = option(None, "text-encoder learning rate (default: --learning_rate)")
     text_encoder_stop_step: int | None = option(None, "freeze the text encoder after this step")
 
+    # --- LoRA (low-rank adapters via peft; the light variant) --------------------------------------
+    lora: bool = option(False, "train LoRA adapters instead of all UNet weights")
+    lora_rank: int = option(4, "LoRA rank r", "--rank")
+    lora_alpha: float | None = option(None, "LoRA alpha (default: the rank, i.e. scale 1)")
+    lora_dropout: float = option(0.0, "dropout on the LoRA branch")
+    lora_target_modules: tuple[str, ...] = option(("to_q", "to_k", "to_v", "to_out.0"), "UNet modules given adapters")
+    lora_text_encoder_modules: tuple[str, ...] = option(("q_proj", "k_proj", "v_proj", "out_proj"),
+                                                        "text-encoder modules given adapters (with --train_text_encoder)")
+    lora_format: Literal["diffusers", "kohya"] = option("diffusers", "LoRA file layout: diffusers or kohya/A1111")
+    prior_mode: Literal["images", "prediction"] = option(
+        "images", "prior target: class images (paper) or the frozen model's own prediction (LoRA only)")
+
     # --- data ------------------------------------------------------------------------------------
     resolution: int | None = option(None, "training resolution (default: the model's native size)")
     center_crop: bool = option(False, "center crop instead of random crop")
@@ -148,6 +160,10 @@ def validate(cfg: TrainConfig) -> None:
          "only meaningful with --train_text_encoder")
     need(not (cfg.with_prior_preservation and cfg.num_class_images == 0), "num_class_images",
          "prior preservation needs class images; set >= 1 or pass --no_prior_preservation")
+    need(cfg.lora_rank >= 1, "lora_rank", f"must be >= 1, got {cfg.lora_rank}")
+    need(0 <= cfg.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {cfg.lora_dropout}")
+    need(cfg.prior_mode == "images" or cfg.lora, "prior_mode",
+         "'prediction' needs --lora (the frozen model is the base with adapters disabled)")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

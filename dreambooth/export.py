@@ -30,10 +30,8 @@ def scalar_config(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()}
 
 
-def save_pipeline(pipe: StableDiffusionPipeline, out: Path, cfg: TrainConfig, instance_prompt: str,
-                  class_prompt: str) -> None:
-    """Save weights as safetensors (fp32, as trained), the resolved config and the model card."""
-    pipe.save_pretrained(out, safe_serialization=True)
+def write_card_and_config(out: Path, cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> None:
+    """The resolved config (what `generate` reads back) and the model card, beside the weights."""
     cfg.save(out / CONFIG_FILE)
     (out / "README.md").write_text(model_card(cfg, instance_prompt, class_prompt))
 

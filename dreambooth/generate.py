@@ -11,7 +11,9 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from dreambooth.config import fill_prompt
+from dreambooth.errors import ConfigError, ModelError
 from dreambooth.export import CONFIG_FILE
+from dreambooth.finetune import LORA_WEIGHTS
 from dreambooth.models import load_pipeline
 
 
@@ -41,20 +43,32 @@ def sample_grid(pipe: DiffusionPipeline, prompts: list[str], n: int, steps: int,
     return make_grid(images, n)
 
 
-def trained_names(model: Path) -> tuple[str | None, str | None]:
-    """(identifier, class noun) recorded by `dreambooth train`, or (None, None) for other models."""
+def training_record(model: Path) -> dict:
+    """The resolved config `dreambooth train` saved with the model ({} for models from elsewhere)."""
     config_file = model / CONFIG_FILE
-    if not config_file.is_file():
-        return None, None
-    cfg = yaml.safe_load(config_file.read_text()) or {}
-    return cfg.get("identifier"), cfg.get("class_noun")
+    return (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+
+
+def load_trained(model: Path) -> DiffusionPipeline:
+    """A pipeline folder, or a LoRA folder (its base model, recorded at training, plus the adapters)."""
+    if (model / LORA_WEIGHTS).is_file() and not (model / "model_index.json").is_file():
+        base = training_record(model).get("pretrained_model_name_or_path")
+        if not base:
+            raise ModelError(f"{model}: LoRA weights without {CONFIG_FILE}; cannot tell the base model")
+        pipe = load_pipeline(base)
+        pipe.load_lora_weights(model, weight_name=LORA_WEIGHTS)
+        return pipe
+    return load_pipeline(model)
 
 
 def generate(model: Path, prompt: str, n: int, out: Path, steps: int, guidance: float, seed: int) -> list[Path]:
     """Write n PNGs and a grid for `prompt` ({identifier}/{class_noun} filled from the model)."""
-    identifier, class_noun = trained_names(model)
-    text = fill_prompt(prompt, identifier, class_noun)
-    images = sample(load_pipeline(model), text, n, steps, guidance, seed)
+    record = training_record(model)
+    for name in ("identifier", "class_noun"):
+        if f"{{{name}}}" in prompt and not record.get(name):
+            raise ConfigError(f"--prompt uses {{{name}}} but {model} records none; write the word out instead")
+    text = fill_prompt(prompt, record.get("identifier"), record.get("class_noun"))
+    images = sample(load_trained(model), text, n, steps, guidance, seed)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(images):

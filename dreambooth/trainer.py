@@ -10,6 +10,7 @@ a run resumed from a checkpoint continues exactly as the uninterrupted run would
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, min_snr_weights, sample_noise, snr, training_target
 from dreambooth.errors import DreamBoothError
+from dreambooth.finetune import strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
+from dreambooth.preflight import preflight
 from dreambooth.models import Components, encode_text, load_components, load_sampling_scheduler, tokenize
 
 log = logging.getLogger("dreambooth")
@@ -51,6 +54,10 @@ class Trainer:
 
     def setup(self) -> None:
         cfg, acc = self.cfg, self.accelerator
+        report = preflight(cfg)  # every input problem at once, before anything heavy
+        for line in report.warnings:
+            log.warning("warning: %s", line)
+        report.raise_if_problems()
         set_seed(cfg.seed)
         # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.
         self.parts: Components = load_components(cfg.pretrained_model_name_or_path)
@@ -64,10 +71,8 @@ class Trainer:
         self.data = self._build_data()
         # Text: both prompts are encoded together; with a frozen encoder, once for the whole run.
         self.prompt_ids = tokenize(self.parts.tokenizer, [self.instance_prompt, self.class_prompt]).to(acc.device)
-        self.frozen_embeddings = None
-        if not cfg.train_text_encoder:
-            with torch.no_grad():
-                self.frozen_embeddings = encode_text(self.parts.text_encoder, self.prompt_ids).float()
+        with torch.no_grad():  # the base model's: LoRA adapters start as the identity and no step has run
+            self.base_embeddings = encode_text(self.parts.text_encoder, self.prompt_ids).float()
         # Optimizer after the models (it holds their parameters), schedule after the optimizer.
         self.optimizer = self._build_optimizer()
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
@@ -79,11 +84,14 @@ class Trainer:
             acc.init_trackers("dreambooth", config=export.scalar_config(cfg))
 
     def _freeze_and_place(self) -> None:
+        """Choose what trains (all weights or LoRA adapters); frozen parts go to the device in low precision."""
         cfg, parts, device = self.cfg, self.parts, self.accelerator.device
+        self.finetune = strategy_for(cfg)
+        self.finetune.configure(parts, cfg)
         frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         parts.vae.requires_grad_(False).to(device, frozen_dtype)
-        parts.unet.requires_grad_(True).train()
-        parts.text_encoder.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
+        parts.unet.train()
+        parts.text_encoder.train(cfg.train_text_encoder)
         if not cfg.train_text_encoder:
             parts.text_encoder.to(device, frozen_dtype)
         if cfg.gradient_checkpointing:
@@ -97,13 +105,10 @@ class Trainer:
     def _build_data(self) -> DreamBoothData:
         cfg, acc = self.cfg, self.accelerator
         instance_scan = scan_images(Path(cfg.instance_data_dir).expanduser(), role="instance")
-        instance_scan.require()
-        for line in instance_scan.warnings:
-            log.warning(line)
         views = dict(vae=self.parts.vae, resolution=cfg.resolution, center_crop=cfg.center_crop,
                      random_flip=cfg.random_flip, cache=cfg.cache_latents)
         prior = None
-        if cfg.with_prior_preservation:
+        if cfg.with_prior_preservation and cfg.prior_mode == "images":
             with acc.main_process_first():  # one process generates; the others find a warm cache
                 class_paths = ensure_class_images(
                     self._class_image_spec(), Path(cfg.class_cache_dir).expanduser(),
@@ -131,9 +136,9 @@ class Trainer:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
-        groups = [{"params": list(self.parts.unet.parameters()), "lr": cfg.learning_rate}]
+        groups = [{"params": trainable(self.parts.unet), "lr": cfg.learning_rate}]
         if cfg.train_text_encoder:
-            groups.append({"params": list(self.parts.text_encoder.parameters()), "lr": cfg.text_encoder_learning_rate})
+            groups.append({"params": trainable(self.parts.text_encoder), "lr": cfg.text_encoder_learning_rate})
         optimizer_class = torch.optim.AdamW
         if cfg.use_8bit_adam:
             try:
@@ -160,6 +165,7 @@ class Trainer:
             if loss.prior is not None:
                 logs["loss/prior"] = loss.prior.item()
             acc.log(logs, step=self.step)
+            self._append_metrics(logs)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
             bar.update(1)
             if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
@@ -179,10 +185,12 @@ class Trainer:
         timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator)
         timesteps = timesteps.to(device)
         noisy = sched.add_noise(latents, noise, timesteps)
-        rows = torch.tensor([0] * batch.num_instance + [1] * (latents.shape[0] - batch.num_instance), device=device)
-        conditioning = self.prompt_embeddings()[rows]  # (n+m, 77, D): row 0 instance prompt, row 1 class prompt
-        prediction = self.unet(noisy, timesteps, conditioning).sample
         target = training_target(self.parts.prediction_type, latents, noise, sched.alphas_cumprod, timesteps)
+        rows = [0] * batch.num_instance + [1] * (latents.shape[0] - batch.num_instance)
+        if cfg.with_prior_preservation and cfg.prior_mode == "prediction":
+            noisy, timesteps, target, rows = self._append_frozen_prior(noisy, timesteps, target, rows)
+        conditioning = self.prompt_embeddings()[torch.tensor(rows, device=device)]  # (B, 77, D) by prompt row
+        prediction = self.unet(noisy, timesteps, conditioning).sample
         weights = None
         if cfg.snr_gamma is not None:
             weights = min_snr_weights(snr(sched.alphas_cumprod, timesteps), cfg.snr_gamma, self.parts.prediction_type)
@@ -195,16 +203,38 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss
 
+    def _append_metrics(self, logs: dict[str, float]) -> None:
+        """One JSON line per step in metrics.jsonl (kept across resumes: a resumed run appends)."""
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, **logs}) + "\n")
+
+    @torch.no_grad()
+    def _append_frozen_prior(self, noisy, timesteps, target, rows):
+        """Prior rows whose target is the base model's own prediction for the class prompt on the same
+        noisy latents (adapters disabled), instead of the paper's denoising of generated class images."""
+        unet = self.accelerator.unwrap_model(self.unet)
+        n = len(rows)
+        class_embedding = self.base_embeddings[1:2].expand(n, -1, -1)  # (n, 77, D)
+        unet.disable_adapters()
+        try:
+            prior_target = unet(noisy, timesteps, class_embedding.to(noisy.dtype)).sample
+        finally:
+            unet.enable_adapters()
+        return (torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]), torch.cat([target, prior_target]),
+                rows + [1] * n)
+
     def prompt_embeddings(self) -> torch.Tensor:
         """(2, 77, D): the instance prompt's embedding, then the class prompt's."""
-        if self.frozen_embeddings is not None:
-            return self.frozen_embeddings
+        if not self.cfg.train_text_encoder:
+            return self.base_embeddings
         with torch.set_grad_enabled(self.text_encoder_training):
             return encode_text(self.text_encoder, self.prompt_ids)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         modules = [self.unet] + ([self.text_encoder] if self.text_encoder_training else [])
-        return [p for m in modules for p in m.parameters() if p.requires_grad]
+        return [p for m in modules for p in trainable(m)]
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
@@ -237,7 +267,8 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            export.save_pipeline(self.pipeline(), self.output_dir, self.cfg, self.instance_prompt, self.class_prompt)
+            self.finetune.save(self.pipeline(), self.output_dir, self.cfg)
+            export.write_card_and_config(self.output_dir, self.cfg, self.instance_prompt, self.class_prompt)
         acc.end_training()
         return self.output_dir
 

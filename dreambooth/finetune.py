@@ -1,0 +1,63 @@
+"""What a run trains and how it is saved: all UNet weights, or LoRA adapters (one loop serves both)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from dreambooth.config import TrainConfig
+from dreambooth.models import Components
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+class FullFineTune:
+    """The paper's method: every UNet layer (and optionally the text encoder) is trained."""
+
+    def configure(self, parts: Components, cfg: TrainConfig) -> None:
+        parts.unet.requires_grad_(True)
+        parts.text_encoder.requires_grad_(cfg.train_text_encoder)
+
+    def save(self, pipe: StableDiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
+        pipe.save_pretrained(out, safe_serialization=True)
+
+
+class LoRAFineTune:
+    """Low-rank adapters (Hu et al., 2021) on the attention projections; the base stays frozen."""
+
+    def configure(self, parts: Components, cfg: TrainConfig) -> None:
+        alpha = cfg.lora_alpha or cfg.lora_rank
+        parts.unet.requires_grad_(False)
+        parts.unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
+                                          init_lora_weights="gaussian", target_modules=list(cfg.lora_target_modules)))
+        parts.text_encoder.requires_grad_(False)
+        if cfg.train_text_encoder:
+            parts.text_encoder.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
+                                                      init_lora_weights="gaussian",
+                                                      target_modules=list(cfg.lora_text_encoder_modules)))
+
+    def save(self, pipe: StableDiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
+        from dreambooth.export import write_kohya_lora  # export owns the file formats
+
+        unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+        text_layers = None
+        if cfg.train_text_encoder:
+            text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
+        out.mkdir(parents=True, exist_ok=True)
+        StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=unet_layers,
+                                                  text_encoder_lora_layers=text_layers, safe_serialization=True)
+        if cfg.lora_format == "kohya":
+            write_kohya_lora(out / LORA_WEIGHTS, out / "lora_kohya.safetensors", cfg)
+
+
+def strategy_for(cfg: TrainConfig) -> FullFineTune | LoRAFineTune:
+    return LoRAFineTune() if cfg.lora else FullFineTune()
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
