@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import StableDiffusionPipeline
 
 from dreambooth.config import TrainConfig
@@ -69,6 +70,7 @@ Fine-tuned with [DreamBooth](https://arxiv.org/abs/2208.12242) by the `dreamboot
 {table}
 
 ```python
+import torch
 from diffusers import StableDiffusionPipeline
 pipe = StableDiffusionPipeline.from_pretrained("{cfg.output_dir}")
 image = pipe("{instance_prompt} on the beach").images[0]
@@ -77,3 +79,37 @@ image = pipe("{instance_prompt} on the beach").images[0]
 or `dreambooth generate --model {cfg.output_dir} --prompt "a {{identifier}} {{class_noun}} on the beach"`.
 The full resolved configuration is in `{CONFIG_FILE}`.
 """
+
+
+def kohya_key(diffusers_key: str) -> str:
+    """`unet.<module>.lora.down.weight` -> `lora_unet_<module_with_underscores>.lora_down.weight` (kohya/A1111)."""
+    component, rest = diffusers_key.split(".", 1)
+    for marker, kind in ((".lora.down.", "lora_down"), (".lora.up.", "lora_up"),
+                         (".lora_linear_layer.down.", "lora_down"), (".lora_linear_layer.up.", "lora_up")):
+        if marker in rest:
+            module, tail = rest.split(marker)
+            break
+    else:
+        raise ValueError(f"not a diffusers LoRA key: {diffusers_key}")
+    if component == "unet":
+        prefix = "lora_unet_"
+    else:  # text encoder modules live under CLIPTextModel.text_model in kohya's naming
+        prefix, module = "lora_te_", "text_model." + module.removeprefix("text_model.")
+    return f"{prefix}{module.replace('.', '_')}.{kind}.{tail}"
+
+
+def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> None:
+    """Rewrite a diffusers LoRA file in the kohya-ss layout that AUTOMATIC1111 and ComfyUI load:
+    renamed keys, one `alpha` scalar per module, and `ss_*` metadata."""
+    from safetensors.torch import load_file, save_file
+
+    alpha = float(cfg.lora_alpha or cfg.lora_rank)
+    tensors = {}
+    for key, value in load_file(diffusers_file).items():
+        new_key = kohya_key(key)
+        tensors[new_key] = value.contiguous()
+        tensors[new_key.split(".")[0] + ".alpha"] = torch.tensor(alpha)
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(cfg.lora_rank),
+                "ss_network_alpha": str(alpha), "ss_output_name": out_file.stem,
+                "ss_base_model_version": "sd_v1", "ss_training_comment": f"dreambooth: {cfg.instance_prompt}"}
+    save_file(tensors, out_file, metadata=metadata)

@@ -1,0 +1,219 @@
+"""Class images for prior preservation (paper, Sec. 3.3), generated once by the base model and cached.
+
+The cache folder is named by a hash of everything that shapes the images: the model's *content*
+(so two copies of one model share it and a changed weight doesn't), prompt, size, sampler, steps,
+guidance and seed. Image i always comes from the same noise, seeded by (seed, i), so the images
+don't depend on the batch size and an interrupted run resumes by generating only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import diffusers
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dreambooth.errors import DataError, ModelError
+from dreambooth.models import check_model_folder, load_pipeline as load_model_pipeline, load_sampling_scheduler
+
+FINGERPRINT_PATTERNS = ("*.safetensors", "*.bin", "*.json", "*.txt")  # weights, configs, tokenizer merges
+FINGERPRINT_MEMO = "fingerprints.json"
+SPEC_FILE = "spec.json"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass(frozen=True)
+class ClassImageSpec:
+    """Everything that decides what the class images look like."""
+
+    model_path: Path
+    prompt: str
+    resolution: int
+    sampler: str  # a diffusers scheduler class name
+    sampler_config: dict[str, Any] = field(hash=False)
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    negative_prompt: str | None = None
+
+    def record(self, fingerprint: str) -> dict[str, Any]:
+        """The spec as JSON data, with the model named by its content rather than its path."""
+        record = asdict(self)
+        del record["model_path"]
+        # diffusers' bookkeeping keys (_class_name, _diffusers_version, ...) don't change the samples
+        record["sampler_config"] = {k: v for k, v in self.sampler_config.items() if not k.startswith("_")}
+        return {"model_fingerprint": fingerprint, **record}
+
+
+def cache_key(spec: ClassImageSpec, fingerprint: str) -> str:
+    """sha256 of the spec's canonical JSON (sorted keys, no whitespace)."""
+    canonical = json.dumps(spec.record(fingerprint), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_fingerprint(model_dir: Path, memo_dir: Path | None = None) -> str:
+    """sha256 over the weights and configs of a diffusers folder, relative paths included.
+
+    Per-file hashes are memoized in `memo_dir`/fingerprints.json by (absolute path, size, mtime_ns),
+    so a multi-GB model is read once, not on every run.
+    """
+    model_dir = Path(model_dir).resolve()
+    memo_file = memo_dir / FINGERPRINT_MEMO if memo_dir is not None else None
+    memo = _read_memo(memo_file) if memo_file is not None else {}
+    files = sorted({p for pattern in FINGERPRINT_PATTERNS for p in model_dir.rglob(pattern)
+                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)})
+    if not files:
+        raise ModelError(f"{model_dir}: no weights or configs to fingerprint; pass a diffusers pipeline folder")
+    total = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        entry = memo.get(str(path))
+        if entry is None or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
+            entry = memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _file_sha256(path)}
+        total.update(f"{path.relative_to(model_dir).as_posix()}\0{entry['sha256']}\n".encode())
+    if memo_file is not None:
+        memo = {p: e for p, e in memo.items() if Path(p).is_file()}  # forget deleted models
+        _write_atomic(memo_file, json.dumps(memo, indent=1, sort_keys=True).encode())
+    return total.hexdigest()
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index`: a hash, so runs with nearby seeds don't share images (seed + i would)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "big") >> 1  # 63 bits
+
+
+def cache_folder(spec: ClassImageSpec, cache_root: Path) -> Path:
+    """`cache_root/<prompt slug>-<key[:16]>`: readable, and unique to the spec and model content."""
+    cache_root.mkdir(parents=True, exist_ok=True)
+    fingerprint = model_fingerprint(spec.model_path, cache_root)
+    slug = re.sub(r"[^a-z0-9]+", "-", spec.prompt.lower()).strip("-")[:48] or "prompt"
+    folder = cache_root / f"{slug}-{cache_key(spec, fingerprint)[:16]}"
+    folder.mkdir(exist_ok=True)
+    if not (folder / SPEC_FILE).is_file():
+        record = {"model_path": str(spec.model_path), **spec.record(fingerprint)}
+        _write_atomic(folder / SPEC_FILE, json.dumps(record, indent=2, default=str).encode())
+    return folder
+
+
+def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int, user_dir: Path | None,
+                        load_pipeline: Callable[[], DiffusionPipeline], batch_size: int,
+                        progress: bool) -> list[Path]:
+    """`num_images` class images: the user's own first, the rest generated (or reused from the cache).
+
+    `load_pipeline` is called only if an image is missing, so a warm cache costs no model load.
+    """
+    user_images = _valid_user_images(user_dir) if user_dir is not None else []
+    if len(user_images) >= num_images:
+        return user_images[:num_images]
+    folder = cache_folder(spec, Path(cache_root))
+    paths = [folder / f"{i:06d}.png" for i in range(num_images - len(user_images))]
+    missing = [i for i, path in enumerate(paths) if not _decodes(path)]
+    if missing:
+        for i in missing:
+            paths[i].unlink(missing_ok=True)  # a truncated or garbage file from an interrupted run
+        _generate(spec, load_pipeline(), missing, folder, batch_size, progress)
+    return user_images + paths
+
+
+def _generate(spec: ClassImageSpec, pipe: DiffusionPipeline, indices: list[int], folder: Path,
+              batch_size: int, progress: bool) -> None:
+    """Sample the images at `indices`, one seeded generator each, and write each PNG atomically."""
+    sampler = getattr(diffusers, spec.sampler, None)
+    if sampler is None:
+        raise ModelError(f"class-image sampler {spec.sampler!r} is not a diffusers scheduler class")
+    pipe.scheduler = sampler.from_config(spec.sampler_config)  # the sampler the cache key names
+    pipe.set_progress_bar_config(disable=True)
+    with tqdm(total=len(indices), desc=f"class images '{spec.prompt}'", unit="img", disable=not progress) as bar:
+        for start in range(0, len(indices), batch_size):
+            batch = indices[start : start + batch_size]
+            # CPU generators: the same noise whatever the device the pipeline runs on
+            generators = [torch.Generator().manual_seed(image_seed(spec.seed, i)) for i in batch]
+            negative = [spec.negative_prompt] * len(batch) if spec.negative_prompt else None
+            images = pipe(prompt=[spec.prompt] * len(batch), negative_prompt=negative,
+                          num_inference_steps=spec.num_inference_steps, guidance_scale=spec.guidance_scale,
+                          generator=generators, height=spec.resolution, width=spec.resolution).images
+            for i, image in zip(batch, images):
+                _write_atomic(folder / f"{i:06d}.png", image)
+            bar.update(len(batch))
+
+
+def generate_for_model(model: Path, prompt: str, num_images: int, cache_root: Path, resolution: int | None,
+                       steps: int, guidance_scale: float, seed: int, batch_size: int) -> list[Path]:
+    """`dreambooth class-images`: the class images of a model folder with its own sampler."""
+    folder = check_model_folder(model)
+    sampler = load_sampling_scheduler(folder)
+    spec = ClassImageSpec(model_path=folder, prompt=prompt, resolution=resolution or _native_resolution(folder),
+                          sampler=type(sampler).__name__, sampler_config=dict(sampler.config),
+                          num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
+    return ensure_class_images(spec, cache_root, num_images, None, lambda: load_model_pipeline(folder),
+                               batch_size, progress=True)
+
+
+def _native_resolution(folder: Path) -> int:
+    """The UNet's sample size in pixels, read from the configs without loading weights."""
+    unet = UNet2DConditionModel.load_config(folder, subfolder="unet")
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def _valid_user_images(folder: Path) -> list[Path]:
+    """The user's class images that decode, sorted by name.
+
+    Stand-in until dreambooth/data/images.py (`scan_images`) lands; then use that instead.
+    """
+    if not folder.is_dir():
+        raise DataError(f"--class_data_dir {folder}: not a folder; pass a folder of class images or drop the option")
+    return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and _decodes(p)]
+
+
+def _decodes(path: Path) -> bool:
+    """Whether `path` is an image that decodes completely (a truncated PNG fails in `load`)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _read_memo(memo_file: Path) -> dict[str, dict[str, Any]]:
+    """The per-file hash memo; a missing or damaged one only costs re-hashing."""
+    try:
+        return json.loads(memo_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, content: bytes | Image.Image) -> None:
+    """Write to a temp file beside `path`, fsync, then rename: readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(content, Image.Image):
+                content.save(f, format="PNG")
+            else:
+                f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

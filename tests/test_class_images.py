@@ -1,0 +1,129 @@
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreambooth import class_images
+from dreambooth.class_images import ClassImageSpec, cache_key, ensure_class_images, model_fingerprint
+from dreambooth.errors import DataError
+from dreambooth.models import load_pipeline, load_sampling_scheduler
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd):
+    return load_pipeline(tiny_sd)
+
+
+def make_spec(model, **changes) -> ClassImageSpec:
+    sampler = load_sampling_scheduler(model)
+    fields = dict(model_path=model, prompt="a dog", resolution=32, sampler=type(sampler).__name__,
+                  sampler_config=dict(sampler.config), num_inference_steps=2, guidance_scale=7.5, seed=0)
+    return ClassImageSpec(**{**fields, **changes})
+
+
+class Loader:
+    """Counts how often the pipeline is loaded."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.pipe
+
+
+def no_load():
+    raise AssertionError("the cache was warm; the model should not have been loaded")
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_generates_then_reuses_without_loading(tiny_sd, pipe, tmp_path):
+    loader = Loader(pipe)
+    paths = ensure_class_images(make_spec(tiny_sd), tmp_path, 5, None, loader, batch_size=2, progress=False)
+    assert loader.calls == 1
+    assert [p.name for p in paths] == [f"{i:06d}.png" for i in range(5)]
+    assert all(Image.open(p).size == (32, 32) for p in paths)
+    assert paths[0].parent.name.startswith("a-dog-") and (paths[0].parent / "spec.json").is_file()
+    assert not list(paths[0].parent.glob(".*"))  # no temp files left behind
+    again = ensure_class_images(make_spec(tiny_sd), tmp_path, 5, None, no_load, batch_size=2, progress=False)
+    assert again == paths
+
+
+def test_a_copy_of_the_model_shares_the_cache(tiny_sd, pipe, tmp_path):
+    paths = ensure_class_images(make_spec(tiny_sd), tmp_path / "cache", 2, None, Loader(pipe), 2, False)
+    copy = shutil.copytree(tiny_sd, tmp_path / "elsewhere" / "model")
+    assert ensure_class_images(make_spec(copy), tmp_path / "cache", 2, None, no_load, 2, False) == paths
+
+
+def test_changed_weights_change_the_fingerprint(tiny_sd, tmp_path):
+    copy = shutil.copytree(tiny_sd, tmp_path / "model")
+    before = model_fingerprint(copy)
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(copy) != before
+
+
+def test_fingerprint_is_memoized(tiny_sd, tmp_path, monkeypatch):
+    first = model_fingerprint(tiny_sd, tmp_path)
+    assert (tmp_path / "fingerprints.json").is_file()
+    monkeypatch.setattr(class_images, "_file_sha256", lambda path: pytest.fail(f"re-hashed {path}"))
+    assert model_fingerprint(tiny_sd, tmp_path) == first
+
+
+@pytest.mark.parametrize("change", [dict(prompt="a cat"), dict(seed=1), dict(num_inference_steps=3),
+                                    dict(guidance_scale=5.0), dict(resolution=64), dict(negative_prompt="blurry"),
+                                    dict(sampler="EulerDiscreteScheduler")])
+def test_every_setting_is_in_the_key(tiny_sd, change):
+    fingerprint = model_fingerprint(tiny_sd)
+    assert cache_key(make_spec(tiny_sd, **change), fingerprint) != cache_key(make_spec(tiny_sd), fingerprint)
+    assert cache_key(make_spec(tiny_sd), fingerprint) != cache_key(make_spec(tiny_sd), "0" * 64)
+
+
+def test_resumes_exactly_the_missing_and_broken_images(tiny_sd, pipe, tmp_path):
+    paths = ensure_class_images(make_spec(tiny_sd), tmp_path, 6, None, Loader(pipe), 4, False)
+    originals = [pixels(p) for p in paths]
+    untouched = {p: p.stat().st_mtime_ns for i, p in enumerate(paths) if i not in (1, 3, 4)}
+    paths[1].unlink()
+    paths[4].unlink()
+    paths[3].write_bytes(paths[3].read_bytes()[:60])  # truncated mid-file, as by a crash
+    loader = Loader(pipe)
+    again = ensure_class_images(make_spec(tiny_sd), tmp_path, 6, None, loader, 4, False)
+    assert again == paths and loader.calls == 1
+    assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())
+    for i in (1, 3, 4):
+        np.testing.assert_array_equal(pixels(paths[i]), originals[i])
+
+
+def test_batch_size_does_not_change_the_images(tiny_sd, pipe, tmp_path):
+    one = ensure_class_images(make_spec(tiny_sd), tmp_path / "a", 3, None, Loader(pipe), 1, False)
+    three = ensure_class_images(make_spec(tiny_sd), tmp_path / "b", 3, None, Loader(pipe), 3, False)
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(pixels(a), pixels(b))
+    assert len({pixels(p).tobytes() for p in one}) == 3  # each index has its own noise
+
+
+def test_user_images_count_first(tiny_sd, pipe, tmp_path, subject_dir):
+    user = shutil.copytree(subject_dir, tmp_path / "mine")
+    (user / "broken.png").write_bytes(b"not an image")
+    (user / "notes.txt").write_text("hello")
+    mine = sorted(user.glob("photo_*.png"))
+    assert ensure_class_images(make_spec(tiny_sd), tmp_path / "cache", 3, user, no_load, 2, False) == mine[:3]
+    loader = Loader(pipe)
+    paths = ensure_class_images(make_spec(tiny_sd), tmp_path / "cache", 6, user, loader, 2, False)
+    assert paths[:4] == mine and [p.name for p in paths[4:]] == ["000000.png", "000001.png"]
+
+
+def test_missing_user_folder_is_a_data_error(tiny_sd, tmp_path):
+    with pytest.raises(DataError, match="class_data_dir"):
+        ensure_class_images(make_spec(tiny_sd), tmp_path, 2, tmp_path / "nope", no_load, 2, False)
+
+
+def test_a_damaged_memo_only_costs_rehashing(tiny_sd, tmp_path):
+    (tmp_path / "fingerprints.json").write_text("{garbage")
+    assert model_fingerprint(tiny_sd, tmp_path) == model_fingerprint(tiny_sd)
