@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except DreamBoothError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

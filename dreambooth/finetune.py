@@ -44,13 +44,14 @@ class LoRAFineTune:
     def save(self, pipe: StableDiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
         from dreambooth.export import write_kohya_lora  # export owns the file formats
 
-        unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
-        text_layers = None
-        if cfg.train_text_encoder:
-            text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
+        layers, metadata = {}, {}
+        for name in ("unet", "text_encoder") if cfg.train_text_encoder else ("unet",):
+            model = getattr(pipe, name)
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+            # the adapter config (alpha above all) travels in the file, so loaders scale it as trained
+            metadata[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
         out.mkdir(parents=True, exist_ok=True)
-        StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=unet_layers,
-                                                  text_encoder_lora_layers=text_layers, safe_serialization=True)
+        StableDiffusionPipeline.save_lora_weights(out, **layers, **metadata, safe_serialization=True)
         if cfg.lora_format == "kohya":
             write_kohya_lora(out / LORA_WEIGHTS, out / "lora_kohya.safetensors", cfg)
 

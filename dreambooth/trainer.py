@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,7 @@ class Trainer:
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir).expanduser()
         self.step = 0
+        self.stop_signal: int | None = None  # set by a SIGINT/SIGTERM handler; the loop saves and stops
         self.accelerator = Accelerator(
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -88,12 +91,14 @@ class Trainer:
         cfg, parts, device = self.cfg, self.parts, self.accelerator.device
         self.finetune = strategy_for(cfg)
         self.finetune.configure(parts, cfg)
-        frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-        parts.vae.requires_grad_(False).to(device, frozen_dtype)
+        frozen = [parts.vae] + ([] if cfg.train_text_encoder else [parts.text_encoder])
+        low_precision = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+        for module in frozen:
+            module.requires_grad_(False).to(device)
+            if low_precision is not None:
+                module.to(dtype=low_precision)
         parts.unet.train()
         parts.text_encoder.train(cfg.train_text_encoder)
-        if not cfg.train_text_encoder:
-            parts.text_encoder.to(device, frozen_dtype)
         if cfg.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             if cfg.train_text_encoder:
@@ -168,12 +173,19 @@ class Trainer:
             self._append_metrics(logs)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
             bar.update(1)
+            if self.stop_signal is not None:
+                self._save_and_stop()
             if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
                 checkpoints.save(acc, self.output_dir, self.step, cfg.checkpoints_total_limit)
             if cfg.validation_prompts and self.step % cfg.validation_steps == 0:
                 self.validate()
         bar.close()
         return self.save()
+
+    def _save_and_stop(self) -> None:
+        path = checkpoints.save(self.accelerator, self.output_dir, self.step, self.cfg.checkpoints_total_limit)
+        raise Interrupted(f"stopped by {signal.Signals(self.stop_signal).name} at step {self.step}; saved {path}; "
+                          "resume with the same command plus --resume_from_checkpoint latest", self.stop_signal)
 
     def training_step(self, micro_step: int) -> LossParts:
         """One forward/backward pass on a concatenated [instance; prior] batch (paper, Eq. 2)."""
@@ -273,8 +285,28 @@ class Trainer:
         return self.output_dir
 
 
+class Interrupted(DreamBoothError):
+    """SIGINT/SIGTERM during training: a checkpoint was saved; the message says how to resume."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Personalize `cfg.pretrained_model_name_or_path` on `cfg.instance_data_dir`; return the output folder."""
+    """Personalize `cfg.pretrained_model_name_or_path` on `cfg.instance_data_dir`; return the output folder.
+
+    SIGINT/SIGTERM during the loop finish the current step, save a checkpoint and raise `Interrupted`.
+    """
     trainer = Trainer(cfg)
     trainer.setup()
-    return trainer.train()
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.train()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda number, frame: setattr(trainer, "stop_signal", number))
+    try:
+        return trainer.train()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dreambooth import checkpoints
-from dreambooth.errors import ConfigError
+from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.trainer import train
 from tests.test_trainer import config, losses
 
@@ -28,7 +28,7 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_sd, subject_dir, t
 def test_resume_with_nothing_to_resume_fails_clearly(tiny_sd, subject_dir, tmp_path):
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         train(config(tiny_sd, subject_dir, tmp_path, resume_from_checkpoint="latest"))
-    with pytest.raises(ConfigError, match="does not exist|not a complete checkpoint"):
+    with pytest.raises(DreamBoothError, match="nope does not exist"):
         train(config(tiny_sd, subject_dir, tmp_path, resume_from_checkpoint=str(tmp_path / "nope")))
 
 

@@ -1,0 +1,184 @@
+"""Score a personalized model (or images it already generated) with the paper's metrics.
+
+Image-folder layout (the one `dreambooth generate` writes, so its output folders can be scored as they
+are): one sub-folder per prompt, holding that prompt's images and a `prompt.txt` with the exact text
+they were generated from (identifier filled in). A sub-folder whose prompt is "a {class_noun}" holds the
+fine-tuned model's plain class images and is scored as PRES instead of as a subject prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from dreambooth.class_images import IMAGE_SUFFIXES
+from dreambooth.config import fill_prompt
+from dreambooth.errors import ConfigError, DataError
+from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, EfficientNetLite0, ImageEncoder, load_encoder
+from dreambooth.evaluation.metrics import div as div_metric
+from dreambooth.evaluation.metrics.fidelity import label, mean_pairwise_cosine, self_similarity
+from dreambooth.evaluation.metrics.prompt_fidelity import PromptScorer
+from dreambooth.evaluation.prompts import load_prompts, prompt_set_for
+
+PROMPT_FILE = "prompt.txt"
+
+
+@dataclass
+class PromptImages:
+    """The images generated for one prompt, and where they are on disk (for the report)."""
+
+    prompt: str
+    images: list[Image.Image]
+    paths: list[Path] = field(default_factory=list)
+
+
+def open_images(paths: Sequence[Path]) -> list[Image.Image]:
+    """Decoded images (EXIF kept: the encoders apply it)."""
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            image.load()
+            images.append(image)
+    return images
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted; `grid.png` previews are not samples."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "grid.png")
+
+
+def load_image_folder(folder: Path) -> list[PromptImages]:
+    """Read the layout described in the module docstring."""
+    sets = []
+    for sub in sorted(p for p in folder.iterdir() if (p / PROMPT_FILE).is_file()):
+        paths = image_files(sub)
+        if paths:
+            sets.append(PromptImages((sub / PROMPT_FILE).read_text(encoding="utf-8").strip(), open_images(paths), paths))
+    if not sets:
+        raise DataError(f"{folder}: no sub-folder with {PROMPT_FILE} and images; "
+                        "pass a model folder or one sub-folder per prompt (see docs/evaluation.md)")
+    return sets
+
+
+def generate_images(model: Path, prompts: Sequence[str], n_per_prompt: int, seed: int, steps: int,
+                    guidance: float, out: Path) -> Path:
+    """Sample every (filled) prompt with the same seeds (image i uses seed + i) into `out` in the folder layout."""
+    from dreambooth.generate import load_trained, sample  # diffusers import only when generating
+
+    pipe = load_trained(model)
+    for index, prompt in enumerate(prompts):
+        folder = out / f"{index:02d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:60]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(sample(pipe, prompt, n_per_prompt, steps, guidance, seed)):
+            image.save(folder / f"{seed + i:06d}.png")
+        (folder / PROMPT_FILE).write_text(prompt + "\n", encoding="utf-8")
+    return out
+
+
+def without_identifier(prompt: str, identifier: str | None) -> str:
+    """The prompt as CLIP-T reads it: the rare-token identifier removed (paper convention)."""
+    return " ".join(w for w in prompt.split() if w != identifier) if identifier else prompt
+
+
+def row(metric: str, encoder: str, value: float | None) -> dict[str, Any]:
+    return {"metric": metric, "encoder": encoder, "value": value}
+
+
+def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], class_noun: str | None,
+          identifier: str | None, encoders: Sequence[ImageEncoder], prompt_scorer: PromptScorer | None = None,
+          div_features: div_metric.FeatureMaps | None = None) -> dict[str, Any]:
+    """Per-prompt and mean metrics; every number carries the encoder (or scorer) that produced it."""
+    if len(real_images) < 2:
+        raise DataError("evaluation needs at least 2 real subject photos (the paper uses 3-6)")
+    class_prompt = f"a {class_noun}" if class_noun else None
+    real = {e.name: e.embed(list(real_images)) for e in encoders}
+    per_prompt, pres_rows = [], []
+    for s in sets:
+        emb = {e.name: e.embed(s.images) for e in encoders}
+        if s.prompt == class_prompt:
+            pres_rows = [row("PRES", e.name, mean_pairwise_cosine(emb[e.name], real[e.name])) for e in encoders]
+            continue
+        rows = [row(label(e), e.name, mean_pairwise_cosine(emb[e.name], real[e.name])) for e in encoders]
+        if prompt_scorer is not None:
+            rows.append(row("prompt fidelity", prompt_scorer.name,
+                            prompt_scorer(s.images, without_identifier(s.prompt, identifier))))
+        if div_features is not None and len(s.images) >= 2:
+            rows.append(row("DIV", div_metric.metric_name(div_features), div_metric.div(div_features, s.images)))
+        per_prompt.append({"prompt": s.prompt, "images": [str(p) for p in s.paths], "metrics": rows})
+    if not per_prompt:
+        raise DataError("no subject prompts to score (only the class prompt was found)")
+    summary = []
+    for key in dict.fromkeys((r["metric"], r["encoder"]) for p in per_prompt for r in p["metrics"]):
+        values = [r["value"] for p in per_prompt for r in p["metrics"] if (r["metric"], r["encoder"]) == key]
+        summary.append(row(*key, sum(values) / len(values)))
+    return {
+        "class_noun": class_noun, "identifier": identifier,
+        "summary": summary + pres_rows,
+        "real_vs_real": [row(label(e), e.name, self_similarity(real[e.name])) for e in encoders],
+        "prompts": per_prompt,
+    }
+
+
+def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence[Image.Image], *,
+             class_noun: str | None = None, identifier: str | None = None,
+             prompts: str | Path | Sequence[str] | None = None,
+             encoders: Sequence[str | ImageEncoder] = DEFAULT_ENCODERS, prompt_scorer: PromptScorer | None = None,
+             div_features: div_metric.FeatureMaps | str | None = "efficientnet-lite0",
+             n_per_prompt: int = 4, seed: int = 0, steps: int = 50, guidance: float = 7.5,
+             out: Path | None = None) -> dict[str, Any]:
+    """Score `source`: a model folder (sampled into `out/images` first), an image folder, or PromptImages.
+
+    For a model folder, `identifier`/`class_noun` default to those it was trained with; `prompts`
+    (templates, "object", "live" or a file; default: the paper's list for the class) are sampled
+    `n_per_prompt` times with seeds seed..seed+n-1, plus "a {class_noun}" for PRES. For images, pass
+    `class_noun` (to find the PRES folder) and `identifier` (removed from prompts for prompt fidelity).
+    `div_features` is "efficientnet-lite0", any `FeatureMaps`, or None to skip DIV.
+    """
+    protocol = None
+    if isinstance(source, Path) and is_model_folder(source):
+        from dreambooth.generate import training_record
+
+        record = training_record(source)
+        identifier, class_noun = identifier or record.get("identifier"), class_noun or record.get("class_noun")
+        if not class_noun:
+            raise ConfigError(f"{source} records no class noun; pass --class_noun")
+        if out is None:
+            raise ConfigError("evaluating a model generates images; pass --output_dir for them")
+        if prompts is None or isinstance(prompts, (str, Path)):
+            prompts = load_prompts(prompts or prompt_set_for(class_noun))
+        texts = [fill_prompt(t, identifier, class_noun) for t in prompts] + [f"a {class_noun}"]
+        protocol = {"model": str(source), "n_per_prompt": n_per_prompt, "seed": seed, "steps": steps,
+                    "guidance": guidance}
+        source = generate_images(source, texts, n_per_prompt, seed, steps, guidance, out / "images")
+    if isinstance(source, Path) and not source.is_dir():
+        raise DataError(f"{source}: not a folder; pass a model folder or a folder of generated images")
+    if isinstance(real_images, Path) and not real_images.is_dir():
+        raise DataError(f"{real_images}: not a folder; pass the folder of the subject's real photos")
+    sets = load_image_folder(source) if isinstance(source, Path) else list(source)
+    real = open_images(image_files(real_images)) if isinstance(real_images, Path) else list(real_images)
+    image_encoders = [load_encoder(e) if isinstance(e, str) else e for e in encoders]
+    if isinstance(div_features, str):
+        div_features = next((e for e in image_encoders if e.name == div_features and hasattr(e, "feature_maps")),
+                            None) or load_div_features(div_features)
+    with torch.no_grad():
+        result = score(sets, real, class_noun, identifier, image_encoders, prompt_scorer, div_features)
+    return {"generation": protocol, **result}
+
+
+def is_model_folder(path: Path) -> bool:
+    """A diffusers pipeline folder or a LoRA folder `dreambooth train` wrote."""
+    from dreambooth.finetune import LORA_WEIGHTS
+
+    return (path / "model_index.json").is_file() or (path / LORA_WEIGHTS).is_file()
+
+
+def load_div_features(name: str) -> div_metric.FeatureMaps:
+    """The DIV feature extractor by name (only the offline EfficientNet-Lite0 today)."""
+    if name != EfficientNetLite0.name:
+        raise ConfigError(f"--div_features {name!r}: unknown; use efficientnet-lite0")
+    return EfficientNetLite0()
