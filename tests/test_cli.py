@@ -1,0 +1,62 @@
+"""The `dreambooth` command end to end on the tiny model, as a user would run it."""
+
+import subprocess
+import sys
+
+import pytest
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from dreambooth.cli import main
+
+
+def test_train_generate_identifier_and_class_cache_reuse(tiny_sd, subject_dir, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    common = ["--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
+              "--class_noun", "dog", "--with_prior_preservation", "--num_class_images", "3",
+              "--class-inference-steps", "2", "--class_cache_dir", str(cache), "--max_train_steps", "2",
+              "--learning_rate", "1e-4", "--center_crop", "--report_to", "none"]
+    assert main(["train", *common, "--output_dir", str(tmp_path / "a")]) == 0
+    [class_folder] = list(cache.glob("a-dog-*"))
+    first = {p.name: p.stat().st_mtime_ns for p in class_folder.glob("*.png")}
+    assert len(first) == 3
+    # a second subject of the same class reuses the cached class images untouched
+    assert main(["train", *common, "--output_dir", str(tmp_path / "b"), "--identifier", "zwx"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in class_folder.glob("*.png")} == first
+
+    out = tmp_path / "a"
+    assert StableDiffusionPipeline.from_pretrained(out, local_files_only=True) is not None
+    recorded = (out / "dreambooth_config.yaml").read_text()
+    assert "identifier: lun" in recorded  # the tokenizer's top rare token was chosen and recorded
+
+    assert main(["generate", "--model", str(out), "--prompt", "a {identifier} {class_noun} on the beach", "-n", "2",
+                 "--steps", "2", "--output", str(tmp_path / "samples")]) == 0
+    assert (tmp_path / "samples" / "prompt.txt").read_text().strip() == "a lun dog on the beach"
+    assert Image.open(tmp_path / "samples" / "grid.png").size == (64, 32)
+
+    capsys.readouterr()
+    assert main(["identifier", "--model", str(out), "-k", "3"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[1].split() == ["1", "49390", "lun"] and len(listed) == 4
+
+
+def test_class_images_command_fills_the_cache(tiny_sd, tmp_path, capsys):
+    assert main(["class-images", "--model", str(tiny_sd), "--prompt", "a cat", "-n", "2", "--steps", "2",
+                 "--cache_dir", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("a-cat-*/*.png"))) == 2
+
+
+def test_check_reports_every_problem_at_once(tmp_path, capsys):
+    code = main(["train", "--check", "--pretrained_model_name_or_path", str(tmp_path / "no-model"),
+                 "--instance_data_dir", str(tmp_path / "no-photos"), "--class_noun", "dog"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 problems" in err and "no-model" in err and "no-photos" in err
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dreambooth.cli", "train", "--pretrained_model_name_or_path",
+                             str(tmp_path), "--instance_data_dir", str(tmp_path), "--max_train_steps", "zero"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: --max_train_steps: expected int, got 'zero'"
