@@ -4,7 +4,8 @@
 
 For each subject folder: mean cosine over ordered pairs of different photos ("same", the paper's
 real-images row: DINO 0.774 with DINO ViT-S/16), and mean cosine to all other subjects' photos
-("cross", what an unrelated subject scores). Also 1-NN same-subject accuracy and pair AUC.
+("cross", what an unrelated subject scores). Also 1-NN same-subject accuracy and pair AUC, and for
+encoders with feature maps the LPIPS-style DIV among each subject's real photos.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, load_encoder
 from dreambooth.evaluation.evaluate import image_files, open_images
+from dreambooth.evaluation.metrics.div import div, metric_name
 from dreambooth.evaluation.metrics.fidelity import mean_pairwise_cosine, self_similarity
 
 
@@ -51,6 +53,10 @@ def main() -> None:
         nn_acc, auc = separation(torch.cat(list(emb.values())), [s for s, e in emb.items() for _ in range(len(e))])
         print(f"| **mean** | {sum(map(len, emb.values()))} | **{sum(same) / len(same):.3f}** | "
               f"{sum(cross) / len(cross):.3f} |\n\n1-NN same-subject {nn_acc:.3f}, pair AUC {auc:.3f}")
+        if hasattr(encoder, "feature_maps"):
+            divs = [div(encoder, images) for images in photos.values()]
+            print(f"DIV {metric_name(encoder)} of real photos: " + ", ".join(f"{d:.3f}" for d in divs)
+                  + f"; mean {sum(divs) / len(divs):.3f}")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ class TrainConfig:
     cache_latents: bool = option(True, "encode images with the frozen VAE once, not every step")
 
     # --- runtime ---------------------------------------------------------------------------------
+    allow_pickle: bool = option(False, "load pickled .bin weights (only from a source you trust)")
     seed: int = option(0, "seed for noise, timesteps, data order and class images")
     mixed_precision: MixedPrecision = option("no", "autocast precision")
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")

@@ -42,8 +42,12 @@ class Components:
         return self.noise_scheduler.config.prediction_type
 
 
-def check_model_folder(path: str | Path) -> Path:
-    """Fail early, in one line, if `path` is not a loadable diffusers SD folder."""
+def check_model_folder(path: str | Path, allow_pickle: bool = False) -> Path:
+    """Fail early, in one line, if `path` is not a loadable diffusers SD folder.
+
+    Weights must be safetensors: pickled `.bin` files can run code when loaded, so they are refused
+    unless `allow_pickle` (and then loaded with `torch.load(weights_only=True)` by the libraries).
+    """
     folder = Path(path).expanduser()
     index = folder / "model_index.json"
     if not folder.is_dir():
@@ -61,31 +65,41 @@ def check_model_folder(path: str | Path) -> Path:
         raise ModelError(f"{folder}: missing component(s) {', '.join(missing)}; a Stable Diffusion folder needs "
                          f"{', '.join(SD_COMPONENTS)}")
     for name in ("unet", "vae", "text_encoder"):
-        if not any((folder / name).glob("*.safetensors")):
-            raise ModelError(f"{folder / name}: no .safetensors weights; convert the model to safetensors "
-                             "(pickled .bin weights are not loaded)")
+        if any((folder / name).glob("*.safetensors")):
+            continue
+        if not any((folder / name).glob("*.bin")):
+            raise ModelError(f"{folder / name}: no weights (.safetensors) found")
+        if not allow_pickle:
+            raise ModelError(f"{folder / name}: only pickled .bin weights; convert them to safetensors, or pass "
+                             "--allow_pickle if you trust the source")
     return folder
 
 
-def load_components(path: str | Path) -> Components:
+def _weights_kwargs(folder: Path, *components: str) -> dict:
+    """Prefer safetensors; fall back to .bin only where check_model_folder allowed it."""
+    has_safetensors = all(any((folder / c).glob("*.safetensors")) for c in components)
+    return {"local_files_only": True, "use_safetensors": True if has_safetensors else None}
+
+
+def load_components(path: str | Path, allow_pickle: bool = False) -> Components:
     """Load tokenizer, text encoder, VAE, UNet and the DDPM training scheduler from a local folder."""
-    folder = check_model_folder(path)
-    kwargs = {"local_files_only": True, "use_safetensors": True}
+    folder = check_model_folder(path, allow_pickle)
     return Components(
         path=folder,
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
-        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kwargs),
-        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs),
-        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
+                                                   **_weights_kwargs(folder, "text_encoder")),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **_weights_kwargs(folder, "vae")),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **_weights_kwargs(folder, "unet")),
         noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
     )
 
 
-def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False) -> StableDiffusionPipeline:
     """The sampling pipeline of a local folder (base or personalized), offline and quiet."""
-    folder = check_model_folder(path)
-    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, use_safetensors=True,
-                                             safety_checker=None, requires_safety_checker=False)
+    folder = check_model_folder(path, allow_pickle)
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+                                             **_weights_kwargs(folder, "unet", "vae", "text_encoder"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -104,7 +104,7 @@ def preflight(cfg: TrainConfig) -> Report:
     report = Report()
     model = None
     try:
-        model = check_model_folder(cfg.pretrained_model_name_or_path)
+        model = check_model_folder(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
     except DreamBoothError as exc:
         report.problems.append(str(exc))
     _check_images(cfg.instance_data_dir, "instance", report)

