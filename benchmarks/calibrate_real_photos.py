@@ -18,7 +18,7 @@ import torch
 from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, load_encoder
 from dreambooth.evaluation.evaluate import image_files, open_images
 from dreambooth.evaluation.metrics.div import div, metric_name
-from dreambooth.evaluation.metrics.fidelity import mean_pairwise_cosine, self_similarity
+from dreambooth.evaluation.metrics.fidelity import self_similarity, subject_fidelity
 
 
 def separation(e: torch.Tensor, labels: list[str]) -> tuple[float, float]:
@@ -48,7 +48,7 @@ def main() -> None:
         for s, e in emb.items():
             others = torch.cat([o for t, o in emb.items() if t != s])
             same.append(self_similarity(e))
-            cross.append(mean_pairwise_cosine(e, others))
+            cross.append(subject_fidelity(e, others))
             print(f"| {s} | {len(e)} | {same[-1]:.3f} | {cross[-1]:.3f} |")
         nn_acc, auc = separation(torch.cat(list(emb.values())), [s for s, e in emb.items() for _ in range(len(e))])
         print(f"| **mean** | {sum(map(len, emb.values()))} | **{sum(same) / len(same):.3f}** | "

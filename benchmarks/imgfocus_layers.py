@@ -23,7 +23,7 @@ from calibrate_real_photos import separation  # noqa: E402
 
 from dreambooth.evaluation.encoders import imagenet_batch, imgfocus_model_file  # noqa: E402
 from dreambooth.evaluation.evaluate import image_files, open_images  # noqa: E402
-from dreambooth.evaluation.metrics.fidelity import mean_pairwise_cosine, self_similarity  # noqa: E402
+from dreambooth.evaluation.metrics.fidelity import self_similarity, subject_fidelity  # noqa: E402
 
 FINAL = "/backbone/layernorm/Add_1_output_0"
 BLOCKS = {b: f"/backbone/encoder/layer.{b}/Add_1_output_0" for b in (8, 9, 10)}
@@ -34,7 +34,7 @@ def report(name: str, e: torch.Tensor, labels: list[str]) -> None:
     subjects = sorted(set(labels))
     rows = [[i for i, s in enumerate(labels) if s == t] for t in subjects]
     same = sum(self_similarity(e[r]) for r in rows) / len(rows)
-    cross = sum(mean_pairwise_cosine(e[r], e[[i for i in range(len(e)) if i not in r]]) for r in rows) / len(rows)
+    cross = sum(subject_fidelity(e[r], e[[i for i in range(len(e)) if i not in r]]) for r in rows) / len(rows)
     nn_acc, auc = separation(e, labels)
     print(f"| {name} | {same:.3f} | {cross:.3f} | {nn_acc:.3f} | {auc:.3f} |")
 

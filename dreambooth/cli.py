@@ -159,8 +159,9 @@ def quiet_libraries() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,22 @@ def pipeline_from(parts: Components, unet, text_encoder) -> StableDiffusionPipel
 def scalar_config(cfg: TrainConfig) -> dict[str, Any]:
     """The config with only scalar values, as TensorBoard's hparams need."""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()}
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move a fully written model from `staging` into `out` so that a crash never leaves a folder that
+    looks complete: the files loaders look for first (model_index.json, the config) go out first and
+    come back last."""
+    markers = ("model_index.json", CONFIG_FILE)
+    for name in markers:
+        (out / name).unlink(missing_ok=True)
+    entries = sorted(staging.iterdir(), key=lambda p: p.name in markers)
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
 
 
 def write_card_and_config(out: Path, cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> None:

@@ -10,8 +10,8 @@ a run resumed from a checkpoint continues exactly as the uninterrupted run would
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -23,7 +23,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from dreambooth import checkpoints, export
+from dreambooth import checkpoints, export, runlog
 from dreambooth.class_images import ClassImageSpec, ensure_class_images
 from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.data.dataset import DreamBoothData, LatentImages
@@ -83,6 +83,8 @@ class Trainer:
         prepared = acc.prepare(self.parts.unet, self.parts.text_encoder, self.optimizer, self.lr_scheduler)
         self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = prepared
         self.start_step = checkpoints.resume(acc, self.output_dir, cfg.resume_from_checkpoint)
+        if acc.is_main_process:
+            runlog.restart_at(self.output_dir, self.start_step)
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("dreambooth", config=export.scalar_config(cfg))
 
@@ -170,7 +172,8 @@ class Trainer:
             if loss.prior is not None:
                 logs["loss/prior"] = loss.prior.item()
             acc.log(logs, step=self.step)
-            self._append_metrics(logs)
+            if acc.is_main_process:
+                runlog.append(self.output_dir, {"step": self.step, **logs})
             bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
             bar.update(1)
             if self.stop_signal is not None:
@@ -214,13 +217,6 @@ class Trainer:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
-
-    def _append_metrics(self, logs: dict[str, float]) -> None:
-        """One JSON line per step in metrics.jsonl (kept across resumes: a resumed run appends)."""
-        if self.accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.output_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, **logs}) + "\n")
 
     @torch.no_grad()
     def _append_frozen_prior(self, noisy, timesteps, target, rows):
@@ -279,8 +275,11 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            self.finetune.save(self.pipeline(), self.output_dir, self.cfg)
-            export.write_card_and_config(self.output_dir, self.cfg, self.instance_prompt, self.class_prompt)
+            staging = self.output_dir / ".final.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            self.finetune.save(self.pipeline(), staging, self.cfg)
+            export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
+            export.publish(staging, self.output_dir)
         acc.end_training()
         return self.output_dir
 

@@ -1,12 +1,11 @@
 """End-to-end behaviour of the training loop on a tiny random-weight SD model."""
 
-import json
-
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
+from dreambooth import runlog
 from dreambooth.config import from_dict
 from dreambooth.trainer import Trainer, train
 
@@ -20,7 +19,7 @@ def config(tiny_sd, subject_dir, tmp_path, **overrides):
 
 
 def losses(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return runlog.read(out)
 
 
 def test_instance_loss_falls_when_overfitting_one_subject(tiny_sd, subject_dir, tmp_path):

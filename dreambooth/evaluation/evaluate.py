@@ -21,7 +21,8 @@ from dreambooth.config import fill_prompt
 from dreambooth.errors import ConfigError, DataError
 from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, EfficientNetLite0, ImageEncoder, load_encoder
 from dreambooth.evaluation.metrics import div as div_metric
-from dreambooth.evaluation.metrics.fidelity import label, mean_pairwise_cosine, self_similarity
+from dreambooth.evaluation.metrics.fidelity import label, self_similarity, subject_fidelity
+from dreambooth.evaluation.metrics.pres import pres
 from dreambooth.evaluation.metrics.prompt_fidelity import PromptScorer
 from dreambooth.evaluation.prompts import load_prompts, prompt_set_for
 
@@ -101,9 +102,9 @@ def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], clas
     for s in sets:
         emb = {e.name: e.embed(s.images) for e in encoders}
         if s.prompt == class_prompt:
-            pres_rows = [row("PRES", e.name, mean_pairwise_cosine(emb[e.name], real[e.name])) for e in encoders]
+            pres_rows = [row("PRES", e.name, pres(emb[e.name], real[e.name])) for e in encoders]
             continue
-        rows = [row(label(e), e.name, mean_pairwise_cosine(emb[e.name], real[e.name])) for e in encoders]
+        rows = [row(label(e), e.name, subject_fidelity(emb[e.name], real[e.name])) for e in encoders]
         if prompt_scorer is not None:
             rows.append(row("prompt fidelity", prompt_scorer.name,
                             prompt_scorer(s.images, without_identifier(s.prompt, identifier))))

@@ -17,9 +17,9 @@ def _fmt(value: float | None) -> str:
 
 
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, encoder, value, real-vs-real reference) for every summary number."""
-    reference = {(r["metric"], r["encoder"]): r["value"] for r in result["real_vs_real"]}
-    return [(r["metric"], r["encoder"], _fmt(r["value"]), _fmt(reference.get((r["metric"], r["encoder"]))))
+    """(metric, encoder, value, real-vs-real reference of that encoder) for every summary number."""
+    reference = {r["encoder"]: r["value"] for r in result["real_vs_real"]}
+    return [(r["metric"], r["encoder"], _fmt(r["value"]), _fmt(reference.get(r["encoder"])))
             for r in result["summary"]]
 
 

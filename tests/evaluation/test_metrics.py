@@ -7,24 +7,28 @@ from dreambooth.evaluation.metrics.pres import pres
 from tests.evaluation.fakes import PixelEncoder, PixelMaps, noise_image
 
 ENC = PixelEncoder()
-REAL = [noise_image(0)] * 3
+REAL = ENC.embed([noise_image(0)] * 3)
+
+
+def embed(seeds):
+    return ENC.embed([noise_image(s) for s in seeds])
 
 
 def test_fidelity_of_identical_images_is_one():
-    assert subject_fidelity(ENC, [noise_image(0)] * 2, REAL) == pytest.approx(1.0, abs=1e-6)
+    assert subject_fidelity(embed([0, 0]), REAL) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_unrelated_images_score_lower():
-    related = subject_fidelity(ENC, [noise_image(0)], REAL)
-    unrelated = subject_fidelity(ENC, [noise_image(s) for s in (5, 6, 7)], REAL)
+    related = subject_fidelity(embed([0]), REAL)
+    unrelated = subject_fidelity(embed([5, 6, 7]), REAL)
     assert unrelated < 0.5 < related
 
 
 def test_fidelity_is_symmetric_and_order_free():
-    a, b = [noise_image(s) for s in (1, 2, 3)], [noise_image(s) for s in (4, 5)]
-    value = subject_fidelity(ENC, a, b)
-    assert subject_fidelity(ENC, b, a) == pytest.approx(value)
-    assert subject_fidelity(ENC, a[::-1], b[::-1]) == pytest.approx(value)
+    a, b = embed([1, 2, 3]), embed([4, 5])
+    value = subject_fidelity(a, b)
+    assert subject_fidelity(b, a) == pytest.approx(value)
+    assert subject_fidelity(a.flip(0), b.flip(0)) == pytest.approx(value)
 
 
 def test_self_similarity_skips_the_diagonal():
@@ -36,8 +40,8 @@ def test_self_similarity_skips_the_diagonal():
 
 
 def test_pres_is_higher_when_class_images_look_like_the_subject():
-    drifted = pres(ENC, [noise_image(0)] * 4, REAL)  # "a dog" now renders the subject
-    preserved = pres(ENC, [noise_image(s) for s in range(10, 14)], REAL)
+    drifted = pres(embed([0] * 4), REAL)  # "a dog" now renders the subject
+    preserved = pres(embed(range(10, 14)), REAL)
     assert drifted > preserved
 
 

@@ -20,7 +20,7 @@ def result_with_images(tmp_path):
 def test_markdown_has_summary_with_reference_and_prompt_rows(tmp_path):
     md = to_markdown(result_with_images(tmp_path))
     assert "| DINO | enc | 0.500 | 0.750 |" in md
-    assert "| PRES | enc | 0.250 | n/a |" in md
+    assert "| PRES | enc | 0.250 | 0.750 |" in md
     assert "| a zwx <dog> | 0.500 |" in md
 
 

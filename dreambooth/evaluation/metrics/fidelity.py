@@ -6,7 +6,6 @@ With a DINO-type encoder this is the paper's DINO metric, with a CLIP image enco
 from __future__ import annotations
 
 import torch
-from PIL import Image
 
 from dreambooth.evaluation.encoders import ImageEncoder
 
@@ -18,9 +17,10 @@ def label(encoder: ImageEncoder) -> str:
     return LABELS.get(encoder.family, "fidelity")
 
 
-def mean_pairwise_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean of cos(a_i, b_j) over all (i, j); rows of a (N, D) and b (M, D) are unit vectors."""
-    return float((a @ b.T).mean())
+def subject_fidelity(generated: torch.Tensor, real: torch.Tensor) -> float:
+    """DINO / CLIP-I: mean cos(g_i, r_j) over all pairs; rows of generated (N, D) and real (M, D) are unit
+    embeddings from one encoder. Higher = more faithful to the subject."""
+    return float((generated @ real.T).mean())
 
 
 def self_similarity(e: torch.Tensor) -> float:
@@ -31,7 +31,3 @@ def self_similarity(e: torch.Tensor) -> float:
     sims = e @ e.T  # (n, n), diagonal is 1
     return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
 
-
-def subject_fidelity(encoder: ImageEncoder, generated: list[Image.Image], real: list[Image.Image]) -> float:
-    """DINO / CLIP-I of `generated` against the subject's `real` photos (higher = more faithful)."""
-    return mean_pairwise_cosine(encoder.embed(generated), encoder.embed(real))

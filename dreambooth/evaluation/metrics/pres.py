@@ -4,12 +4,12 @@ now renders the subject (language drift / prior collapse)."""
 
 from __future__ import annotations
 
-from PIL import Image
+import torch
 
-from dreambooth.evaluation.encoders import ImageEncoder
 from dreambooth.evaluation.metrics.fidelity import subject_fidelity
 
 
-def pres(encoder: ImageEncoder, class_images: list[Image.Image], real: list[Image.Image]) -> float:
-    """Fidelity of the fine-tuned model's plain class images to the subject (lower = prior kept)."""
-    return subject_fidelity(encoder, class_images, real)
+def pres(class_generated: torch.Tensor, real: torch.Tensor) -> float:
+    """Fidelity of the fine-tuned model's plain class images (N, D) to the real photos (M, D), unit
+    embeddings from one encoder (lower = prior kept)."""
+    return subject_fidelity(class_generated, real)
