@@ -1,0 +1,224 @@
+"""Pretrain the toy world's base model: a real diffusers StableDiffusionPipeline, from scratch.
+
+    python -m dreambooth.toyworld.pretrain --out dreambooth/assets/base-model --threads 2
+
+Stages, each resumable from the newest checkpoint in --work: render the data set (Fashion-MNIST
+*train* items only) -> train the VAE -> encode every scene once -> train the text encoder and
+UNet jointly on captioned latents (DDPM epsilon objective, captions dropped for CFG) -> save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from dreambooth.models import CLIP_TOKENIZER_DIR
+from dreambooth.toyworld import captions, fashion_mnist, world
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    seed: int = 0
+    num_scenes: int = 60_000
+    context_length: int = 24  # toy captions are <= 12 tokens; short context = fast cross-attention
+    vae_steps: int = 1_500
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 7_000
+    unet_batch: int = 32
+    unet_lr: float = 3e-4
+    text_hidden: int = 40  # the 49,408-row token table dominates the 40 MB budget
+    checkpoint_every: int = 250
+
+
+def build_models(cfg: PretrainConfig) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
+    torch.manual_seed(cfg.seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        layers_per_block=1, norm_num_groups=16, sample_size=world.SIZE)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    unet = UNet2DConditionModel(
+        sample_size=world.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=32)
+    return vae, text_encoder, unet
+
+
+def noise_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000,
+                         clip_sample=False, steps_offset=1, prediction_type="epsilon")
+
+
+def render_dataset(cfg: PretrainConfig, path: Path) -> dict[str, np.ndarray]:
+    """num_scenes renders of train items with random color/context, plus their attributes."""
+    if path.is_file():
+        return dict(np.load(path))
+    items, labels = fashion_mnist.load("train")
+    rng = np.random.default_rng(cfg.seed)
+    index = rng.integers(0, len(items), cfg.num_scenes)
+    images, colors, contexts = [], [], []
+    for i in index:
+        scene = world.sample_scene(rng, items[i], fashion_mnist.CLASS_NOUNS[labels[i]])
+        images.append(world.render(scene))
+        colors.append(list(world.COLORS).index(scene.color))
+        contexts.append(world.CONTEXTS.index(scene.context))
+    data = {"images": np.stack(images), "labels": labels[index], "colors": np.array(colors), "contexts": np.array(contexts)}
+    np.savez(path.with_suffix(".tmp.npz"), **data)
+    os.replace(path.with_suffix(".tmp.npz"), path)
+    return data
+
+
+class Checkpointer:
+    """Weights (safetensors) and optimizer state of one stage, written atomically, resumed by step."""
+
+    def __init__(self, folder: Path, stage: str) -> None:
+        self.folder, self.stage = folder, stage
+
+    def save(self, step: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
+        tmp = self.folder / f".{self.stage}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, module in modules.items():
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "step.json").write_text(json.dumps({"step": step}))
+        final = self.folder / self.stage
+        if final.exists():
+            os.replace(final, self.folder / f".{self.stage}.old")
+        os.replace(tmp, final)
+        old = self.folder / f".{self.stage}.old"
+        if old.exists():
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+
+    def load(self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None) -> int:
+        final = self.folder / self.stage
+        if not (final / "step.json").is_file():
+            return 0
+        for name, module in modules.items():
+            module.load_state_dict(load_file(final / f"{name}.safetensors"))
+        if optimizer is not None:
+            optimizer.load_state_dict(torch.load(final / "optimizer.pt", weights_only=True))
+        return json.loads((final / "step.json").read_text())["step"]
+
+
+def _to_pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, 64, 64) in [-1, 1]
+
+
+def train_vae(cfg: PretrainConfig, vae: AutoencoderKL, images: np.ndarray, ckpt: Checkpointer, log) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    start = ckpt.load({"vae": vae}, opt)
+    for step in range(start, cfg.vae_steps):
+        rng = np.random.default_rng([cfg.seed, 1, step])
+        x = _to_pixels(images[rng.integers(0, len(images), cfg.vae_batch)])
+        dist = vae.encode(x).latent_dist
+        recon = vae.decode(dist.sample(generator=torch.Generator().manual_seed(step))).sample
+        loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + cfg.kl_weight * dist.kl().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log("vae", step + 1, loss.item())
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            ckpt.save(step + 1, {"vae": vae}, opt)
+
+
+@torch.no_grad()
+def encode_dataset(vae: AutoencoderKL, images: np.ndarray, path: Path) -> torch.Tensor:
+    """Latent means and stds of every scene, (N, 8, 16, 16) fp16, so UNet steps skip the VAE."""
+    if path.is_file():
+        return load_file(path)["moments"]
+    moments = []
+    for start in range(0, len(images), 256):
+        dist = vae.encode(_to_pixels(images[start:start + 256])).latent_dist
+        moments.append(torch.cat([dist.mean, dist.std], 1).half())
+    moments = torch.cat(moments).contiguous()
+    save_file({"moments": moments}, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return moments
+
+
+def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scaling: float, text_encoder, unet,
+                   tokenizer, ckpt: Checkpointer, log) -> None:
+    sched = noise_scheduler()
+    opt = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=cfg.unet_lr, weight_decay=1e-2)
+    start = ckpt.load({"unet": unet, "text_encoder": text_encoder}, opt)
+    colors, nouns = list(world.COLORS), fashion_mnist.CLASS_NOUNS
+    for step in range(start, cfg.unet_steps):
+        rng = np.random.default_rng([cfg.seed, 2, step])
+        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+        index = rng.integers(0, len(moments), cfg.unet_batch)
+        mean, std = moments[index].float().chunk(2, dim=1)
+        latents = (mean + std * torch.randn(mean.shape, generator=gen)) * scaling
+        prompts = [captions.caption(nouns[data["labels"][i]], colors[data["colors"][i]],
+                                    world.CONTEXTS[data["contexts"][i]], rng) for i in index]
+        ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=cfg.context_length,
+                        return_tensors="pt").input_ids
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, 1000, (len(index),), generator=gen)
+        # linear warm-up of the learning rate over the first 200 steps
+        for group in opt.param_groups:
+            group["lr"] = cfg.unet_lr * min(1.0, (step + 1) / 200)
+        pred = unet(sched.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
+        loss = (pred - noise).pow(2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log("unet", step + 1, loss.item())
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+            ckpt.save(step + 1, {"unet": unet, "text_encoder": text_encoder}, opt)
+
+
+def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, tokenizer, out: Path) -> None:
+    scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler().config)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="where the pipeline folder is written")
+    parser.add_argument("--work", type=Path, default=Path("~/.cache/dreambooth/pretrain"), help="data and checkpoints")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg, work = PretrainConfig(), args.work.expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    def log(stage: str, step: int, loss: float) -> None:
+        with open(work / "losses.csv", "a") as f:
+            f.write(f"{stage},{step},{loss:.6f},{time.time() - started:.1f}\n")
+
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
+    vae, text_encoder, unet = build_models(cfg)
+    data = render_dataset(cfg, work / "scenes.npz")
+    train_vae(cfg, vae, data["images"], Checkpointer(work, "vae"), log)
+    vae.eval()
+    moments = encode_dataset(vae, data["images"], work / "moments.safetensors")
+    vae.register_to_config(scaling_factor=float(1 / moments[:, :4].float().std()))
+    train_denoiser(cfg, data, moments, vae.config.scaling_factor, text_encoder, unet, tokenizer,
+                   Checkpointer(work, "denoiser"), log)
+    save_pipeline(cfg, vae, text_encoder, unet, tokenizer, args.out)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
