@@ -1,0 +1,167 @@
+"""The world judge: a small CNN that reads class, context and color off a 64x64 image.
+
+It is the toy world's prompt-fidelity meter (the role CLIP-T plays for photos): a prompt names some
+attributes ("a red [V] bag on the beach"), and the score is the fraction of them the judge sees.
+Trained on renders of Fashion-MNIST *train* items, blurred, noised and JPEG-compressed so it
+tolerates generated images; evaluated on renders of held-out *test* items.
+
+    python -m dreambooth.toyworld.judge train --out dreambooth/assets/judge
+    python -m dreambooth.toyworld.judge accuracy --judge dreambooth/assets/judge
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dreambooth.toyworld import fashion_mnist, world
+
+JUDGE_DIR = Path(__file__).resolve().parents[1] / "assets" / "judge"
+HEADS = {"class": fashion_mnist.CLASS_NOUNS, "context": world.CONTEXTS, "color": tuple(world.COLORS)}
+
+
+class Judge(nn.Module):
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        layers, channels = [], 3
+        for out in (width, 2 * width, 2 * width, 4 * width):  # 64 -> 32 -> 16 -> 8 -> 4
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.BatchNorm2d(out), nn.ReLU(),
+                       nn.Conv2d(out, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            channels = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.heads = nn.ModuleDict({name: nn.Linear(channels, len(values)) for name, values in HEADS.items()})
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """pixels (B, 3, 64, 64) in [-1, 1] -> logits per attribute."""
+        h = self.features(pixels)
+        return {name: head(h) for name, head in self.heads.items()}
+
+
+def to_pixels(images: list[Image.Image]) -> torch.Tensor:
+    arrays = [np.asarray(im.convert("RGB").resize((world.SIZE, world.SIZE), Image.BICUBIC)) for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Blur, noise and JPEG artifacts like those of small generated images."""
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    if rng.random() < 0.5:
+        noisy = np.asarray(image, np.float32) + rng.normal(0, rng.uniform(2, 12), (world.SIZE, world.SIZE, 3))
+        image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=int(rng.integers(30, 90)))
+        image = Image.open(buffer).convert("RGB")
+    return image
+
+
+def rendered_batch(split: str, n: int, rng: np.random.Generator, augment: bool):
+    """n random renders of `split` items, with their attribute indices."""
+    items, labels = fashion_mnist.load(split)
+    images, targets = [], {name: [] for name in HEADS}
+    for i in rng.integers(0, len(items), n):
+        scene = world.sample_scene(rng, items[i], fashion_mnist.CLASS_NOUNS[labels[i]])
+        image = Image.fromarray(world.render(scene))
+        images.append(degrade(image, rng) if augment else image)
+        for name, value in (("class", scene.class_noun), ("context", scene.context), ("color", scene.color)):
+            targets[name].append(HEADS[name].index(value))
+    return to_pixels(images), {k: torch.tensor(v) for k, v in targets.items()}
+
+
+def train(out: Path, steps: int = 2000, batch: int = 64, seed: int = 0) -> Judge:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    judge = Judge()
+    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for step in range(steps):
+        pixels, targets = rendered_batch("train", batch, rng, augment=True)
+        logits = judge(pixels)
+        loss = sum(nn.functional.cross_entropy(logits[k], targets[k]) for k in HEADS)
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0:
+            print(f"step {step + 1}/{steps} loss {loss.item():.4f}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, out / "judge.safetensors")
+    return judge
+
+
+def load(path: Path = JUDGE_DIR) -> Judge:
+    judge = Judge()
+    judge.load_state_dict(load_file(path / "judge.safetensors"))
+    return judge.eval()
+
+
+@torch.no_grad()
+def read(judge: Judge, images: list[Image.Image]) -> list[dict[str, str]]:
+    """The judge's reading of each image: {"class": ..., "context": ..., "color": ...}."""
+    logits = judge(to_pixels(images))
+    return [{k: HEADS[k][int(logits[k][i].argmax())] for k in HEADS} for i in range(len(images))]
+
+
+@torch.no_grad()
+def accuracy(judge: Judge, n: int = 2000, seed: int = 1, augment: bool = False) -> dict[str, float]:
+    """Per-attribute accuracy on renders of held-out Fashion-MNIST test items."""
+    pixels, targets = rendered_batch("test", n, np.random.default_rng(seed), augment)
+    logits = judge(pixels)
+    return {k: float((logits[k].argmax(1) == targets[k]).float().mean()) for k in HEADS}
+
+
+def parse_prompt(prompt: str) -> dict[str, str]:
+    """The attributes a toy-world prompt names (any other word, such as the identifier, is ignored)."""
+    named = {}
+    for context in sorted(world.CONTEXTS, key=len, reverse=True):
+        if context in prompt:
+            named["context"], prompt = context, prompt.replace(context, " ")
+            break
+    words = prompt.split()
+    for key in ("class", "color"):
+        named.update({key: w for w in words if w in HEADS[key]})
+    return named
+
+
+class JudgeScorer:
+    """Prompt fidelity on the toy world: the mean fraction of named attributes the judge sees."""
+
+    name = "toy-world-judge"
+
+    def __init__(self, judge: Judge | None = None) -> None:
+        self.judge = judge or load()
+
+    def __call__(self, images: list[Image.Image], prompt: str) -> float:
+        named = parse_prompt(prompt)
+        if not named:
+            return float("nan")
+        seen = read(self.judge, images)
+        return float(np.mean([np.mean([r[k] == v for k, v in named.items()]) for r in seen]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--out", type=Path, default=JUDGE_DIR)
+    t.add_argument("--steps", type=int, default=2000)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--judge", type=Path, default=JUDGE_DIR)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    judge = train(args.out, args.steps) if args.command == "train" else load(args.judge)
+    result = {"clean": accuracy(judge.eval()), "degraded": accuracy(judge, augment=True)}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
