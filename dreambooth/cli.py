@@ -113,6 +113,31 @@ def cmd_class_images(args: argparse.Namespace) -> None:
     print(f"{len(paths)} class images in {paths[0].parent if paths else args.cache_dir}")
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from dreambooth.demo import DemoSettings, run_demo
+
+    settings = DemoSettings.fast() if args.fast else DemoSettings()
+    kwargs = {"model": args.model} if args.model else {}
+    run_demo(args.output, args.subject, settings=settings, **kwargs)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from dreambooth.evaluation.evaluate import DEFAULT_ENCODERS, evaluate
+    from dreambooth.evaluation.report import write_report
+
+    scorer = None
+    if args.prompt_scorer == "toy-judge":
+        from dreambooth.toyworld.judge import JudgeScorer
+
+        scorer = JudgeScorer()
+    prompts = args.prompts.removeprefix("dreambench-") if args.prompts else None
+    result = evaluate(Path(args.images or args.model), Path(args.real), class_noun=args.class_noun,
+                      prompts=prompts, encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,
+                      n_per_prompt=args.num_images, seed=args.seed, steps=args.steps, out=args.output)
+    paths = write_report(result, args.output)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreambooth", description="DreamBooth personalization of diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -150,6 +175,28 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--seed", type=int, default=0)
     cls.add_argument("--batch_size", "--batch-size", type=int, default=4)
     cls.set_defaults(run=cmd_class_images)
+    demo = sub.add_parser("demo", help="run the whole method on the shipped toy-world model (CPU, minutes)")
+    demo.add_argument("--output", type=Path, default=Path("dreambooth-demo"))
+    demo.add_argument("--subject", default="striped-bag", help="a folder name under examples/")
+    demo.add_argument("--model", type=Path, default=None, help="base model (default: the shipped toy-world model)")
+    demo.add_argument("--fast", action="store_true", help="a few steps only: a smoke test of the pipeline")
+    demo.set_defaults(run=cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="the paper's metrics: subject fidelity, prompt fidelity, PRES, DIV")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="personalized model folder (images are generated)")
+    source.add_argument("--images", help="folder of generated images: one sub-folder per prompt with prompt.txt")
+    ev.add_argument("--real", required=True, help="folder of the real subject photos")
+    ev.add_argument("--class_noun", "--class-noun", help="default: recorded in the model")
+    ev.add_argument("--prompts", help="dreambench-object, dreambench-live, or a file (default: by class noun)")
+    ev.add_argument("--encoder", action="append", default=None,
+                    help="dino-imgfocus, efficientnet-lite0 or hf:<folder>; repeatable")
+    ev.add_argument("--prompt_scorer", "--prompt-scorer", choices=("none", "toy-judge"), default="none")
+    ev.add_argument("-n", "--num_images", "--num-images", type=int, default=4)
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--output", "--output_dir", type=Path, required=True, help="folder for images and reports")
+    ev.set_defaults(run=cmd_evaluate)
     return parser
 
 

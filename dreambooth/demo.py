@@ -1,0 +1,124 @@
+"""`dreambooth demo`: the whole method on the shipped toy-world model and one shipped subject, on a CPU.
+
+Same trainer as any real model: class images from the base model, DreamBooth with prior
+preservation, then the subject in new contexts and with new properties, and "a [class]" before
+and after to show the class prior survives. Writes one PNG sheet and an HTML report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from dreambooth.config import TrainConfig, fill_prompt
+from dreambooth.errors import DataError
+from dreambooth.generate import load_trained, sample, training_record
+from dreambooth.models import load_pipeline
+from dreambooth.trainer import train
+
+PACKAGE = Path(__file__).resolve().parent
+BASE_MODEL = PACKAGE / "assets" / "base-model"
+EXAMPLES = PACKAGE.parent / "examples"
+NEW_CONTEXTS = ("in the snow", "on the beach", "in the jungle", "floating on top of water",
+                "with a mountain in the background", "on top of pink fabric")
+NEW_PROPERTIES = ("a red {identifier} {class_noun}", "a blue {identifier} {class_noun}")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The toy-world recipe; `fast` shrinks it for a smoke test."""
+
+    steps: int = 300
+    learning_rate: float = 1e-4
+    batch_size: int = 2
+    num_class_images: int = 50
+    images_per_prompt: int = 4
+    inference_steps: int = 20
+
+    @classmethod
+    def fast(cls) -> "DemoSettings":
+        return cls(steps=4, num_class_images=2, images_per_prompt=1, inference_steps=2)
+
+
+def find_subject(name: str) -> tuple[Path, str]:
+    folder = EXAMPLES / name
+    info = folder / "subject.json"
+    if not info.is_file():
+        names = sorted(p.name for p in EXAMPLES.iterdir() if (p / "subject.json").is_file()) if EXAMPLES.is_dir() else []
+        raise DataError(f"--subject {name}: no {info}; choose one of {', '.join(names) or '(none: run from a source checkout)'}")
+    return folder, json.loads(info.read_text())["class_noun"]
+
+
+def labelled_row(label: str, images: list[Image.Image], size: int = 128, label_width: int = 260) -> Image.Image:
+    row = Image.new("RGB", (label_width + size * len(images), size), "white")
+    ImageDraw.Draw(row).text((6, size // 2 - 6), label, fill="black")
+    for i, image in enumerate(images):
+        row.paste(image.convert("RGB").resize((size, size), Image.NEAREST), (label_width + i * size, 0))
+    return row
+
+
+def write_report(rows: list[tuple[str, list[Image.Image]]], out: Path, timings: dict[str, float]) -> Path:
+    """demo.png (one sheet) and index.html (the same rows, with the prompts as text) in `out`."""
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    strips = [labelled_row(label, images) for label, images in rows]
+    sheet = Image.new("RGB", (max(s.width for s in strips), sum(s.height for s in strips)), "white")
+    for i, strip in enumerate(strips):
+        sheet.paste(strip, (0, i * strip.height))
+    sheet.save(out / "demo.png")
+    body = []
+    for r, (label, images) in enumerate(rows):
+        cells = []
+        for i, image in enumerate(images):
+            name = f"row{r:02d}-{i}.png"
+            image.save(images_dir / name)
+            cells.append(f'<img src="images/{name}" width="128" style="image-rendering:pixelated">')
+        body.append(f"<tr><td>{html.escape(label)}</td><td>{''.join(cells)}</td></tr>")
+    times = "".join(f"<li>{html.escape(k)}: {v:.1f} s</li>" for k, v in timings.items())
+    page = (f"<!doctype html><meta charset='utf-8'><title>dreambooth demo</title><h1>DreamBooth demo</h1>"
+            f"<table>{''.join(body)}</table><h2>Time</h2><ul>{times}</ul>")
+    (out / "index.html").write_text(page)
+    return out / "demo.png"
+
+
+def run_demo(output: Path, subject: str = "striped-bag", model: Path = BASE_MODEL, instance_dir: Path | None = None,
+             class_noun: str | None = None, settings: DemoSettings = DemoSettings()) -> Path:
+    """Personalize `model` on a subject and write the sheet and report into `output`."""
+    if instance_dir is None:
+        instance_dir, class_noun = find_subject(subject)
+    timings, clock = {}, time.perf_counter()
+    n, steps = settings.images_per_prompt, settings.inference_steps
+    class_prompt = f"a {class_noun}"
+    print(f"[1/4] base model: {n} samples of '{class_prompt}' before fine-tuning", flush=True)
+    before = sample(load_pipeline(model), class_prompt, n, steps, 7.5, seed=0)
+    timings["samples before"] = time.perf_counter() - clock
+    print(f"[2/4] DreamBooth with prior preservation: {settings.steps} steps (class images first)", flush=True)
+    cfg = TrainConfig(
+        pretrained_model_name_or_path=str(model), instance_data_dir=str(instance_dir), class_noun=class_noun,
+        output_dir=str(output / "model"), num_class_images=settings.num_class_images,
+        class_inference_steps=steps, max_train_steps=settings.steps, learning_rate=settings.learning_rate,
+        train_batch_size=settings.batch_size, random_flip=True, center_crop=True, report_to="none",
+        checkpointing_steps=max(settings.steps, 1))
+    trained = train(cfg)
+    timings["class images + training"] = time.perf_counter() - clock - sum(timings.values())
+    print("[3/4] sampling the subject in new contexts and with new properties", flush=True)
+    pipe = load_trained(trained)
+    identifier = training_record(trained)["identifier"]
+    prompts = [f"a {{identifier}} {{class_noun}} {c}" for c in NEW_CONTEXTS] + list(NEW_PROPERTIES)
+    rows = [("subject photos (training)", [Image.open(p) for p in sorted(instance_dir.glob("*.png"))]),
+            (f"before: {class_prompt}", before)]
+    for template in prompts:
+        prompt = fill_prompt(template, identifier, class_noun)
+        rows.append((prompt, sample(pipe, prompt, n, steps, 7.5, seed=0)))
+    rows.append((f"after: {class_prompt}", sample(pipe, class_prompt, n, steps, 7.5, seed=0)))
+    timings["samples after"] = time.perf_counter() - clock - sum(timings.values())
+    timings["total"] = time.perf_counter() - clock
+    print("[4/4] writing the sheet and report", flush=True)
+    sheet = write_report(rows, output, timings)
+    print(f"done in {timings['total']:.0f} s: {sheet} and {output / 'index.html'}")
+    return sheet

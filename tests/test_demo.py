@@ -1,0 +1,27 @@
+"""The demo end to end in its fast mode: same trainer, sheet and report written."""
+
+import pytest
+
+from dreambooth.demo import BASE_MODEL, DemoSettings, find_subject, run_demo
+from dreambooth.errors import DataError
+
+
+def test_demo_fast_on_a_tiny_model(tiny_sd, subject_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # the class-image cache goes under ~/.cache
+    sheet = run_demo(tmp_path / "demo", model=tiny_sd, instance_dir=subject_dir, class_noun="dog",
+                     settings=DemoSettings.fast())
+    html = (tmp_path / "demo" / "index.html").read_text()
+    assert sheet.is_file() and "a dog" in html and "in the snow" in html and "a red " in html
+    # rows: photos, before, 6 contexts, 2 properties, after
+    assert html.count("<tr>") == 11
+
+
+@pytest.mark.skipif(not (BASE_MODEL / "model_index.json").is_file(), reason="the toy-world base model is not built yet")
+def test_demo_fast_on_the_shipped_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert run_demo(tmp_path / "demo", settings=DemoSettings.fast()).is_file()
+
+
+def test_unknown_subject_lists_the_shipped_ones():
+    with pytest.raises(DataError, match="striped-bag"):
+        find_subject("no-such-subject")
