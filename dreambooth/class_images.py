@@ -23,13 +23,13 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dreambooth.errors import DataError, ModelError
+from dreambooth.data.images import scan_images
+from dreambooth.errors import ModelError
 from dreambooth.models import check_model_folder, load_pipeline as load_model_pipeline, load_sampling_scheduler
 
 FINGERPRINT_PATTERNS = ("*.safetensors", "*.bin", "*.json", "*.txt")  # weights, configs, tokenizer merges
 FINGERPRINT_MEMO = "fingerprints.json"
 SPEC_FILE = "spec.json"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int,
 
     `load_pipeline` is called only if an image is missing, so a warm cache costs no model load.
     """
-    user_images = _valid_user_images(user_dir) if user_dir is not None else []
+    user_images = list(scan_images(user_dir, role="class").images) if user_dir is not None else []
     if len(user_images) >= num_images:
         return user_images[:num_images]
     folder = cache_folder(spec, Path(cache_root))
@@ -164,16 +164,6 @@ def _native_resolution(folder: Path) -> int:
     unet = UNet2DConditionModel.load_config(folder, subfolder="unet")
     vae = json.loads((folder / "vae" / "config.json").read_text())
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-
-
-def _valid_user_images(folder: Path) -> list[Path]:
-    """The user's class images that decode, sorted by name.
-
-    Stand-in until dreambooth/data/images.py (`scan_images`) lands; then use that instead.
-    """
-    if not folder.is_dir():
-        raise DataError(f"--class_data_dir {folder}: not a folder; pass a folder of class images or drop the option")
-    return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and _decodes(p)]
 
 
 def _decodes(path: Path) -> bool:
