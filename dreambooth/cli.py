@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import get_args, get_origin
+from typing import get_origin
 
 from dreambooth.config import TrainConfig, config_types, default_of, from_dict, read_config_file
 from dreambooth.errors import DreamBoothError
@@ -49,9 +49,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
                                 help=argparse.SUPPRESS)
         elif get_origin(hint) is tuple:
             parser.add_argument(*flags, dest=f.name, action="append", metavar="TEXT", help=help_text + "; repeatable")
-        else:
-            choices = [a for a in get_args(hint) if isinstance(a, str)] if "Literal" in str(hint) else None
-            parser.add_argument(*flags, dest=f.name, choices=choices or None, metavar=f.name.upper(), help=help_text)
+        else:  # values (choices too) are checked by the config, with one-line messages
+            parser.add_argument(*flags, dest=f.name, metavar=f.name.upper(), help=help_text)
     parser.add_argument("--no_prior_preservation", "--no-prior-preservation", dest="with_prior_preservation",
                         action="store_const", const=False, help="train without the prior term (lambda = 0)")
     for flag, reason in DIFFUSERS_NO_OPS.items():
@@ -138,9 +137,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors instead of a screenful of usage."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dreambooth", description="DreamBooth personalization of diffusion models.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="dreambooth", description="DreamBooth personalization of diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     train = sub.add_parser("train", help="personalize a model on a few subject photos")
     train.add_argument("--config", help="YAML/TOML/JSON file of options (flags override it)")
@@ -203,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def quiet_libraries() -> None:
     """Keep the terminal for our progress and errors, not the libraries' advice."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -1,13 +1,16 @@
 """Finding, checking and loading training images from messy folders.
 
 Users' folders hold `.DS_Store`, caption files, HEIC, truncated downloads and 6000-px phone photos
-with EXIF rotation. Every file is decoded once up front, so a bad one is skipped (with the reason)
-before training starts, never twenty minutes in.
+with EXIF rotation. Every file is decoded and converted once up front, through the same code that
+training uses, so a bad one is skipped (with the reason) before training starts, never twenty
+minutes in.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import random
 import warnings
 from dataclasses import dataclass
@@ -15,18 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreambooth.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 HEIF_SUFFIXES = {".heic", ".heif"}
 MAX_PIXELS = 100_000_000  # larger is refused as a possible decompression bomb
-MIN_SIDE = 256  # smaller photos are upscaled for SD; they are warned about
-MAX_ASPECT = 3.0
+MIN_SIDE = 256  # a shorter side below this is upscaled a lot for SD, so it is warned about
+MAX_ASPECT = 3.0  # beyond 3:1 a square crop keeps under a third of the photo
+GOOD_INSTANCE_COUNT = (3, 20)  # the DreamBooth paper uses 3-5; many more stops being "few-shot"
 
 
+@functools.cache
 def _heif_available() -> bool:
+    """Whether pillow-heif is installed; if so it is registered so Image.open reads HEIC/HEIF."""
     try:
         from pillow_heif import register_heif_opener
     except ImportError:
@@ -39,110 +45,154 @@ def _heif_available() -> bool:
 class ImageScan:
     """What a folder holds: usable images (sorted by name), skipped files with reasons, warnings."""
 
-    folder: Path
     images: tuple[Path, ...]
     skipped: tuple[tuple[Path, str], ...]
     warnings: tuple[str, ...]
+    folder: Path
+    role: str = "instance"
 
     def summary(self) -> str:
-        lines = [f"{self.folder}: {len(self.images)} usable image(s), {len(self.skipped)} skipped"]
-        lines += [f"  skipped {p.name}: {why}" for p, why in self.skipped]
+        """A few lines for the console: counts, then each skipped file and each warning."""
+        lines = [f"{self.folder}: {len(self.images)} usable {self.role} image(s), {len(self.skipped)} skipped"]
+        lines += [f"  skipped {path.name}: {why}" for path, why in self.skipped]
+        lines += [f"  warning: {line}" for line in self.warnings]
         return "\n".join(lines)
 
     def require(self, min_count: int = 1) -> None:
+        """Raise DataError unless at least `min_count` images are usable, saying what was skipped."""
         if len(self.images) >= min_count:
             return
-        reasons = "; ".join(f"{p.name}: {why}" for p, why in self.skipped[:5]) or "the folder is empty"
-        raise DataError(f"{self.folder}: no usable images ({reasons}); add .png or .jpg photos of the subject")
+        shown = ", ".join(f"{path.name} {why}" for path, why in self.skipped[:3])
+        more = ", …" if len(self.skipped) > 3 else ""
+        found = f"{len(self.skipped)} skipped: {shown}{more}" if self.skipped else "the folder is empty"
+        have = "no usable images" if not self.images else f"only {len(self.images)} usable image(s), need {min_count}"
+        what = "the subject" if self.role == "instance" else f"the {self.role}"
+        raise DataError(f"{self.folder}: {have} ({found}); add .png/.jpg photos of {what}")
 
 
-def _problem(path: Path, max_pixels: int) -> tuple[str | None, tuple[int, int] | None]:
-    """(reason to skip, None) or (None, (width, height)) after a full decode."""
-    if path.stat().st_size == 0:
-        return "empty file (0 bytes)", None
+def _open(source: Path | io.BytesIO) -> Image.Image:
+    """Image.open, with HEIC/HEIF readable when pillow-heif is installed."""
+    _heif_available()
+    return Image.open(source)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: EXIF orientation applied, alpha over white, 16-bit and float scaled (not clipped)."""
+    image.seek(0)  # animated GIF/WebP: the first frame
+    image = ImageOps.exif_transpose(image)  # phone photos store "rotate on display" in EXIF
+    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integer or float grayscale
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and array.max() > 255):
+            peak = 65535.0
+        else:
+            peak = 1.0 if image.mode == "F" and array.max() <= 1 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
+        # A plain convert("RGB") would show transparent pixels as their (often black) hidden color.
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """The image at `path` as 8-bit RGB, upright and over white, ready for `prepare`."""
+    with _open(path) as image:
+        return _to_rgb(image)
+
+
+def _problem(data: bytes, max_pixels: int) -> tuple[str | None, tuple[int, int]]:
+    """(reason to skip, (0, 0)) or (None, upright (width, height)) after a full decode."""
+    if not data:
+        return "empty file (0 bytes)", (0, 0)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            # PIL warns above its own ~89 MP limit; `max_pixels` below is the limit we enforce.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open(io.BytesIO(data)) as image:
                 if image.width * image.height > max_pixels:
-                    return (f"{image.width}x{image.height} is over {max_pixels // 1_000_000} MP "
-                            "(refused as a possible decompression bomb); downscale it"), None
-                image.load()  # a full decode finds truncated files
-                size = ImageOps.exif_transpose(image).size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return "refused as a possible decompression bomb; downscale it", None
-    except (OSError, SyntaxError, ValueError) as exc:
-        return f"cannot be decoded ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})", None
-    return None, size
+                    return (f"{image.width}x{image.height} is over {max_pixels / 1e6:g} MP (refused as a "
+                            "possible decompression bomb); downscale it"), (0, 0)
+                return None, _to_rgb(image).size  # the full decode finds truncated files
+    except Image.DecompressionBombError:
+        return "refused as a possible decompression bomb (too many pixels); downscale it", (0, 0)
+    except UnidentifiedImageError:
+        return "not an image (the content is no known image format)", (0, 0)
+    except Exception as exc:  # Pillow's decoders raise many exception types on malformed input
+        detail = str(exc).splitlines()[0] if str(exc) else "corrupt data"
+        return f"cannot be decoded ({type(exc).__name__}: {detail}); re-export or re-download it", (0, 0)
+
+
+def _skip_reason(path: Path, heif: bool) -> str | None:
+    """Why `path` is not even a candidate (by name and type), or None if it should be decoded."""
+    suffix = path.suffix.lower()
+    if path.name.startswith(".") or path.name == "__MACOSX":
+        return "hidden or system file"
+    if path.is_dir():
+        return "sub-folder (not searched; move its images up to use them)"
+    if suffix in HEIF_SUFFIXES and not heif:
+        return "HEIC/HEIF: convert it to JPEG, or `pip install pillow-heif`"
+    if suffix not in IMAGE_SUFFIXES | (HEIF_SUFFIXES if heif else set()):
+        return "not an image file (by its extension)"
+    return None
+
+
+def _size_warnings(name: str, width: int, height: int, min_side: int) -> list[str]:
+    notes = []
+    if min(width, height) < min_side:
+        notes.append(f"{name} is only {width}x{height}; it will be upscaled and may look soft")
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        notes.append(f"{name} is {width}x{height} (aspect > {MAX_ASPECT:g}:1); the square crop keeps only a part")
+    return notes
 
 
 def scan_images(folder: Path, role: str = "instance", min_side: int = MIN_SIDE,
                 max_pixels: int = MAX_PIXELS) -> ImageScan:
-    """Decode every candidate file in `folder` (not its sub-folders) and sort it into used or skipped."""
+    """Decode every candidate file in `folder` (not its sub-folders) and sort it into used or skipped.
+
+    `min_side` is best the training resolution; smaller photos get a warning, not a skip.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise DataError(f"--{role}_data_dir {folder}: no such folder; pass the folder that holds the {role} images")
     if not folder.is_dir():
-        raise DataError(f"--{role}_data_dir {folder}: is a file; pass the folder that holds it")
+        raise DataError(f"--{role}_data_dir {folder}: is a file; pass the folder that holds the {role} images")
     heif = _heif_available()
     images, skipped, notes, seen = [], [], [], {}
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
-        suffix = path.suffix.lower()
-        if path.name.startswith(".") or path.name == "__MACOSX":
-            skipped.append((path, "hidden file"))
-        elif path.is_dir():
-            skipped.append((path, "sub-folder (not searched)"))
-        elif suffix in HEIF_SUFFIXES and not heif:
-            skipped.append((path, "HEIC/HEIF: convert it to JPEG, or `pip install pillow-heif`"))
-        elif suffix not in IMAGE_SUFFIXES | (HEIF_SUFFIXES if heif else set()):
-            skipped.append((path, "not an image file (by its extension)"))
-        else:
-            reason, size = _problem(path, max_pixels)
-            digest = hashlib.sha256(path.read_bytes()).hexdigest() if reason is None else None
-            if reason is None and digest in seen:
+        reason = _skip_reason(path, heif)
+        if reason is None:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:  # unreadable: permissions, a dangling link
+                reason = f"cannot be read ({exc.strerror or exc})"
+        if reason is None:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in seen:
                 reason = f"duplicate of {seen[digest].name} (same content)"
-            if reason is not None:
-                skipped.append((path, reason))
-                continue
-            seen[digest] = path
-            images.append(path)
-            width, height = size
-            if min(width, height) < min_side:
-                notes.append(f"{path.name} is only {width}x{height}; it will be upscaled and may look soft")
-            if max(width, height) / min(width, height) > MAX_ASPECT:
-                notes.append(f"{path.name} is {width}x{height} (aspect > {MAX_ASPECT:g}:1); the crop keeps only a part")
-    if role == "instance" and images and not 3 <= len(images) <= 20:
-        notes.append(f"{folder}: {len(images)} instance image(s); DreamBooth works best with 3-5 (at most ~20)")
-    return ImageScan(folder, tuple(images), tuple(skipped), tuple(notes))
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """8-bit RGB with EXIF orientation applied; alpha composited over white; 16-bit scaled, not clipped."""
-    with Image.open(path) as image:
-        image.seek(0)  # animated GIF/WebP: the first frame
-        image = ImageOps.exif_transpose(image)
-        if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integer or float grayscale
-            array = np.asarray(image, dtype=np.float64)
-            if image.mode.startswith("I;16") or (image.mode == "I" and array.max() > 255):
-                peak = 65535.0
             else:
-                peak = 1.0 if image.mode == "F" and array.max() <= 1 else 255.0
-            image = Image.fromarray(np.clip(array / peak * 255 + 0.5, 0, 255).astype(np.uint8), "L")
-        if image.mode == "P":
-            image = image.convert("RGBA")
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return image.convert("RGB")
+                reason, (width, height) = _problem(data, max_pixels)
+        if reason is not None:
+            skipped.append((path, reason))
+            continue
+        seen[digest] = path
+        images.append(path)
+        notes += _size_warnings(path.name, width, height, min_side)
+    low, high = GOOD_INSTANCE_COUNT
+    if role == "instance" and images and not low <= len(images) <= high:
+        notes.append(f"{folder}: {len(images)} instance image(s); DreamBooth works best with 3-5 (at most ~{high})")
+    return ImageScan(tuple(images), tuple(skipped), tuple(notes), folder, role)
 
 
 def prepare(image: Image.Image, resolution: int, center_crop: bool, rng: random.Random | None) -> Image.Image:
-    """Resize the shorter side to `resolution` (antialiased), then crop a square: centered, or at
-    a position drawn from `rng`."""
+    """Resize the shorter side to `resolution`, then crop a square: centered, or placed by `rng`.
+
+    Lanczos with `reducing_gap` pre-shrinks huge photos in steps, so 6000-px inputs don't alias.
+    With no `rng` the crop is centered.
+    """
     scale = resolution / min(image.size)
     size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    image = image.resize(size, Image.LANCZOS, reducing_gap=3.0)
+    image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     dx, dy = image.width - resolution, image.height - resolution
     if center_crop or rng is None:
         x, y = dx // 2, dy // 2
@@ -152,5 +202,6 @@ def prepare(image: Image.Image, resolution: int, center_crop: bool, rng: random.
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """(3, H, W) float32 in [-1, 1], the SD VAE's input range."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1).contiguous()
+    """(3, H, W) float32 in [-1, 1], the SD VAE's input range, from an 8-bit RGB image."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3) in [0, 255]
+    return torch.from_numpy(array / 127.5 - 1).permute(2, 0, 1).contiguous()

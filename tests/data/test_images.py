@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dreambooth.data.images import load_rgb, prepare, scan_images, to_tensor
@@ -23,6 +24,8 @@ def messy(tmp_path):
     rgb(d / "good.jpg")
     rgb(d / "ünïcode name with spaces.png", color=(1, 2, 3))
     (d / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    rgb(d / "._good.jpg")  # macOS AppleDouble companion: hidden even though it decodes
+    (d / "__MACOSX").mkdir()
     (d / "caption.txt").write_text("a photo of my dog")
     (d / "empty.jpg").write_bytes(b"")
     data = (d / "good.jpg").read_bytes()
@@ -42,39 +45,56 @@ def test_scan_sorts_every_odd_file(messy):
     assert [p.name for p in scan.images] == ["copy of good.jpg", "panorama.png", "tiny.png",
                                              "ünïcode name with spaces.png"]
     reasons = {p.name: why for p, why in scan.skipped}
-    assert reasons[".DS_Store"] == "hidden file"
-    assert reasons["caption.txt"].startswith("not an image")
+    assert [p.name for p, _ in scan.skipped] == sorted(reasons)  # deterministic: by name
+    for hidden in (".DS_Store", "._good.jpg", "__MACOSX"):
+        assert reasons[hidden] == "hidden or system file"
+    assert reasons["caption.txt"] == "not an image file (by its extension)"
     assert reasons["empty.jpg"] == "empty file (0 bytes)"
-    assert reasons["truncated.jpg"].startswith("cannot be decoded")
-    assert reasons["not-really.png"].startswith("cannot be decoded")
-    assert "pillow-heif" in reasons["photo.heic"]
+    assert reasons["truncated.jpg"].startswith("cannot be decoded") and "truncated" in reasons["truncated.jpg"]
+    assert reasons["not-really.png"].startswith("not an image (the content")
+    assert "pillow-heif" in reasons["photo.heic"] and "convert" in reasons["photo.heic"]
     assert reasons["good.jpg"] == "duplicate of copy of good.jpg (same content)"  # the first by name is kept
     assert reasons["sub"].startswith("sub-folder")
     assert any("tiny.png is only 40x40" in w for w in scan.warnings)
-    assert any("panorama.png is 1200x300" in w for w in scan.warnings)
-    assert "skipped truncated.jpg" in scan.summary()
+    assert any("panorama.png is 1200x300 (aspect > 3:1)" in w for w in scan.warnings)
+    assert not any("instance image(s)" in w for w in scan.warnings)  # 4 is a good count
+    summary = scan.summary()
+    assert "4 usable instance image(s), 10 skipped" in summary and "skipped truncated.jpg" in summary
+    assert "warning: tiny.png" in summary
 
 
-def test_decompression_bombs_are_refused(tmp_path):
+def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
     rgb(tmp_path / "big.png", size=(2000, 2000))
     scan = scan_images(tmp_path, max_pixels=1_000_000)
-    assert not scan.images and "decompression bomb" in scan.skipped[0][1]
+    assert not scan.images and scan.skipped[0][1].startswith("2000x2000 is over 1 MP (refused as a possible "
+                                                             "decompression bomb)")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # PIL's own hard limit (2x) trips first
+    assert "decompression bomb" in scan_images(tmp_path).skipped[0][1]
 
 
 def test_no_usable_image_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(DataError, match="no usable images.*notes.txt: not an image"):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match=r"no usable images \(2 skipped: empty.jpg empty file .*, notes.txt not an "
+                                        r"image.*\); add .png/.jpg photos of the subject"):
         scan_images(tmp_path).require()
-    with pytest.raises(DataError, match="no such folder"):
+    rgb(tmp_path / "one.png")
+    scan_images(tmp_path).require()
+    with pytest.raises(DataError, match="only 1 usable image.*need 2"):
+        scan_images(tmp_path).require(min_count=2)
+    with pytest.raises(DataError, match="instance_data_dir .*missing: no such folder"):
         scan_images(tmp_path / "missing")
-    with pytest.raises(DataError, match="is a file"):
-        scan_images(tmp_path / "notes.txt")
+    with pytest.raises(DataError, match="class_data_dir .*notes.txt: is a file"):
+        scan_images(tmp_path / "notes.txt", role="class")
 
 
 def test_count_warnings(tmp_path):
     rgb(tmp_path / "a.png")
     assert any("1 instance image" in w for w in scan_images(tmp_path).warnings)
     assert not any("instance image" in w for w in scan_images(tmp_path, role="class").warnings)
+    for i in range(21):
+        rgb(tmp_path / f"b{i}.png", color=(i, 0, 0))
+    assert any("22 instance image" in w for w in scan_images(tmp_path).warnings)
 
 
 def test_modes_convert_to_8bit_rgb(tmp_path):
@@ -83,7 +103,6 @@ def test_modes_convert_to_8bit_rgb(tmp_path):
 
     palette = Image.new("P", (8, 8), 1)
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
-    palette.info["transparency"] = 0
     palette.putpixel((0, 0), 0)
     palette.save(tmp_path / "palette.png", transparency=0)
     img = load_rgb(tmp_path / "palette.png")
@@ -98,14 +117,28 @@ def test_modes_convert_to_8bit_rgb(tmp_path):
     img = load_rgb(tmp_path / "rgba.png")
     assert img.getpixel((0, 0)) == (255, 255, 255) and img.getpixel((5, 5)) == (0, 0, 255)
 
+    Image.new("L", (8, 8), 77).save(tmp_path / "gray.png")
+    assert load_rgb(tmp_path / "gray.png").getpixel((0, 0)) == (77, 77, 77)
+    assert all(load_rgb(p).mode == "RGB" for p in tmp_path.iterdir())
+
+
+def test_deep_and_float_images_are_scaled_not_clipped(tmp_path):
     sixteen = np.array([[65535, 32768], [0, 1000]], dtype=np.uint16)
     Image.fromarray(sixteen).save(tmp_path / "16bit.png")
     img = load_rgb(tmp_path / "16bit.png")
     assert img.mode == "RGB" and img.getpixel((0, 0)) == (255,) * 3 and abs(img.getpixel((1, 0))[0] - 128) <= 1
-    assert img.getpixel((0, 1)) == (0, 0, 0)
+    assert img.getpixel((0, 1)) == (0, 0, 0) and img.getpixel((1, 1))[0] == 4  # 1000/65535*255, not clipped 255
 
-    Image.new("L", (8, 8), 77).save(tmp_path / "gray.png")
-    assert load_rgb(tmp_path / "gray.png").getpixel((0, 0)) == (77, 77, 77)
+    Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32)).save(tmp_path / "float.tif")
+    img = load_rgb(tmp_path / "float.tif")
+    assert [img.getpixel(xy)[0] for xy in [(0, 0), (1, 0), (0, 1)]] == [0, 128, 255]
+
+
+def test_animated_gif_uses_the_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert Image.open(tmp_path / "anim.gif").n_frames == 2
+    assert load_rgb(tmp_path / "anim.gif").getpixel((4, 4)) == (255, 0, 0)
 
 
 def test_exif_rotation_is_applied(tmp_path):
@@ -118,13 +151,24 @@ def test_exif_rotation_is_applied(tmp_path):
     assert loaded.size == (20, 40)
     r, g, b = loaded.getpixel((17, 2))  # the top-left corner moved to the top-right
     assert r > 150 and g < 100
+    rgb(tmp_path / "tall.jpg", size=(1000, 300), exif=exif)  # stored wide, shown tall
+    assert any("tall.jpg is 300x1000" in w for w in scan_images(tmp_path, role="class").warnings)
 
 
-def test_prepare_and_tensor():
-    image = Image.new("RGB", (300, 200), (255, 0, 0))
-    assert prepare(image, 64, center_crop=True, rng=None).size == (64, 64)
-    a = prepare(Image.linear_gradient("L").convert("RGB").resize((400, 200)), 64, False, random.Random(3))
-    b = prepare(Image.linear_gradient("L").convert("RGB").resize((400, 200)), 64, False, random.Random(3))
-    assert a.tobytes() == b.tobytes()
-    t = to_tensor(prepare(image, 32, True, None))
-    assert t.shape == (3, 32, 32) and t.min() >= -1 and t.max() <= 1 and t[0].mean() == 1
+def test_prepare_sizes_and_crops():
+    for size in [(300, 200), (200, 300), (64, 64), (20, 50), (6000, 4000)]:
+        assert prepare(Image.new("RGB", size), 64, center_crop=True, rng=None).size == (64, 64)
+    wide = Image.linear_gradient("L").rotate(90).convert("RGB").resize((400, 200))  # varies along x
+    a, b = (prepare(wide, 64, False, random.Random(3)) for _ in range(2))
+    assert a.tobytes() == b.tobytes()  # same seed, same crop
+    crops = {prepare(wide, 64, False, random.Random(seed)).tobytes() for seed in range(8)}
+    assert len(crops) > 1  # the rng does move the crop
+    centered = prepare(wide, 64, True, random.Random(3))
+    assert centered.tobytes() == prepare(wide, 64, True, None).tobytes()  # center_crop ignores the rng
+
+
+def test_to_tensor_range():
+    t = to_tensor(prepare(Image.new("RGB", (300, 200), (255, 0, 128)), 32, True, None))
+    assert t.shape == (3, 32, 32) and t.dtype == torch.float32
+    assert t[0].min() == 1 and t[1].max() == -1 and abs(t[2].mean().item()) < 0.01
+
