@@ -95,6 +95,23 @@ def load_components(path: str | Path, allow_pickle: bool = False) -> Components:
     )
 
 
+@dataclass
+class FrozenParts:
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel | None
+
+
+def reload_frozen(parts: Components, with_text_encoder: bool) -> FrozenParts:
+    """Fresh full-precision copies of the frozen parts, from the folder they were loaded from."""
+    folder = parts.path
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **_weights_kwargs(folder, "vae"))
+    text_encoder = None
+    if with_text_encoder:
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
+                                                     **_weights_kwargs(folder, "text_encoder"))
+    return FrozenParts(vae=vae, text_encoder=text_encoder)
+
+
 def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False) -> StableDiffusionPipeline:
     """The sampling pipeline of a local folder (base or personalized), offline and quiet."""
     folder = check_model_folder(path, allow_pickle)

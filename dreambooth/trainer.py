@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -34,7 +35,8 @@ from dreambooth.finetune import strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
 from dreambooth.preflight import preflight
-from dreambooth.models import Components, encode_text, load_components, load_sampling_scheduler, tokenize
+from dreambooth.models import (Components, encode_text, load_components, load_sampling_scheduler, reload_frozen,
+                               tokenize)
 
 log = logging.getLogger("dreambooth")
 
@@ -47,6 +49,7 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir).expanduser()
         self.step = 0
         self.stop_signal: int | None = None  # set by a SIGINT/SIGTERM handler; the loop saves and stops
+        AcceleratorState._reset_state()  # a second run in one process may use another mixed precision
         self.accelerator = Accelerator(
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -69,9 +72,10 @@ class Trainer:
                                              resolution=cfg.resolution or self.parts.native_resolution)
         self.instance_prompt = fill_prompt(cfg.instance_prompt, identifier, cfg.class_noun)
         self.class_prompt = fill_prompt(cfg.class_prompt, identifier, cfg.class_noun)
+        # Class images come from the untouched base model, before anything is cast or adapted.
+        class_paths = self._class_images()
         self._freeze_and_place()
-        # Data: class images are generated (or reused from the cache) by the frozen base model.
-        self.data = self._build_data()
+        self.data = self._build_data(class_paths)
         # Text: both prompts are encoded together; with a frozen encoder, once for the whole run.
         self.prompt_ids = tokenize(self.parts.tokenizer, [self.instance_prompt, self.class_prompt]).to(acc.device)
         with torch.no_grad():  # the base model's: LoRA adapters start as the identity and no step has run
@@ -109,20 +113,23 @@ class Trainer:
             from diffusers.models.attention_processor import AttnProcessor
             parts.unet.set_attn_processor(AttnProcessor())
 
-    def _build_data(self) -> DreamBoothData:
+    def _class_images(self) -> list[Path] | None:
+        """Generated (or reused from the cache) by the base model; None without image-based prior."""
         cfg, acc = self.cfg, self.accelerator
+        if not (cfg.with_prior_preservation and cfg.prior_mode == "images"):
+            return None
+        with acc.main_process_first():  # one process generates; the others find a warm cache
+            return ensure_class_images(
+                self._class_image_spec(), Path(cfg.class_cache_dir).expanduser(), cfg.num_class_images,
+                Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None,
+                load_pipeline=self._base_pipeline, batch_size=cfg.sample_batch_size, progress=acc.is_local_main_process)
+
+    def _build_data(self, class_paths: list[Path] | None) -> DreamBoothData:
+        cfg = self.cfg
         instance_scan = scan_images(Path(cfg.instance_data_dir).expanduser(), role="instance")
         views = dict(vae=self.parts.vae, resolution=cfg.resolution, center_crop=cfg.center_crop,
                      random_flip=cfg.random_flip, cache=cfg.cache_latents)
-        prior = None
-        if cfg.with_prior_preservation and cfg.prior_mode == "images":
-            with acc.main_process_first():  # one process generates; the others find a warm cache
-                class_paths = ensure_class_images(
-                    self._class_image_spec(), Path(cfg.class_cache_dir).expanduser(),
-                    cfg.num_class_images, Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None,
-                    load_pipeline=self._base_pipeline, batch_size=cfg.sample_batch_size,
-                    progress=acc.is_local_main_process)
-            prior = LatentImages(class_paths, **views)
+        prior = LatentImages(class_paths, **views) if class_paths is not None else None
         return DreamBoothData(LatentImages(list(instance_scan.images), **views), prior,
                               batch_size=cfg.train_batch_size, seed=cfg.seed)
 
@@ -134,7 +141,7 @@ class Trainer:
                               seed=cfg.seed)
 
     def _base_pipeline(self):
-        return export.pipeline_from(self.parts, self.parts.unet, self.parts.text_encoder)
+        return export.pipeline_from(self.parts, self.parts.unet, self.parts.text_encoder).to(self.accelerator.device)
 
     @property
     def text_encoder_training(self) -> bool:
@@ -251,9 +258,17 @@ class Trainer:
             raise DreamBoothError(f"step {self.step}: the loss is {loss.item()}; lower --learning_rate (now "
                                   f"{self.cfg.learning_rate:g}) or use --mixed_precision no; {where}")
 
-    def pipeline(self):
-        acc = self.accelerator
-        return export.pipeline_from(self.parts, acc.unwrap_model(self.unet), acc.unwrap_model(self.text_encoder))
+    def pipeline(self, for_saving: bool = False):
+        """The current model as a sampling pipeline. For saving, parts that were cast to low precision
+        for speed are reloaded from the base folder, so the output keeps their full-precision weights."""
+        acc, cfg = self.accelerator, self.cfg
+        text_encoder = acc.unwrap_model(self.text_encoder)
+        parts = self.parts
+        if for_saving and cfg.mixed_precision != "no":
+            frozen = reload_frozen(parts, with_text_encoder=not cfg.train_text_encoder)
+            parts = dataclasses.replace(parts, vae=frozen.vae)
+            text_encoder = frozen.text_encoder or text_encoder
+        return export.pipeline_from(parts, acc.unwrap_model(self.unet), text_encoder)
 
     def validate(self) -> None:
         """Sample the validation prompts with fixed seeds and save (and log) one grid."""
@@ -261,8 +276,9 @@ class Trainer:
             return
         cfg = self.cfg
         prompts = [fill_prompt(p, cfg.identifier, cfg.class_noun) for p in cfg.validation_prompts]
-        grid = sample_grid(self.pipeline(), prompts, cfg.num_validation_images, cfg.inference_steps,
-                           cfg.guidance_scale, cfg.seed, cfg.resolution)
+        with self.accelerator.autocast():  # frozen parts may be in low precision, the UNet in fp32
+            grid = sample_grid(self.pipeline(), prompts, cfg.num_validation_images, cfg.inference_steps,
+                               cfg.guidance_scale, cfg.seed, cfg.resolution)
         folder = self.output_dir / "validation"
         folder.mkdir(parents=True, exist_ok=True)
         grid.save(folder / f"step-{self.step:06d}.png")
@@ -277,7 +293,7 @@ class Trainer:
         if acc.is_main_process:
             staging = self.output_dir / ".final.tmp"
             shutil.rmtree(staging, ignore_errors=True)
-            self.finetune.save(self.pipeline(), staging, self.cfg)
+            self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
             export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
             export.publish(staging, self.output_dir)
         acc.end_training()

@@ -67,3 +67,24 @@ def test_text_encoder_training_changes_it_and_stops(tiny_sd, subject_dir, tmp_pa
     base = load_file(tiny_sd / "text_encoder" / "model.safetensors")
     tuned = load_file(out / "text_encoder" / "model.safetensors")
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
+
+
+def test_nan_loss_stops_with_advice(tiny_sd, subject_dir, tmp_path):
+    from dreambooth.errors import DreamBoothError
+
+    with pytest.raises(DreamBoothError, match=r"the loss is (nan|inf).*lower --learning_rate"):
+        train(config(tiny_sd, subject_dir, tmp_path, learning_rate=1e30, max_train_steps=20, max_grad_norm=1e30))
+
+
+def test_v_prediction_min_snr_offset_noise_checkpointing_bf16_and_accumulation(tmp_path, subject_dir):
+    from tests.tiny_models import build_tiny_sd
+
+    model = build_tiny_sd(tmp_path / "v-model", prediction_type="v_prediction")
+    out = train(config(model, subject_dir, tmp_path, snr_gamma=5.0, noise_offset=0.1, gradient_checkpointing=True,
+                       mixed_precision="bf16", gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=1,
+                       validation_prompts=["a {identifier} dog"], validation_steps=2, inference_steps=2))
+    rows = losses(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] == r["loss"] for r in rows)  # finite
+    # frozen parts ran in bf16 but are saved in full precision, unchanged
+    base, saved = (load_file(m / "vae" / "diffusion_pytorch_model.safetensors") for m in (model, out))
+    assert all(saved[k].dtype == torch.float32 and torch.equal(saved[k], base[k]) for k in base)

@@ -62,12 +62,15 @@ class ImageScan:
         """Raise DataError unless at least `min_count` images are usable, saying what was skipped."""
         if len(self.images) >= min_count:
             return
-        shown = ", ".join(f"{path.name} {why}" for path, why in self.skipped[:3])
-        more = ", …" if len(self.skipped) > 3 else ""
-        found = f"{len(self.skipped)} skipped: {shown}{more}" if self.skipped else "the folder is empty"
         have = "no usable images" if not self.images else f"only {len(self.images)} usable image(s), need {min_count}"
+        shown = "; ".join(f"{path.name}: {why}" for path, why in self.skipped[:3])
+        more = "; …" if len(self.skipped) > 3 else ""
+        if self.skipped:
+            have += f" ({len(self.skipped)} skipped: {shown}{more})"
+        elif not self.images:
+            have += " (the folder is empty)"
         what = "the subject" if self.role == "instance" else f"the {self.role}"
-        raise DataError(f"{self.folder}: {have} ({found}); add .png/.jpg photos of {what}")
+        raise DataError(f"{self.folder}: {have}. Add .png/.jpg photos of {what}")
 
 
 def _open(source: Path | io.BytesIO) -> Image.Image:

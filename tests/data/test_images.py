@@ -75,12 +75,12 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
 def test_no_usable_image_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "empty.jpg").write_bytes(b"")
-    with pytest.raises(DataError, match=r"no usable images \(2 skipped: empty.jpg empty file .*, notes.txt not an "
-                                        r"image.*\); add .png/.jpg photos of the subject"):
+    with pytest.raises(DataError, match=r"no usable images \(2 skipped: empty.jpg: empty file .*; notes.txt: not "
+                                        r"an image.*\)\. Add .png/.jpg photos of the subject"):
         scan_images(tmp_path).require()
     rgb(tmp_path / "one.png")
     scan_images(tmp_path).require()
-    with pytest.raises(DataError, match="only 1 usable image.*need 2"):
+    with pytest.raises(DataError, match=r"only 1 usable image\(s\), need 2 \(2 skipped"):
         scan_images(tmp_path).require(min_count=2)
     with pytest.raises(DataError, match="instance_data_dir .*missing: no such folder"):
         scan_images(tmp_path / "missing")
