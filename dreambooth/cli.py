@@ -116,8 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from dreambooth.demo import DemoSettings, run_demo
 
     settings = DemoSettings.fast() if args.fast else DemoSettings()
-    kwargs = {"model": args.model} if args.model else {}
-    run_demo(args.output, args.subject, settings=settings, **kwargs)
+    run_demo(args.output, args.subject, args.model, settings=settings)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -142,6 +141,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from dreambooth.export import merge_lora
+
+    out = merge_lora(Path(args.lora), Path(args.output), args.scale, Path(args.base) if args.base else None)
+    print(f"merged {args.lora} at scale {args.scale} into {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--seed", type=int, default=0)
     cls.add_argument("--batch_size", "--batch-size", type=int, default=4)
     cls.set_defaults(run=cmd_class_images)
+    merge = sub.add_parser("merge", help="fold a LoRA into its base model and save a full pipeline folder")
+    merge.add_argument("--lora", required=True, help="folder written by `dreambooth train --lora`")
+    merge.add_argument("--output", required=True, help="where the merged pipeline is written")
+    merge.add_argument("--scale", type=float, default=1.0, help="LoRA strength folded in")
+    merge.add_argument("--base", help="base model folder (default: the one the LoRA was trained on)")
+    merge.set_defaults(run=cmd_merge)
+
     demo = sub.add_parser("demo", help="run the whole method on the shipped toy-world model (CPU, minutes)")
     demo.add_argument("--output", type=Path, default=Path("dreambooth-demo"))
     demo.add_argument("--subject", default="striped-bag", help="a folder name under examples/")

@@ -86,11 +86,24 @@ def write_report(rows: list[tuple[str, list[Image.Image]]], out: Path, timings: 
     return out / "demo.png"
 
 
-def run_demo(output: Path, subject: str = "striped-bag", model: Path = BASE_MODEL, instance_dir: Path | None = None,
+def default_model(output: Path) -> Path:
+    """The shipped toy-world model; until it is built, a random-weight stand-in (the images are noise,
+    but every stage of the method runs)."""
+    if (BASE_MODEL / "model_index.json").is_file():
+        return BASE_MODEL
+    from dreambooth.toyworld.random_model import build_random_sd
+
+    print(f"note: no pretrained toy-world model at {BASE_MODEL} yet; running on a random-weight stand-in, "
+          "so the images are noise (build it with `python -m dreambooth.toyworld.pretrain`)", flush=True)
+    return build_random_sd(output / "random-base-model")
+
+
+def run_demo(output: Path, subject: str = "striped-bag", model: Path | None = None, instance_dir: Path | None = None,
              class_noun: str | None = None, settings: DemoSettings = DemoSettings()) -> Path:
     """Personalize `model` on a subject and write the sheet and report into `output`."""
     if instance_dir is None:
         instance_dir, class_noun = find_subject(subject)
+    model = model or default_model(output)
     timings, clock = {}, time.perf_counter()
     n, steps = settings.images_per_prompt, settings.inference_steps
     class_prompt = f"a {class_noun}"

@@ -12,6 +12,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from dreambooth.config import TrainConfig
+from dreambooth.errors import ModelError
 from dreambooth.models import Components, load_sampling_scheduler
 
 CONFIG_FILE = "dreambooth_config.yaml"
@@ -131,3 +132,30 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
                 "ss_network_alpha": str(alpha), "ss_output_name": out_file.stem,
                 "ss_base_model_version": "sd_v1", "ss_training_comment": f"dreambooth: {cfg.instance_prompt}"}
     save_file(tensors, out_file, metadata=metadata)
+
+
+def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None = None) -> Path:
+    """Fold a LoRA folder into its base model's weights (W + scale * B A) and save a full pipeline."""
+    from dreambooth.finetune import LORA_WEIGHTS
+    from dreambooth.generate import training_record
+    from dreambooth.models import load_pipeline
+
+    record = training_record(lora_dir)
+    base = base or record.get("pretrained_model_name_or_path")
+    if not (lora_dir / LORA_WEIGHTS).is_file():
+        raise ModelError(f"{lora_dir}: no {LORA_WEIGHTS}; pass a folder written by `dreambooth train --lora`")
+    if not base:
+        raise ModelError(f"{lora_dir}: no record of its base model; pass --base")
+    pipe = load_pipeline(base)
+    pipe.load_lora_weights(lora_dir, weight_name=LORA_WEIGHTS)
+    pipe.fuse_lora(lora_scale=scale)
+    pipe.unload_lora_weights()
+    staging = out / ".final.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    for name in (CONFIG_FILE, "README.md"):
+        if (lora_dir / name).is_file():
+            shutil.copy(lora_dir / name, staging / name)
+    out.mkdir(parents=True, exist_ok=True)
+    publish(staging, out)
+    return out

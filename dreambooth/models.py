@@ -30,12 +30,8 @@ class Components:
     noise_scheduler: DDPMScheduler  # the training (forward-process) scheduler
 
     @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
     def native_resolution(self) -> int:
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
+        return native_resolution(self.path)
 
     @property
     def prediction_type(self) -> str:
@@ -73,6 +69,13 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False) -> Path:
             raise ModelError(f"{folder / name}: only pickled .bin weights; convert them to safetensors, or pass "
                              "--allow_pickle if you trust the source")
     return folder
+
+
+def native_resolution(folder: Path) -> int:
+    """The image size the model was trained at, from its configs alone (no weights loaded)."""
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def _weights_kwargs(folder: Path, *components: str) -> dict:

@@ -16,7 +16,7 @@ import torch
 from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.data.images import scan_images
 from dreambooth.errors import DreamBoothError
-from dreambooth.models import check_model_folder
+from dreambooth.models import check_model_folder, native_resolution
 
 GIB = 2**30
 
@@ -42,9 +42,9 @@ def _weights_bytes(folder: Path, parts: tuple[str, ...]) -> int:
     return sum(f.stat().st_size for part in parts for f in (folder / part).glob("*.safetensors"))
 
 
-def _check_images(folder: str, role: str, report: Report) -> int:
+def _check_images(folder: str, role: str, min_side: int | None, report: Report) -> int:
     try:
-        scan = scan_images(Path(folder).expanduser(), role=role)
+        scan = scan_images(Path(folder).expanduser(), role=role, **({"min_side": min_side} if min_side else {}))
         if role == "instance":
             scan.require()
     except DreamBoothError as exc:
@@ -102,13 +102,14 @@ def _check_disk(cfg: TrainConfig, model: Path, num_user_class: int, report: Repo
 def preflight(cfg: TrainConfig) -> Report:
     """Check the model folder, images, prompts, options and free disk; collect everything found."""
     report = Report()
-    model = None
+    model, resolution = None, cfg.resolution
     try:
         model = check_model_folder(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
+        resolution = resolution or native_resolution(model)
     except DreamBoothError as exc:
         report.problems.append(str(exc))
-    _check_images(cfg.instance_data_dir, "instance", report)
-    num_user_class = _check_images(cfg.class_data_dir, "class", report) if cfg.class_data_dir else 0
+    _check_images(cfg.instance_data_dir, "instance", resolution, report)
+    num_user_class = _check_images(cfg.class_data_dir, "class", resolution, report) if cfg.class_data_dir else 0
     if cfg.resume_from_checkpoint and cfg.resume_from_checkpoint != "latest":
         path = Path(cfg.resume_from_checkpoint).expanduser()
         if not path.exists() and not (Path(cfg.output_dir).expanduser() / cfg.resume_from_checkpoint).exists():

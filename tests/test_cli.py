@@ -60,3 +60,22 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: --max_train_steps: expected int, got 'zero'"
+
+
+def test_check_reports_too_little_disk(tiny_sd, subject_dir, tmp_path, monkeypatch, capsys):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    code = main(["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
+                 str(subject_dir), "--class_noun", "dog", "--output_dir", str(tmp_path / "o"),
+                 "--class_cache_dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "GiB is free; free space or choose another folder" in err
+
+
+def test_check_warns_about_a_weak_identifier(tiny_sd, subject_dir, capsys):
+    assert main(["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
+                 str(subject_dir), "--class_noun", "dog", "--identifier", "sks"]) == 0
+    assert "--identifier 'sks'" in capsys.readouterr().out

@@ -59,3 +59,14 @@ def test_prediction_prior_needs_no_class_images(tiny_sd, subject_dir, tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing was generated
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2 and '"loss/prior"' in rows[0]
+
+
+def test_merge_folds_the_lora_into_a_full_pipeline(lora_run, tmp_path):
+    from dreambooth.cli import main
+
+    assert main(["merge", "--lora", str(lora_run), "--output", str(tmp_path / "merged")]) == 0
+    merged = StableDiffusionPipeline.from_pretrained(tmp_path / "merged", local_files_only=True)
+    merged.set_progress_bar_config(disable=True)
+    assert not any("lora" in k for k in merged.unet.state_dict())
+    assert np.abs(image(merged) - image(load_trained(lora_run))).max() <= 2
+    assert (tmp_path / "merged" / "dreambooth_config.yaml").is_file()

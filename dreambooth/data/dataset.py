@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from dreambooth.data.images import load_rgb, prepare, to_tensor
+from dreambooth.data.images import fit_shorter_side, load_rgb, prepare, to_tensor
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class LatentImages:
 
     def __init__(self, paths: list[Path], vae: AutoencoderKL, resolution: int, center_crop: bool,
                  random_flip: bool, cache: bool) -> None:
-        self.images = [load_rgb(p) for p in paths]
+        # kept at training size: 20 phone photos at full size would hold over a GB for nothing
+        self.images = [fit_shorter_side(load_rgb(p), resolution) for p in paths]
         self.vae, self.resolution, self.center_crop, self.random_flip = vae, resolution, center_crop, random_flip
         self.scaling_factor = float(vae.config.scaling_factor)
         self.cached: list[dict[bool, tuple[Tensor, Tensor]]] = [{} for _ in self.images]

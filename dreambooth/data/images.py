@@ -70,7 +70,7 @@ class ImageScan:
         elif not self.images:
             have += " (the folder is empty)"
         what = "the subject" if self.role == "instance" else f"the {self.role}"
-        raise DataError(f"{self.folder}: {have}. Add .png/.jpg photos of {what}")
+        raise DataError(f"{self.folder}: {have}; add .png/.jpg photos of {what}")
 
 
 def _open(source: Path | io.BytesIO) -> Image.Image:
@@ -187,15 +187,22 @@ def scan_images(folder: Path, role: str = "instance", min_side: int = MIN_SIDE,
     return ImageScan(tuple(images), tuple(skipped), tuple(notes), folder, role)
 
 
-def prepare(image: Image.Image, resolution: int, center_crop: bool, rng: random.Random | None) -> Image.Image:
-    """Resize the shorter side to `resolution`, then crop a square: centered, or placed by `rng`.
+def fit_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize so the shorter side is `resolution` (a no-op when it already is).
 
     Lanczos with `reducing_gap` pre-shrinks huge photos in steps, so 6000-px inputs don't alias.
-    With no `rng` the crop is centered.
     """
+    if min(image.size) == resolution:
+        return image
     scale = resolution / min(image.size)
     size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def prepare(image: Image.Image, resolution: int, center_crop: bool, rng: random.Random | None) -> Image.Image:
+    """Resize the shorter side to `resolution`, then crop a square: centered, or placed by `rng`
+    (with no `rng` the crop is centered)."""
+    image = fit_shorter_side(image, resolution)
     dx, dy = image.width - resolution, image.height - resolution
     if center_crop or rng is None:
         x, y = dx // 2, dy // 2

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from dreambooth.class_images import IMAGE_SUFFIXES
+from dreambooth.data.images import IMAGE_SUFFIXES
 from dreambooth.config import fill_prompt
 from dreambooth.errors import ConfigError, DataError
 from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, EfficientNetLite0, ImageEncoder, load_encoder

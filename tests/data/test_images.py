@@ -76,7 +76,7 @@ def test_no_usable_image_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(DataError, match=r"no usable images \(2 skipped: empty.jpg: empty file .*; notes.txt: not "
-                                        r"an image.*\)\. Add .png/.jpg photos of the subject"):
+                                        r"an image.*\); add .png/.jpg photos of the subject"):
         scan_images(tmp_path).require()
     rgb(tmp_path / "one.png")
     scan_images(tmp_path).require()
@@ -172,3 +172,12 @@ def test_to_tensor_range():
     assert t.shape == (3, 32, 32) and t.dtype == torch.float32
     assert t[0].min() == 1 and t[1].max() == -1 and abs(t[2].mean().item()) < 0.01
 
+
+
+def test_heic_is_decoded_when_pillow_heif_is_installed(tmp_path, monkeypatch):
+    import dreambooth.data.images as images
+
+    (tmp_path / "IMG_1.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    monkeypatch.setattr(images, "_heif_available", lambda: True)
+    reason = scan_images(tmp_path).skipped[0][1]
+    assert "pillow-heif" not in reason and reason.startswith("not an image")  # decoded, not skipped by name
