@@ -150,6 +150,14 @@ def cmd_merge(args: argparse.Namespace) -> None:
     print(f"merged {args.lora} at scale {args.scale} into {out}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from dreambooth.models import check_model_folder
+    from dreambooth.single_file import export_single_file
+
+    out = export_single_file(check_model_folder(args.model), Path(args.output), half=args.half)
+    print(f"wrote {out} (original Stable Diffusion key layout, for AUTOMATIC1111 / ComfyUI)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="dreambooth", description="DreamBooth personalization of diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
@@ -193,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--scale", type=float, default=1.0, help="LoRA strength folded in")
     merge.add_argument("--base", help="base model folder (default: the one the LoRA was trained on)")
     merge.set_defaults(run=cmd_merge)
+
+    export = sub.add_parser("export", help="write a full pipeline folder as one A1111/ComfyUI .safetensors file")
+    export.add_argument("--model", required=True, help="SD 1.x pipeline folder (e.g. written by train or merge)")
+    export.add_argument("--output", required=True, help="the .safetensors file to write")
+    export.add_argument("--half", action="store_true", help="store weights in fp16 (half the size)")
+    export.set_defaults(run=cmd_export)
 
     demo = sub.add_parser("demo", help="run the whole method on the shipped toy-world model (CPU, minutes)")
     demo.add_argument("--output", type=Path, default=Path("dreambooth-demo"))
