@@ -90,9 +90,11 @@ def cmd_identifier(args: argparse.Namespace) -> None:
     from dreambooth.identifier import find_identifiers
     from dreambooth.models import check_model_folder
 
-    tokenizer = CLIPTokenizer.from_pretrained(check_model_folder(args.model), subfolder="tokenizer")
+    folder = check_model_folder(args.model)
+    names = [n for n in ("tokenizer", "tokenizer_2") if (folder / n).is_dir()]  # SDXL: one token in both
+    tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder=n) for n in names]
     print("rank  token_id  identifier")
-    for rank, candidate in enumerate(find_identifiers(tokenizer, top_k=args.top_k), start=1):
+    for rank, candidate in enumerate(find_identifiers(tokenizers, top_k=args.top_k), start=1):
         print(f"{rank:>4}  {candidate.token_id:>8}  {candidate.text}")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from dreambooth.config import TrainConfig
 from dreambooth.errors import ModelError
@@ -18,13 +18,15 @@ from dreambooth.models import Components, load_sampling_scheduler
 CONFIG_FILE = "dreambooth_config.yaml"
 
 
-def pipeline_from(parts: Components, unet, text_encoder) -> StableDiffusionPipeline:
-    """A sampling pipeline around the given (possibly fine-tuned) UNet and text encoder."""
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae, text_encoder=text_encoder, tokenizer=parts.tokenizer, unet=unet,
-        scheduler=load_sampling_scheduler(parts.path), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
+def pipeline_from(parts: Components, unet, text_encoders: list, vae=None) -> DiffusionPipeline:
+    """A sampling pipeline (SD or SDXL) around the given, possibly fine-tuned, UNet and text encoders."""
+    common = dict(vae=vae or parts.vae, unet=unet, scheduler=load_sampling_scheduler(parts.path),
+                  text_encoder=text_encoders[0], tokenizer=parts.tokenizers[0])
+    if parts.is_sdxl:
+        pipe = StableDiffusionXLPipeline(**common, text_encoder_2=text_encoders[1], tokenizer_2=parts.tokenizers[1])
+    else:
+        pipe = StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -75,6 +77,11 @@ def model_card(cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> str
         ("text encoder trained", cfg.train_text_encoder), ("seed", cfg.seed),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    if cfg.lora:
+        load = (f'pipe = DiffusionPipeline.from_pretrained("{cfg.pretrained_model_name_or_path}")\n'
+                f'pipe.load_lora_weights("{cfg.output_dir}")')
+    else:
+        load = f'pipe = DiffusionPipeline.from_pretrained("{cfg.output_dir}")'
     lines = "\n".join(f"{k}: {json.dumps(v)}" for k, v in front.items())
     return f"""---
 {lines}
@@ -89,9 +96,8 @@ Fine-tuned with [DreamBooth](https://arxiv.org/abs/2208.12242) by the `dreamboot
 {table}
 
 ```python
-import torch
-from diffusers import StableDiffusionPipeline
-pipe = StableDiffusionPipeline.from_pretrained("{cfg.output_dir}")
+from diffusers import DiffusionPipeline
+{load}
 image = pipe("{instance_prompt} on the beach").images[0]
 ```
 

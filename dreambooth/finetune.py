@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -21,9 +21,10 @@ class FullFineTune:
 
     def configure(self, parts: Components, cfg: TrainConfig) -> None:
         parts.unet.requires_grad_(True)
-        parts.text_encoder.requires_grad_(cfg.train_text_encoder)
+        for encoder in parts.text_encoders:
+            encoder.requires_grad_(cfg.train_text_encoder)
 
-    def save(self, pipe: StableDiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
+    def save(self, pipe: DiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
         pipe.save_pretrained(out, safe_serialization=True)
 
 
@@ -35,23 +36,25 @@ class LoRAFineTune:
         parts.unet.requires_grad_(False)
         parts.unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
                                           init_lora_weights="gaussian", target_modules=list(cfg.lora_target_modules)))
-        parts.text_encoder.requires_grad_(False)
-        if cfg.train_text_encoder:
-            parts.text_encoder.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
-                                                      init_lora_weights="gaussian",
-                                                      target_modules=list(cfg.lora_text_encoder_modules)))
+        for encoder in parts.text_encoders:
+            encoder.requires_grad_(False)
+            if cfg.train_text_encoder:
+                encoder.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
+                                               init_lora_weights="gaussian",
+                                               target_modules=list(cfg.lora_text_encoder_modules)))
 
-    def save(self, pipe: StableDiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
+    def save(self, pipe: DiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
         from dreambooth.export import write_kohya_lora  # export owns the file formats
 
         layers, metadata = {}, {}
-        for name in ("unet", "text_encoder") if cfg.train_text_encoder else ("unet",):
+        encoders = [n for n in ("text_encoder", "text_encoder_2") if hasattr(pipe, n)] if cfg.train_text_encoder else []
+        for name in ["unet", *encoders]:
             model = getattr(pipe, name)
             layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
             # the adapter config (alpha above all) travels in the file, so loaders scale it as trained
             metadata[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
         out.mkdir(parents=True, exist_ok=True)
-        StableDiffusionPipeline.save_lora_weights(out, **layers, **metadata, safe_serialization=True)
+        type(pipe).save_lora_weights(out, **layers, **metadata, safe_serialization=True)
         if cfg.lora_format == "kohya":
             write_kohya_lora(out / LORA_WEIGHTS, out / "lora_kohya.safetensors", cfg)
 

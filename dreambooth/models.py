@@ -1,4 +1,6 @@
-"""Loading a base Stable Diffusion model from a local diffusers folder, and encoding prompts."""
+"""Loading a base Stable Diffusion (1.x/2.x or XL) model from a local diffusers folder, and encoding
+prompts. SD has one tokenizer/text encoder; SDXL has two, whose penultimate hidden states are
+concatenated, plus the second one's pooled projection for the UNet's added conditioning."""
 
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ import diffusers
 import torch
 from diffusers import (AutoencoderKL, DDPMScheduler, DiffusionPipeline, SchedulerMixin, StableDiffusionPipeline,
                        UNet2DConditionModel)
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from dreambooth.errors import ModelError
 
 CLIP_TOKENIZER_DIR = str(Path(__file__).parent / "assets" / "clip-tokenizer")
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_COMPONENTS = SD_COMPONENTS + ("text_encoder_2", "tokenizer_2")
 
 
 @dataclass
@@ -23,11 +26,15 @@ class Components:
     """The parts of a Stable Diffusion pipeline that fine-tuning touches."""
 
     path: Path
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
+    tokenizers: list[CLIPTokenizer]  # one for SD, two for SDXL
+    text_encoders: list[CLIPTextModel]
     vae: AutoencoderKL
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler  # the training (forward-process) scheduler
+
+    @property
+    def is_sdxl(self) -> bool:
+        return len(self.text_encoders) == 2
 
     @property
     def native_resolution(self) -> int:
@@ -56,11 +63,12 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False) -> Path:
         listed = json.loads(index.read_text())
     except json.JSONDecodeError as exc:
         raise ModelError(f"{index}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    missing = [c for c in SD_COMPONENTS if c not in listed or not (folder / c).is_dir()]
+    needed = SDXL_COMPONENTS if "XL" in listed.get("_class_name", "") else SD_COMPONENTS
+    missing = [c for c in needed if c not in listed or not (folder / c).is_dir()]
     if missing:
-        raise ModelError(f"{folder}: missing component(s) {', '.join(missing)}; a Stable Diffusion folder needs "
-                         f"{', '.join(SD_COMPONENTS)}")
-    for name in ("unet", "vae", "text_encoder"):
+        raise ModelError(f"{folder}: missing component(s) {', '.join(missing)}; a {listed.get('_class_name')} "
+                         f"folder needs {', '.join(needed)}")
+    for name in [c for c in needed if c in ("unet", "vae") or c.startswith("text_encoder")]:
         if any((folder / name).glob("*.safetensors")):
             continue
         if not any((folder / name).glob("*.bin")):
@@ -87,52 +95,77 @@ def _weights_kwargs(folder: Path, *components: str) -> dict:
 def load_components(path: str | Path, allow_pickle: bool = False) -> Components:
     """Load tokenizer, text encoder, VAE, UNet and the DDPM training scheduler from a local folder."""
     folder = check_model_folder(path, allow_pickle)
+    suffixes = ("", "_2") if (folder / "text_encoder_2").is_dir() else ("",)
     return Components(
         path=folder,
-        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
-        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
-                                                   **_weights_kwargs(folder, "text_encoder")),
+        tokenizers=[CLIPTokenizer.from_pretrained(folder, subfolder=f"tokenizer{s}", local_files_only=True)
+                    for s in suffixes],
+        text_encoders=[_load_text_encoder(folder, f"text_encoder{s}") for s in suffixes],
         vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **_weights_kwargs(folder, "vae")),
         unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **_weights_kwargs(folder, "unet")),
         noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
     )
 
 
-@dataclass
-class FrozenParts:
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel | None
+def _load_text_encoder(folder: Path, name: str) -> CLIPTextModel:
+    """SD's text encoder, or SDXL's second one (with the projection its pooled output needs)."""
+    model_class = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+    return model_class.from_pretrained(folder, subfolder=name, **_weights_kwargs(folder, name))
 
 
-def reload_frozen(parts: Components, with_text_encoder: bool) -> FrozenParts:
+def reload_frozen(parts: Components, with_text_encoders: bool) -> tuple[AutoencoderKL, list[CLIPTextModel] | None]:
     """Fresh full-precision copies of the frozen parts, from the folder they were loaded from."""
     folder = parts.path
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **_weights_kwargs(folder, "vae"))
-    text_encoder = None
-    if with_text_encoder:
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
-                                                     **_weights_kwargs(folder, "text_encoder"))
-    return FrozenParts(vae=vae, text_encoder=text_encoder)
+    names = ["text_encoder", "text_encoder_2"][: len(parts.text_encoders)]
+    return vae, [_load_text_encoder(folder, n) for n in names] if with_text_encoders else None
 
 
 def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False) -> StableDiffusionPipeline:
     """The sampling pipeline of a local folder (base or personalized), offline and quiet."""
     folder = check_model_folder(path, allow_pickle)
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, safety_checker=None, requires_safety_checker=False,
-                                             **_weights_kwargs(folder, "unet", "vae", "text_encoder"))
+                                             **_weights_kwargs(folder, "unet", "vae"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
-    """Token ids padded to the tokenizer's context length, shaped (B, 77) for CLIP."""
-    return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                     return_tensors="pt").input_ids
+def tokenize(tokenizers: list[CLIPTokenizer], prompts: list[str]) -> list[torch.Tensor]:
+    """Token ids per tokenizer, padded to its context length: (B, 77) each for CLIP."""
+    return [t(prompts, padding="max_length", truncation=True, max_length=t.model_max_length,
+              return_tensors="pt").input_ids for t in tokenizers]
 
 
-def encode_text(text_encoder: CLIPTextModel, input_ids: torch.Tensor) -> torch.Tensor:
-    """Per-token hidden states the UNet cross-attends to, shaped (B, 77, D)."""
-    return text_encoder(input_ids.to(text_encoder.device))[0]
+@dataclass
+class TextConditioning:
+    """What the UNet is conditioned on: per-token states (B, 77, D) and, for SDXL, pooled (B, P)."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def rows(self, index: torch.Tensor) -> "TextConditioning":
+        return TextConditioning(self.hidden[index], None if self.pooled is None else self.pooled[index])
+
+    def float(self) -> "TextConditioning":
+        return TextConditioning(self.hidden.float(), None if self.pooled is None else self.pooled.float())
+
+
+def encode_text(text_encoders: list[CLIPTextModel], input_ids: list[torch.Tensor]) -> TextConditioning:
+    """SD: the encoder's last hidden states. SDXL: both encoders' penultimate hidden states,
+    concatenated on features, and the second encoder's pooled projection (as diffusers' SDXL does)."""
+    if len(text_encoders) == 1:
+        (encoder,), (ids,) = text_encoders, input_ids
+        return TextConditioning(encoder(ids.to(encoder.device))[0])
+    outputs = [e(ids.to(e.device), output_hidden_states=True) for e, ids in zip(text_encoders, input_ids)]
+    hidden = torch.cat([o.hidden_states[-2] for o in outputs], dim=-1)  # (B, 77, D1 + D2)
+    return TextConditioning(hidden, outputs[-1].text_embeds)
+
+
+def sdxl_time_ids(resolution: int, batch: int) -> torch.Tensor:
+    """SDXL's size/crop conditioning (original size, crop top-left, target size), shaped (B, 6).
+    Training images are resized so their shorter side is `resolution` and cropped to a square, so
+    original = target = resolution and crop = (0, 0), as SDXL is prompted at inference."""
+    return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, dtype=torch.float32)
 
 
 def load_sampling_scheduler(path: str | Path) -> SchedulerMixin:

@@ -35,8 +35,8 @@ from dreambooth.finetune import strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
 from dreambooth.preflight import preflight
-from dreambooth.models import (Components, encode_text, load_components, load_sampling_scheduler, reload_frozen,
-                               tokenize)
+from dreambooth.models import (Components, TextConditioning, encode_text, load_components, load_sampling_scheduler,
+                               reload_frozen, sdxl_time_ids, tokenize)
 
 log = logging.getLogger("dreambooth")
 
@@ -67,7 +67,7 @@ class Trainer:
         set_seed(cfg.seed)
         # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.
         self.parts: Components = load_components(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
-        identifier = cfg.identifier or find_identifiers(self.parts.tokenizer, top_k=1)[0].text
+        identifier = cfg.identifier or find_identifiers(self.parts.tokenizers, top_k=1)[0].text
         self.cfg = cfg = dataclasses.replace(cfg, identifier=identifier,
                                              resolution=cfg.resolution or self.parts.native_resolution)
         self.instance_prompt = fill_prompt(cfg.instance_prompt, identifier, cfg.class_noun)
@@ -77,15 +77,16 @@ class Trainer:
         self._freeze_and_place()
         self.data = self._build_data(class_paths)
         # Text: both prompts are encoded together; with a frozen encoder, once for the whole run.
-        self.prompt_ids = tokenize(self.parts.tokenizer, [self.instance_prompt, self.class_prompt]).to(acc.device)
+        self.prompt_ids = [ids.to(acc.device) for ids in tokenize(self.parts.tokenizers,
+                                                                   [self.instance_prompt, self.class_prompt])]
         with torch.no_grad():  # the base model's: LoRA adapters start as the identity and no step has run
-            self.base_embeddings = encode_text(self.parts.text_encoder, self.prompt_ids).float()
+            self.base_embeddings = encode_text(self.parts.text_encoders, self.prompt_ids).float()
         # Optimizer after the models (it holds their parameters), schedule after the optimizer.
         self.optimizer = self._build_optimizer()
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
                                           num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_train_steps)
-        prepared = acc.prepare(self.parts.unet, self.parts.text_encoder, self.optimizer, self.lr_scheduler)
-        self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = prepared
+        self.unet, *prepared = acc.prepare(self.parts.unet, *self.parts.text_encoders, self.optimizer, self.lr_scheduler)
+        *self.text_encoders, self.optimizer, self.lr_scheduler = prepared
         self.start_step = checkpoints.resume(acc, self.output_dir, cfg.resume_from_checkpoint)
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)
@@ -97,18 +98,19 @@ class Trainer:
         cfg, parts, device = self.cfg, self.parts, self.accelerator.device
         self.finetune = strategy_for(cfg)
         self.finetune.configure(parts, cfg)
-        frozen = [parts.vae] + ([] if cfg.train_text_encoder else [parts.text_encoder])
+        frozen = [parts.vae] + ([] if cfg.train_text_encoder else parts.text_encoders)
         low_precision = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
         for module in frozen:
             module.requires_grad_(False).to(device)
             if low_precision is not None:
                 module.to(dtype=low_precision)
         parts.unet.train()
-        parts.text_encoder.train(cfg.train_text_encoder)
+        for encoder in parts.text_encoders:
+            encoder.train(cfg.train_text_encoder)
+            if cfg.gradient_checkpointing and cfg.train_text_encoder:
+                encoder.gradient_checkpointing_enable()
         if cfg.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
-            if cfg.train_text_encoder:
-                parts.text_encoder.gradient_checkpointing_enable()
         if cfg.attention == "default":
             from diffusers.models.attention_processor import AttnProcessor
             parts.unet.set_attn_processor(AttnProcessor())
@@ -141,7 +143,7 @@ class Trainer:
                               seed=cfg.seed)
 
     def _base_pipeline(self):
-        return export.pipeline_from(self.parts, self.parts.unet, self.parts.text_encoder).to(self.accelerator.device)
+        return export.pipeline_from(self.parts, self.parts.unet, self.parts.text_encoders).to(self.accelerator.device)
 
     @property
     def text_encoder_training(self) -> bool:
@@ -152,7 +154,8 @@ class Trainer:
         cfg = self.cfg
         groups = [{"params": trainable(self.parts.unet), "lr": cfg.learning_rate}]
         if cfg.train_text_encoder:
-            groups.append({"params": trainable(self.parts.text_encoder), "lr": cfg.text_encoder_learning_rate})
+            groups.append({"params": [p for e in self.parts.text_encoders for p in trainable(e)],
+                           "lr": cfg.text_encoder_learning_rate})
         optimizer_class = torch.optim.AdamW
         if cfg.use_8bit_adam:
             try:
@@ -170,7 +173,7 @@ class Trainer:
                    disable=not acc.is_local_main_process)
         while self.step < cfg.max_train_steps:
             for micro in range(cfg.gradient_accumulation_steps):
-                with acc.accumulate(self.unet, self.text_encoder):
+                with acc.accumulate(self.unet, *self.text_encoders):
                     loss = self.training_step(self.step * cfg.gradient_accumulation_steps + micro)
             self.step += 1
             self._check_finite(loss.total)
@@ -211,8 +214,8 @@ class Trainer:
         rows = [0] * batch.num_instance + [1] * (latents.shape[0] - batch.num_instance)
         if cfg.with_prior_preservation and cfg.prior_mode == "prediction":
             noisy, timesteps, target, rows = self._append_frozen_prior(noisy, timesteps, target, rows)
-        conditioning = self.prompt_embeddings()[torch.tensor(rows, device=device)]  # (B, 77, D) by prompt row
-        prediction = self.unet(noisy, timesteps, conditioning).sample
+        conditioning = self.prompt_embeddings().rows(torch.tensor(rows, device=device))  # row 0: instance, 1: class
+        prediction = self.denoise(self.unet, noisy, timesteps, conditioning)
         weights = None
         if cfg.snr_gamma is not None:
             weights = min_snr_weights(snr(sched.alphas_cumprod, timesteps), cfg.snr_gamma, self.parts.prediction_type)
@@ -231,24 +234,32 @@ class Trainer:
         noisy latents (adapters disabled), instead of the paper's denoising of generated class images."""
         unet = self.accelerator.unwrap_model(self.unet)
         n = len(rows)
-        class_embedding = self.base_embeddings[1:2].expand(n, -1, -1)  # (n, 77, D)
+        class_conditioning = self.base_embeddings.rows(torch.ones(n, dtype=torch.long, device=noisy.device))
         unet.disable_adapters()
         try:
-            prior_target = unet(noisy, timesteps, class_embedding.to(noisy.dtype)).sample
+            prior_target = self.denoise(unet, noisy, timesteps, class_conditioning)
         finally:
             unet.enable_adapters()
         return (torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]), torch.cat([target, prior_target]),
                 rows + [1] * n)
 
-    def prompt_embeddings(self) -> torch.Tensor:
-        """(2, 77, D): the instance prompt's embedding, then the class prompt's."""
+    def denoise(self, unet, noisy: torch.Tensor, timesteps: torch.Tensor, text: TextConditioning) -> torch.Tensor:
+        """The UNet's prediction; SDXL also takes pooled text and size/crop conditioning."""
+        added = None
+        if text.pooled is not None:
+            time_ids = sdxl_time_ids(self.cfg.resolution, noisy.shape[0]).to(noisy.device)
+            added = {"text_embeds": text.pooled, "time_ids": time_ids}
+        return unet(noisy, timesteps, text.hidden, added_cond_kwargs=added).sample
+
+    def prompt_embeddings(self) -> TextConditioning:
+        """Two rows: the instance prompt's conditioning, then the class prompt's."""
         if not self.cfg.train_text_encoder:
             return self.base_embeddings
         with torch.set_grad_enabled(self.text_encoder_training):
-            return encode_text(self.text_encoder, self.prompt_ids)
+            return encode_text(self.text_encoders, self.prompt_ids)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        modules = [self.unet] + ([self.text_encoder] if self.text_encoder_training else [])
+        modules = [self.unet] + (self.text_encoders if self.text_encoder_training else [])
         return [p for m in modules for p in trainable(m)]
 
     def _check_finite(self, loss: torch.Tensor) -> None:
@@ -262,13 +273,11 @@ class Trainer:
         """The current model as a sampling pipeline. For saving, parts that were cast to low precision
         for speed are reloaded from the base folder, so the output keeps their full-precision weights."""
         acc, cfg = self.accelerator, self.cfg
-        text_encoder = acc.unwrap_model(self.text_encoder)
-        parts = self.parts
+        vae, text_encoders = None, [acc.unwrap_model(e) for e in self.text_encoders]
         if for_saving and cfg.mixed_precision != "no":
-            frozen = reload_frozen(parts, with_text_encoder=not cfg.train_text_encoder)
-            parts = dataclasses.replace(parts, vae=frozen.vae)
-            text_encoder = frozen.text_encoder or text_encoder
-        return export.pipeline_from(parts, acc.unwrap_model(self.unet), text_encoder)
+            vae, reloaded = reload_frozen(self.parts, with_text_encoders=not cfg.train_text_encoder)
+            text_encoders = reloaded or text_encoders
+        return export.pipeline_from(self.parts, acc.unwrap_model(self.unet), text_encoders, vae=vae)
 
     def validate(self) -> None:
         """Sample the validation prompts with fixed seeds and save (and log) one grid."""
