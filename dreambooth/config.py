@@ -101,6 +101,10 @@ class TrainConfig:
     num_validation_images: int = option(4, "images per validation prompt")
     inference_steps: int = option(25, "sampler steps for validation images")
     guidance_scale: float = option(7.5, "classifier-free guidance for validation images")
+    eval_every: int | None = option(None, "score subject fidelity, PRES (and prompt fidelity) every N steps")
+    eval_encoder: str = option("efficientnet-lite0", "image encoder for --eval_every (see `dreambooth evaluate`)")
+    eval_prompt_scorer: Literal["none", "toy-judge"] = option("none", "prompt-fidelity scorer for --eval_every")
+    keep_best: bool = option(False, "with --eval_every: also save the best-scoring step to OUTPUT/best")
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps")
     checkpoints_total_limit: int | None = option(2, "keep only the newest K checkpoints")
     resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder", "--resume")
@@ -161,6 +165,8 @@ def validate(cfg: TrainConfig) -> None:
          "only meaningful with --train_text_encoder")
     need(not (cfg.with_prior_preservation and cfg.num_class_images == 0), "num_class_images",
          "prior preservation needs class images; set >= 1 or pass --no_prior_preservation")
+    need(cfg.eval_every is None or cfg.eval_every >= 1, "eval_every", "must be >= 1")
+    need(not cfg.keep_best or cfg.eval_every is not None, "keep_best", "needs --eval_every N to score steps")
     need(cfg.lora_rank >= 1, "lora_rank", f"must be >= 1, got {cfg.lora_rank}")
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {cfg.lora_dropout}")
     need(cfg.prior_mode == "images" or cfg.lora, "prior_mode",

