@@ -324,25 +324,26 @@ class Trainer:
         log.info("step %d: %s", self.step, ", ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items()))
         if self.cfg.keep_best and scores["eval/score"] > self.best_score:
             self.best_score = scores["eval/score"]
-            best = self.output_dir / "best"
-            best.mkdir(parents=True, exist_ok=True)
-            staging = best / ".final.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
-            export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
-            (staging / "best.json").write_text(json.dumps({"step": self.step, **scores}, indent=2))
-            export.publish(staging, best)
+            self.write_model(self.output_dir / "best", {"best.json": json.dumps({"step": self.step, **scores})})
+
+    def write_model(self, folder: Path, extra_files: dict[str, str] | None = None) -> None:
+        """Weights (or adapters), config and model card, staged and then published into `folder`
+        so that a crash never leaves a folder that looks complete."""
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = folder / ".final.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
+        export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        export.publish(staging, folder)
 
     def save(self) -> Path:
         """Write the diffusers pipeline folder, model card and resolved config; return the folder."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            staging = self.output_dir / ".final.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
-            export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
-            export.publish(staging, self.output_dir)
+            self.write_model(self.output_dir)
         acc.end_training()
         return self.output_dir
 
