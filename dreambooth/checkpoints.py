@@ -16,19 +16,11 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from dreambooth.atomic import fsync_tree
 from dreambooth.errors import ConfigError
 
 STATE_FILE = "dreambooth_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in sorted(folder.rglob("*")) + [folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
@@ -49,15 +41,16 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
     final = output_dir / f"checkpoint-{step}"
     temp = output_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process:
-        shutil.rmtree(temp, ignore_errors=True)
+        for leftover in output_dir.glob(".checkpoint-*.tmp"):  # writes that a crash cut short
+            shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temp), safe_serialization=True)
     if accelerator.is_main_process:
         (temp / STATE_FILE).write_text(json.dumps({"step": step}))
-        _fsync_tree(temp)
+        fsync_tree(temp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temp, final)
-        _fsync_tree(output_dir)
+        fsync_tree(output_dir)
         if keep is not None:
             for old in complete_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old)
@@ -82,4 +75,9 @@ def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int
             raise ConfigError(f"--resume_from_checkpoint: {path} is not a complete checkpoint "
                               f"(no {STATE_FILE}); use 'latest' or a checkpoint-<step> folder")
     accelerator.load_state(str(path))
-    return int(json.loads((path / STATE_FILE).read_text())["step"])
+    step = int(json.loads((path / STATE_FILE).read_text())["step"])
+    if accelerator.is_main_process:  # checkpoints of the abandoned future would otherwise win `latest`
+        for newer in complete_checkpoints(output_dir):
+            if int(_NAME.match(newer.name).group(1)) > step:
+                shutil.rmtree(newer)
+    return step

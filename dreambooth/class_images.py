@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from dreambooth.data.images import scan_images
 from dreambooth.errors import ModelError
-from dreambooth.models import check_model_folder, load_pipeline as load_model_pipeline, load_sampling_scheduler
+from dreambooth.models import (check_model_folder, load_pipeline as load_model_pipeline, load_sampling_scheduler,
+                               native_resolution)
 
 FINGERPRINT_PATTERNS = ("*.safetensors", "*.bin", "*.json", "*.txt")  # weights, configs, tokenizer merges
 FINGERPRINT_MEMO = "fingerprints.json"
@@ -112,7 +113,8 @@ def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int,
 
     `load_pipeline` is called only if an image is missing, so a warm cache costs no model load.
     """
-    user_images = list(scan_images(user_dir, role="class").images) if user_dir is not None else []
+    # a --class_data_dir that does not exist yet counts as empty (diffusers recipes name one to be filled)
+    user_images = list(scan_images(user_dir, role="class").images) if user_dir is not None and user_dir.exists() else []
     if len(user_images) >= num_images:
         return user_images[:num_images]
     folder = cache_folder(spec, Path(cache_root))
@@ -152,18 +154,11 @@ def generate_for_model(model: Path, prompt: str, num_images: int, cache_root: Pa
     """`dreambooth class-images`: the class images of a model folder with its own sampler."""
     folder = check_model_folder(model)
     sampler = load_sampling_scheduler(folder)
-    spec = ClassImageSpec(model_path=folder, prompt=prompt, resolution=resolution or _native_resolution(folder),
+    spec = ClassImageSpec(model_path=folder, prompt=prompt, resolution=resolution or native_resolution(folder),
                           sampler=type(sampler).__name__, sampler_config=dict(sampler.config),
                           num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
     return ensure_class_images(spec, cache_root, num_images, None, lambda: load_model_pipeline(folder),
                                batch_size, progress=True)
-
-
-def _native_resolution(folder: Path) -> int:
-    """The UNet's sample size in pixels, read from the configs without loading weights."""
-    unet = UNet2DConditionModel.load_config(folder, subfolder="unet")
-    vae = json.loads((folder / "vae" / "config.json").read_text())
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def _decodes(path: Path) -> bool:

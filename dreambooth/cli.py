@@ -23,7 +23,6 @@ log = logging.getLogger("dreambooth")
 # Flags of diffusers' train_dreambooth.py that need no option here, and why.
 DIFFUSERS_NO_OPS = {
     "--enable_xformers_memory_efficient_attention": "PyTorch SDPA attention is used (same memory savings)",
-    "--allow_tf32": "TF32 matmuls are enabled on Ampere+ GPUs anyway",
     "--set_grads_to_none": "gradients are always set to None",
     "--pre_compute_text_embeddings": "frozen text embeddings are always precomputed",
 }

@@ -91,6 +91,7 @@ class TrainConfig:
     cache_latents: bool = option(True, "encode images with the frozen VAE once, not every step")
 
     # --- runtime ---------------------------------------------------------------------------------
+    allow_tf32: bool = option(False, "TF32 matmuls on Ampere+ GPUs: faster, slightly less precise")
     allow_pickle: bool = option(False, "load pickled .bin weights (only from a source you trust)")
     seed: int = option(0, "seed for noise, timesteps, data order and class images")
     mixed_precision: MixedPrecision = option("no", "autocast precision")
@@ -115,6 +116,11 @@ class TrainConfig:
         validate(self)
 
     @property
+    def lora_scale_alpha(self) -> float:
+        """LoRA alpha; the default equals the rank, i.e. the adapters' output is scaled by 1."""
+        return self.lora_rank if self.lora_alpha is None else self.lora_alpha
+
+    @property
     def text_encoder_learning_rate(self) -> float:
         return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
 
@@ -128,6 +134,13 @@ class TrainConfig:
 def fill_prompt(template: str, identifier: str | None, class_noun: str | None) -> str:
     """Substitute `{identifier}` and `{class_noun}`; other braces are left alone."""
     return template.replace("{identifier}", identifier or "").replace("{class_noun}", class_noun or "").strip()
+
+
+def identifier_in_prompts(instance_prompt: str, class_prompt: str) -> str | None:
+    """The identifier of a literal prompt pair ("a photo of sks dog" / "a photo of dog" -> "sks"):
+    the one word the instance prompt adds; None when that is not a single word."""
+    extra = [w for w in instance_prompt.split() if w not in class_prompt.split()]
+    return extra[0] if len(extra) == 1 else None
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -168,6 +181,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.eval_every is None or cfg.eval_every >= 1, "eval_every", "must be >= 1")
     need(not cfg.keep_best or cfg.eval_every is not None, "keep_best", "needs --eval_every N to score steps")
     need(cfg.lora_rank >= 1, "lora_rank", f"must be >= 1, got {cfg.lora_rank}")
+    need(cfg.lora_alpha is None or cfg.lora_alpha > 0, "lora_alpha", f"must be > 0, got {cfg.lora_alpha}")
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {cfg.lora_dropout}")
     need(cfg.prior_mode == "images" or cfg.lora, "prior_mode",
          "'prediction' needs --lora (the frozen model is the base with adapters disabled)")

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from dreambooth.atomic import fsync_tree
 from dreambooth.config import TrainConfig
 from dreambooth.errors import ModelError
 from dreambooth.models import Components, load_sampling_scheduler
@@ -41,6 +42,7 @@ def publish(staging: Path, out: Path) -> None:
     looks complete: the files loaders look for first (model_index.json, the config) go out first and
     come back last."""
     markers = ("model_index.json", CONFIG_FILE)
+    fsync_tree(staging)
     for name in markers:
         (out / name).unlink(missing_ok=True)
     entries = sorted(staging.iterdir(), key=lambda p: p.name in markers)
@@ -50,6 +52,7 @@ def publish(staging: Path, out: Path) -> None:
             shutil.rmtree(target)
         os.replace(entry, target)
     staging.rmdir()
+    fsync_tree(out)
 
 
 def write_card_and_config(out: Path, cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> None:
@@ -128,7 +131,7 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
     renamed keys, one `alpha` scalar per module, and `ss_*` metadata."""
     from safetensors.torch import load_file, save_file
 
-    alpha = float(cfg.lora_alpha or cfg.lora_rank)
+    alpha = float(cfg.lora_scale_alpha)
     tensors = {}
     for key, value in load_file(diffusers_file).items():
         new_key = kohya_key(key)

@@ -32,16 +32,16 @@ class LoRAFineTune:
     """Low-rank adapters (Hu et al., 2021) on the attention projections; the base stays frozen."""
 
     def configure(self, parts: Components, cfg: TrainConfig) -> None:
-        alpha = cfg.lora_alpha or cfg.lora_rank
+        def adapter(modules: tuple[str, ...]) -> LoraConfig:
+            return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_scale_alpha, lora_dropout=cfg.lora_dropout,
+                              init_lora_weights="gaussian", target_modules=list(modules))
+
         parts.unet.requires_grad_(False)
-        parts.unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
-                                          init_lora_weights="gaussian", target_modules=list(cfg.lora_target_modules)))
+        parts.unet.add_adapter(adapter(cfg.lora_target_modules))
         for encoder in parts.text_encoders:
             encoder.requires_grad_(False)
             if cfg.train_text_encoder:
-                encoder.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
-                                               init_lora_weights="gaussian",
-                                               target_modules=list(cfg.lora_text_encoder_modules)))
+                encoder.add_adapter(adapter(cfg.lora_text_encoder_modules))
 
     def save(self, pipe: DiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
         from dreambooth.export import write_kohya_lora  # export owns the file formats

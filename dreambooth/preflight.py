@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dreambooth.config import TrainConfig, fill_prompt
+from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
 from dreambooth.data.images import scan_images
 from dreambooth.errors import DreamBoothError
 from dreambooth.models import check_model_folder, native_resolution
@@ -60,6 +60,10 @@ def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
 
     from dreambooth.identifier import check_identifier
 
+    literal = "{identifier}" not in cfg.instance_prompt and cfg.identifier is None
+    if literal and identifier_in_prompts(cfg.instance_prompt, fill_prompt(cfg.class_prompt, None, cfg.class_noun)) is None:
+        report.problems.append(f"--instance_prompt {cfg.instance_prompt!r}: cannot tell which word is the identifier; "
+                               "pass it as --identifier (e.g. --identifier sks)")
     instance = fill_prompt(cfg.instance_prompt, cfg.identifier or "[V]", cfg.class_noun)
     if instance == fill_prompt(cfg.class_prompt, cfg.identifier, cfg.class_noun):
         report.problems.append(f"--instance_prompt {instance!r} equals the class prompt; it needs the identifier")
@@ -109,7 +113,8 @@ def preflight(cfg: TrainConfig) -> Report:
     except DreamBoothError as exc:
         report.problems.append(str(exc))
     _check_images(cfg.instance_data_dir, "instance", resolution, report)
-    num_user_class = _check_images(cfg.class_data_dir, "class", resolution, report) if cfg.class_data_dir else 0
+    user_class = Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None
+    num_user_class = _check_images(str(user_class), "class", resolution, report) if user_class and user_class.exists() else 0
     if cfg.resume_from_checkpoint and cfg.resume_from_checkpoint != "latest":
         path = Path(cfg.resume_from_checkpoint).expanduser()
         if not path.exists() and not (Path(cfg.output_dir).expanduser() / cfg.resume_from_checkpoint).exists():

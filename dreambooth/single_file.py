@@ -72,8 +72,12 @@ def vae_prefixes(config: dict) -> dict[str, str]:
 def convert(folder: Path) -> dict[str, torch.Tensor]:
     """The pipeline's UNet, VAE and text encoder as one state dict in the LDM layout."""
     out: dict[str, torch.Tensor] = {}
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    if unet_config.get("use_linear_projection") or (folder / "text_encoder_2").is_dir():
+        raise ModelError(f"{folder}: single-file export supports SD 1.x only (SD 2.x and SDXL need another "
+                         "text-encoder layout); load the diffusers folder directly instead")
     unet = load_file(next((folder / "unet").glob("*.safetensors")))
-    resnets, other = unet_prefixes(json.loads((folder / "unet" / "config.json").read_text()))
+    resnets, other = unet_prefixes(unet_config)
     for key, value in unet.items():
         new = _rename(key, resnets, RESNET) or _rename(key, other)
         if new is None:

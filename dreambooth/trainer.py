@@ -9,6 +9,7 @@ a run resumed from a checkpoint continues exactly as the uninterrupted run would
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from dreambooth import checkpoints, export, runlog
 from dreambooth.class_images import ClassImageSpec, ensure_class_images
-from dreambooth.config import TrainConfig, fill_prompt
+from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
 from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, min_snr_weights, sample_noise, snr, training_target
@@ -53,6 +54,7 @@ class Trainer:
         self.evaluator = None  # built at the first --eval_every step
         self.best_score = float("-inf")
         AcceleratorState._reset_state()  # a second run in one process may use another mixed precision
+        torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
         self.accelerator = Accelerator(
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -70,7 +72,10 @@ class Trainer:
         set_seed(cfg.seed)
         # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.
         self.parts: Components = load_components(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
-        identifier = cfg.identifier or find_identifiers(self.parts.tokenizers, top_k=1)[0].text
+        identifier = cfg.identifier
+        if identifier is None and "{identifier}" not in cfg.instance_prompt:  # a literal diffusers-style prompt
+            identifier = identifier_in_prompts(cfg.instance_prompt, fill_prompt(cfg.class_prompt, None, cfg.class_noun))
+        identifier = identifier or find_identifiers(self.parts.tokenizers, top_k=1)[0].text
         self.cfg = cfg = dataclasses.replace(cfg, identifier=identifier,
                                              resolution=cfg.resolution or self.parts.native_resolution)
         self.instance_prompt = fill_prompt(cfg.instance_prompt, identifier, cfg.class_noun)
@@ -86,8 +91,10 @@ class Trainer:
             self.base_embeddings = encode_text(self.parts.text_encoders, self.prompt_ids).float()
         # Optimizer after the models (it holds their parameters), schedule after the optimizer.
         self.optimizer = self._build_optimizer()
+        # accelerate steps a prepared scheduler once per process for each optimizer step
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
-                                          num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_train_steps)
+                                          num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+                                          num_training_steps=cfg.max_train_steps * acc.num_processes)
         self.unet, *prepared = acc.prepare(self.parts.unet, *self.parts.text_encoders, self.optimizer, self.lr_scheduler)
         *self.text_encoders, self.optimizer, self.lr_scheduler = prepared
         self.start_step = checkpoints.resume(acc, self.output_dir, cfg.resume_from_checkpoint)
@@ -104,10 +111,16 @@ class Trainer:
         cfg, parts, device = self.cfg, self.parts, self.accelerator.device
         self.finetune = strategy_for(cfg)
         self.finetune.configure(parts, cfg)
-        frozen = [parts.vae] + ([] if cfg.train_text_encoder else parts.text_encoders)
         low_precision = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+        for encoder in parts.text_encoders:
+            encoder.to(device)
+        parts.vae.requires_grad_(False).to(device)
+        frozen = [] if cfg.train_text_encoder else list(parts.text_encoders)
+        # SDXL's VAE overflows in fp16 (its config says force_upcast): it stays in fp32
+        if not (low_precision is torch.float16 and parts.vae.config.get("force_upcast", False)):
+            frozen.append(parts.vae)
         for module in frozen:
-            module.requires_grad_(False).to(device)
+            module.requires_grad_(False)
             if low_precision is not None:
                 module.to(dtype=low_precision)
         parts.unet.train()
@@ -180,9 +193,15 @@ class Trainer:
         while self.step < cfg.max_train_steps:
             for micro in range(cfg.gradient_accumulation_steps):
                 with acc.accumulate(self.unet, *self.text_encoders):
-                    loss = self.training_step(self.step * cfg.gradient_accumulation_steps + micro)
+                    # each process draws its own examples; one process numbers micro-steps 0, 1, 2, ...
+                    micro_step = self.step * cfg.gradient_accumulation_steps + micro
+                    loss = self.training_step(micro_step * acc.num_processes + acc.process_index)
             self.step += 1
-            self._check_finite(loss.total)
+            # every process must agree to stop (signal) or fail (NaN), or the others hang in a collective
+            flags = acc.reduce(torch.tensor([float(self.stop_signal is not None), float(not torch.isfinite(loss.total))],
+                                            device=acc.device), "max")
+            if flags[1]:
+                self._fail_on_nan(loss.total)
             logs = {"loss": loss.total.item(), "loss/instance": loss.instance.item(),
                     "lr": self.lr_scheduler.get_last_lr()[0]}
             if loss.prior is not None:
@@ -192,7 +211,7 @@ class Trainer:
                 runlog.append(self.output_dir, {"step": self.step, **logs})
             bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
             bar.update(1)
-            if self.stop_signal is not None:
+            if flags[0]:
                 self._save_and_stop()
             if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
                 checkpoints.save(acc, self.output_dir, self.step, cfg.checkpoints_total_limit)
@@ -205,8 +224,9 @@ class Trainer:
 
     def _save_and_stop(self) -> None:
         path = checkpoints.save(self.accelerator, self.output_dir, self.step, self.cfg.checkpoints_total_limit)
-        raise Interrupted(f"stopped by {signal.Signals(self.stop_signal).name} at step {self.step}; saved {path}; "
-                          "resume with the same command plus --resume_from_checkpoint latest", self.stop_signal)
+        number = self.stop_signal or signal.SIGTERM  # another process may have been the one signalled
+        raise Interrupted(f"stopped by {signal.Signals(number).name} at step {self.step}; saved {path}; "
+                          "resume with the same command plus --resume_from_checkpoint latest", number)
 
     def training_step(self, micro_step: int) -> LossParts:
         """One forward/backward pass on a concatenated [instance; prior] batch (paper, Eq. 2)."""
@@ -270,12 +290,12 @@ class Trainer:
         modules = [self.unet] + (self.text_encoders if self.text_encoder_training else [])
         return [p for m in modules for p in trainable(m)]
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            last = checkpoints.latest(self.output_dir)
-            where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
-            raise DreamBoothError(f"step {self.step}: the loss is {loss.item()}; lower --learning_rate (now "
-                                  f"{self.cfg.learning_rate:g}) or use --mixed_precision no; {where}")
+    def _fail_on_nan(self, loss: torch.Tensor) -> None:
+        last = checkpoints.latest(self.output_dir)
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        precision = " or use --mixed_precision no" if self.cfg.mixed_precision != "no" else ""
+        raise DreamBoothError(f"step {self.step}: the loss is not finite ({loss.item()}); lower --learning_rate "
+                              f"(now {self.cfg.learning_rate:g}){precision}; {where}")
 
     def pipeline(self, for_saving: bool = False):
         """The current model as a sampling pipeline. For saving, parts that were cast to low precision
@@ -287,13 +307,27 @@ class Trainer:
             text_encoders = reloaded or text_encoders
         return export.pipeline_from(self.parts, acc.unwrap_model(self.unet), text_encoders, vae=vae)
 
+    @contextlib.contextmanager
+    def sampling(self):
+        """Eval mode (no LoRA dropout) and autocast (frozen parts may be in low precision) while sampling."""
+        modules = [self.unet, *self.text_encoders]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            with self.accelerator.autocast():
+                yield
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+
     def validate(self) -> None:
         """Sample the validation prompts with fixed seeds and save (and log) one grid."""
         if not self.accelerator.is_main_process:
             return
         cfg = self.cfg
         prompts = [fill_prompt(p, cfg.identifier, cfg.class_noun) for p in cfg.validation_prompts]
-        with self.accelerator.autocast():  # frozen parts may be in low precision, the UNet in fp32
+        with self.sampling():
             grid = sample_grid(self.pipeline(), prompts, cfg.num_validation_images, cfg.inference_steps,
                                cfg.guidance_scale, cfg.seed, cfg.resolution)
         folder = self.output_dir / "validation"
@@ -317,7 +351,7 @@ class Trainer:
             self.evaluator = TrainingEvaluator(list(self.data.instance_paths), self.cfg.identifier,
                                                self.cfg.class_noun, self.cfg.eval_encoder, seed=self.cfg.seed,
                                                resolution=self.cfg.resolution, prompt_scorer=scorer)
-        with self.accelerator.autocast():
+        with self.sampling():
             scores = self.evaluator(self.pipeline())
         self.accelerator.log(scores, step=self.step)
         runlog.append(self.output_dir, {"step": self.step, **scores})

@@ -6,7 +6,6 @@ from PIL import Image
 
 from dreambooth import class_images
 from dreambooth.class_images import ClassImageSpec, cache_key, ensure_class_images, model_fingerprint
-from dreambooth.errors import DataError
 from dreambooth.models import load_pipeline, load_sampling_scheduler
 
 
@@ -119,9 +118,10 @@ def test_user_images_count_first(tiny_sd, pipe, tmp_path, subject_dir):
     assert paths[:4] == mine and [p.name for p in paths[4:]] == ["000000.png", "000001.png"]
 
 
-def test_missing_user_folder_is_a_data_error(tiny_sd, tmp_path):
-    with pytest.raises(DataError, match="class_data_dir"):
-        ensure_class_images(make_spec(tiny_sd), tmp_path, 2, tmp_path / "nope", no_load, 2, False)
+def test_missing_user_folder_counts_as_empty(tiny_sd, pipe, tmp_path):
+    """diffusers recipes name a --class_data_dir that does not exist yet: all images are generated."""
+    paths = ensure_class_images(make_spec(tiny_sd), tmp_path, 2, tmp_path / "nope", Loader(pipe), 2, False)
+    assert len(paths) == 2 and all(p.parent.parent == tmp_path for p in paths)
 
 
 def test_a_damaged_memo_only_costs_rehashing(tiny_sd, tmp_path):

@@ -79,3 +79,12 @@ def test_check_warns_about_a_weak_identifier(tiny_sd, subject_dir, capsys):
     assert main(["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
                  str(subject_dir), "--class_noun", "dog", "--identifier", "sks"]) == 0
     assert "--identifier 'sks'" in capsys.readouterr().out
+
+
+def test_a_literal_diffusers_prompt_records_its_own_identifier(tiny_sd, subject_dir, tmp_path):
+    assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
+                 "--instance_prompt", "a photo of sks dog", "--class_prompt", "a photo of dog",
+                 "--with_prior_preservation", "--num_class_images", "2", "--class_inference_steps", "2",
+                 "--class_cache_dir", str(tmp_path / "c"), "--max_train_steps", "1", "--report_to", "none",
+                 "--output_dir", str(tmp_path / "o")]) == 0
+    assert "identifier: sks" in (tmp_path / "o" / "dreambooth_config.yaml").read_text()

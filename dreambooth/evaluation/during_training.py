@@ -23,6 +23,7 @@ from PIL import Image
 from dreambooth.config import fill_prompt
 from dreambooth.data.images import load_rgb
 from dreambooth.evaluation.encoders import load_encoder
+from dreambooth.evaluation.evaluate import without_identifier
 from dreambooth.evaluation.metrics.fidelity import subject_fidelity
 from dreambooth.evaluation.metrics.pres import pres
 from dreambooth.evaluation.metrics.prompt_fidelity import PromptScorer
@@ -63,8 +64,8 @@ class TrainingEvaluator:
                   "eval/pres": pres(self.encoder.embed(class_images), self.real)}
         scores["eval/score"] = scores["eval/fidelity"] - scores["eval/pres"]
         if self.prompt_scorer is not None:
-            plain = {p: p.replace(f" {self.identifier} ", " ") for p in prompts}  # CLIP-T omits the identifier
-            fidelity = sum(self.prompt_scorer(ims, plain[p]) for p, ims in subject.items()) / len(subject)
+            fidelity = sum(self.prompt_scorer(ims, without_identifier(p, self.identifier))
+                           for p, ims in subject.items()) / len(subject)
             scores["eval/prompt_fidelity"] = fidelity
             scores["eval/score"] += fidelity
         return scores

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from dreambooth.atomic import fsync_tree
 from dreambooth.models import CLIP_TOKENIZER_DIR
 from dreambooth.toyworld import captions, fashion_mnist, world
 
@@ -89,24 +91,26 @@ class Checkpointer:
         self.folder, self.stage = folder, stage
 
     def save(self, step: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
-        tmp = self.folder / f".{self.stage}.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        """tmp -> fsync -> (final -> old) -> (tmp -> final) -> drop old: a crash at any point leaves
+        `final` or `old` complete, and `load` takes whichever exists."""
+        tmp, final, old = (self.folder / n for n in (f".{self.stage}.tmp", self.stage, f".{self.stage}.old"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         for name, module in modules.items():
             save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "step.json").write_text(json.dumps({"step": step}))
-        final = self.folder / self.stage
+        fsync_tree(tmp)
         if final.exists():
-            os.replace(final, self.folder / f".{self.stage}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
-        old = self.folder / f".{self.stage}.old"
-        if old.exists():
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
+        shutil.rmtree(old, ignore_errors=True)
 
     def load(self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None) -> int:
         final = self.folder / self.stage
+        if not (final / "step.json").is_file():
+            final = self.folder / f".{self.stage}.old"  # a crash came between the two renames
         if not (final / "step.json").is_file():
             return 0
         for name, module in modules.items():
