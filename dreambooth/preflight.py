@@ -81,14 +81,15 @@ def _check_runtime(cfg: TrainConfig, report: Report) -> None:
 
 
 def _check_disk(cfg: TrainConfig, model: Path, num_user_class: int, report: Report) -> None:
-    """Class images (~1 byte/pixel as PNG) and checkpoints (weights + Adam's two moments each) must fit."""
-    trained = ("unet", "text_encoder") if cfg.train_text_encoder else ("unet",)
+    """Class images (~1 byte/pixel as PNG) and checkpoints must fit. A checkpoint holds the trained
+    models whole (LoRA too: accelerate saves the full UNet) plus Adam's two moments of what trains."""
+    trained = ("unet", "text_encoder", "text_encoder_2") if cfg.train_text_encoder else ("unet",)
     weights = _weights_bytes(model, trained)
-    if cfg.lora:
-        weights //= 50  # adapters are a few percent of the weights at most
+    adapters = weights // 50  # LoRA adapters are a few percent of the weights at most
+    per_checkpoint = weights + 2 * (adapters if cfg.lora else weights)
     kept = cfg.checkpoints_total_limit or (1 + cfg.max_train_steps // cfg.checkpointing_steps)
-    need_out = weights * 3 * kept
-    need_out += weights if cfg.lora else _weights_bytes(model, ("unet", "text_encoder", "vae"))
+    final = adapters if cfg.lora else _weights_bytes(model, ("unet", "text_encoder", "text_encoder_2", "vae"))
+    need_out = per_checkpoint * kept + final
     resolution = cfg.resolution or 512
     need_cache = 0
     if cfg.with_prior_preservation and cfg.prior_mode == "images":

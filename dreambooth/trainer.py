@@ -95,8 +95,11 @@ class Trainer:
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
                                           num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
                                           num_training_steps=cfg.max_train_steps * acc.num_processes)
-        self.unet, *prepared = acc.prepare(self.parts.unet, *self.parts.text_encoders, self.optimizer, self.lr_scheduler)
-        *self.text_encoders, self.optimizer, self.lr_scheduler = prepared
+        # frozen text encoders are not prepared, so checkpoints don't carry copies of them
+        trained_encoders = self.parts.text_encoders if cfg.train_text_encoder else []
+        self.unet, *prepared = acc.prepare(self.parts.unet, *trained_encoders, self.optimizer, self.lr_scheduler)
+        *trained_encoders, self.optimizer, self.lr_scheduler = prepared
+        self.text_encoders = trained_encoders or self.parts.text_encoders
         self.start_step = checkpoints.resume(acc, self.output_dir, cfg.resume_from_checkpoint)
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)
