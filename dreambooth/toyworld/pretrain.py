@@ -37,7 +37,7 @@ class PretrainConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 7_000
+    unet_steps: int = 6_000
     unet_batch: int = 32
     unet_lr: float = 3e-4
     text_hidden: int = 40  # the 49,408-row token table dominates the 40 MB budget
