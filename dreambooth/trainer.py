@@ -403,8 +403,13 @@ def train(cfg: TrainConfig) -> Path:
     if threading.current_thread() is not threading.main_thread():
         return trainer.train()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop_after_this_step(number: int, frame) -> None:
+        trainer.stop_signal = number
+        signal.signal(number, previous[number])  # a second Ctrl-C interrupts at once
+
     for s in previous:
-        signal.signal(s, lambda number, frame: setattr(trainer, "stop_signal", number))
+        signal.signal(s, stop_after_this_step)
     try:
         return trainer.train()
     finally:
