@@ -8,7 +8,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 
 from dreambooth.config import TrainConfig
 from dreambooth.models import Components
@@ -23,6 +24,9 @@ class FullFineTune:
         parts.unet.requires_grad_(True)
         for encoder in parts.text_encoders:
             encoder.requires_grad_(cfg.train_text_encoder)
+
+    def register_checkpoint_hooks(self, accelerator) -> None:
+        """Full fine-tunes checkpoint whole models: accelerate's default."""
 
     def save(self, pipe: DiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
         pipe.save_pretrained(out, safe_serialization=True)
@@ -42,6 +46,24 @@ class LoRAFineTune:
             encoder.requires_grad_(False)
             if cfg.train_text_encoder:
                 encoder.add_adapter(adapter(cfg.lora_text_encoder_modules))
+
+    def register_checkpoint_hooks(self, accelerator) -> None:
+        """Checkpoints hold the adapters only (megabytes), not the frozen base weights around them."""
+        def save(models, weights, output_dir):
+            if accelerator.is_main_process:
+                for i, model in enumerate(models):
+                    adapters = get_peft_model_state_dict(accelerator.unwrap_model(model))
+                    save_file({k: v.contiguous() for k, v in adapters.items()}, Path(output_dir) / f"adapters_{i}.safetensors")
+            weights.clear()  # accelerate saves nothing else for the models
+
+        def load(models, input_dir):
+            for i, model in enumerate(models):
+                set_peft_model_state_dict(accelerator.unwrap_model(model),
+                                          load_file(Path(input_dir) / f"adapters_{i}.safetensors"))
+            models.clear()  # ...and loads nothing else
+
+        accelerator.register_save_state_pre_hook(save)
+        accelerator.register_load_state_pre_hook(load)
 
     def save(self, pipe: DiffusionPipeline, out: Path, cfg: TrainConfig) -> None:
         from dreambooth.export import write_kohya_lora  # export owns the file formats

@@ -82,11 +82,11 @@ def _check_runtime(cfg: TrainConfig, report: Report) -> None:
 
 def _check_disk(cfg: TrainConfig, model: Path, num_user_class: int, report: Report) -> None:
     """Class images (~1 byte/pixel as PNG) and checkpoints must fit. A checkpoint holds the trained
-    models whole (LoRA too: accelerate saves the full UNet) plus Adam's two moments of what trains."""
+    models whole (LoRA: the adapters only) plus Adam's two moments of what trains."""
     trained = ("unet", "text_encoder", "text_encoder_2") if cfg.train_text_encoder else ("unet",)
     weights = _weights_bytes(model, trained)
     adapters = weights // 50  # LoRA adapters are a few percent of the weights at most
-    per_checkpoint = weights + 2 * (adapters if cfg.lora else weights)
+    per_checkpoint = 3 * (adapters if cfg.lora else weights)
     kept = cfg.checkpoints_total_limit or (1 + cfg.max_train_steps // cfg.checkpointing_steps)
     final = adapters if cfg.lora else _weights_bytes(model, ("unet", "text_encoder", "text_encoder_2", "vae"))
     need_out = per_checkpoint * kept + final

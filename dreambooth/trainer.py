@@ -100,6 +100,7 @@ class Trainer:
         self.unet, *prepared = acc.prepare(self.parts.unet, *trained_encoders, self.optimizer, self.lr_scheduler)
         *trained_encoders, self.optimizer, self.lr_scheduler = prepared
         self.text_encoders = trained_encoders or self.parts.text_encoders
+        self.finetune.register_checkpoint_hooks(acc)
         self.start_step = checkpoints.resume(acc, self.output_dir, cfg.resume_from_checkpoint)
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)

@@ -36,3 +36,16 @@ def test_half_written_checkpoints_are_never_trusted(tmp_path):
     good.mkdir()
     (good / checkpoints.STATE_FILE).write_text('{"step": 3}')
     assert checkpoints.latest(tmp_path) == good
+
+
+def test_lora_checkpoints_hold_adapters_only_and_resume_exactly(tiny_sd, subject_dir, tmp_path):
+    common = dict(lora=True, train_text_encoder=True, max_train_steps=4, checkpointing_steps=2, learning_rate=1e-2)
+    full = losses(train(config(tiny_sd, subject_dir, tmp_path / "full", **common)))
+    part = tmp_path / "part"
+    train(config(tiny_sd, subject_dir, part, **{**common, "max_train_steps": 3}))
+    out = part / "out"
+    saved = {p.name for p in (out / "checkpoint-2").iterdir()}
+    assert {"adapters_0.safetensors", "adapters_1.safetensors"} <= saved
+    assert not any(name.startswith("model") for name in saved)  # no full model copies
+    train(config(tiny_sd, subject_dir, part, **common, resume_from_checkpoint="latest"))
+    assert [r["loss"] for r in losses(out)] == [r["loss"] for r in full]
