@@ -13,6 +13,7 @@ step (square images crop the same either way and are cached).
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +87,10 @@ class LatentImages:
         return torch.stack(out) * self.scaling_factor
 
 
-def epoch_order(num_items: int, seed: int, epoch: int) -> list[int]:
-    """A seeded shuffle of range(num_items) for one pass over the data."""
-    return torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+@lru_cache(maxsize=8)
+def epoch_order(num_items: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """A seeded shuffle of range(num_items) for one pass over the data (cached: `take` asks per item)."""
+    return tuple(torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist())
 
 
 def take(num_items: int, seed: int, start: int, count: int) -> list[int]:
