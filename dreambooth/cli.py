@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--images", help="folder of generated images: one sub-folder per prompt with prompt.txt")
     ev.add_argument("--real", required=True, help="folder of the real subject photos")
     ev.add_argument("--class_noun", "--class-noun", help="default: recorded in the model")
-    ev.add_argument("--prompts", help="dreambench-object, dreambench-live, or a file (default: by class noun)")
+    ev.add_argument("--prompts",
+                    help="dreambench-object, dreambench-live, dreambench-toyworld or a file (default: by class noun)")
     ev.add_argument("--encoder", action="append", default=None,
                     help="dino-imgfocus, efficientnet-lite0 or hf:<folder>; repeatable")
     ev.add_argument("--prompt_scorer", "--prompt-scorer", choices=("none", "toy-judge"), default="none")

@@ -153,7 +153,8 @@ def validate(cfg: TrainConfig) -> None:
 
     need(bool(cfg.pretrained_model_name_or_path), "pretrained_model_name_or_path", "required (a diffusers pipeline folder)")
     need(bool(cfg.instance_data_dir), "instance_data_dir", "required (a folder of subject photos)")
-    for name in ("instance_prompt", "class_prompt"):
+    used_prompts = ("instance_prompt", "class_prompt") if cfg.with_prior_preservation else ("instance_prompt",)
+    for name in used_prompts:
         if "{class_noun}" in getattr(cfg, name) and not cfg.class_noun:
             need(False, "class_noun", f"required because --{name} uses {{class_noun}}; e.g. --class_noun dog")
             break

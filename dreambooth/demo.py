@@ -44,6 +44,15 @@ class DemoSettings:
     def fast(cls) -> "DemoSettings":
         return cls(steps=4, num_class_images=2, images_per_prompt=1, inference_steps=2)
 
+    def train_config(self, model: Path, instance_dir: Path, class_noun: str, output_dir: Path) -> TrainConfig:
+        """The recipe as a training config (docs/results.md varies it one option at a time)."""
+        return TrainConfig(
+            pretrained_model_name_or_path=str(model), instance_data_dir=str(instance_dir), class_noun=class_noun,
+            output_dir=str(output_dir), num_class_images=self.num_class_images,
+            class_inference_steps=self.inference_steps, max_train_steps=self.steps, learning_rate=self.learning_rate,
+            train_batch_size=self.batch_size, random_flip=True, center_crop=True, report_to="none",
+            checkpointing_steps=max(self.steps, 1))
+
 
 def find_subject(name: str) -> tuple[Path, str]:
     folder = EXAMPLES / name
@@ -111,13 +120,7 @@ def run_demo(output: Path, subject: str = "striped-bag", model: Path | None = No
     before = sample(load_pipeline(model), class_prompt, n, steps, 7.5, seed=0)
     timings["samples before"] = time.perf_counter() - clock
     print(f"[2/4] DreamBooth with prior preservation: {settings.steps} steps (class images first)", flush=True)
-    cfg = TrainConfig(
-        pretrained_model_name_or_path=str(model), instance_data_dir=str(instance_dir), class_noun=class_noun,
-        output_dir=str(output / "model"), num_class_images=settings.num_class_images,
-        class_inference_steps=steps, max_train_steps=settings.steps, learning_rate=settings.learning_rate,
-        train_batch_size=settings.batch_size, random_flip=True, center_crop=True, report_to="none",
-        checkpointing_steps=max(settings.steps, 1))
-    trained = train(cfg)
+    trained = train(settings.train_config(model, instance_dir, class_noun, output / "model"))
     timings["class images + training"] = time.perf_counter() - clock - sum(timings.values())
     print("[3/4] sampling the subject in new contexts and with new properties", flush=True)
     pipe = load_trained(trained)

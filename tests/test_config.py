@@ -73,3 +73,11 @@ def test_resolved_config_round_trips(tmp_path):
 
     assert from_dict(read_config_file(tmp_path / "c.yaml")) == cfg
     assert isinstance(cfg, TrainConfig)
+
+
+def test_no_class_noun_needed_without_prior_preservation():
+    cfg = TrainConfig(pretrained_model_name_or_path="m", instance_data_dir="d", instance_prompt="a {identifier}",
+                      with_prior_preservation=False)
+    assert cfg.class_noun is None
+    with pytest.raises(ConfigError, match="--class_noun: required because --class_prompt"):
+        TrainConfig(pretrained_model_name_or_path="m", instance_data_dir="d", instance_prompt="a {identifier}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from dreambooth.errors import DataError
 
 PROMPT_DIR = Path(__file__).resolve().parent.parent / "assets" / "dreambench"
-PROMPT_SETS = ("object", "live")
+PROMPT_SETS = ("object", "live", "toyworld")  # toyworld: the object prompts the toy world can draw
 LIVE_CLASSES = {"dog", "cat"}  # the paper's live subjects (9 of its 30) are dogs and cats
 
 
@@ -17,13 +17,13 @@ def prompt_set_for(class_noun: str) -> str:
 
 
 def load_prompts(name_or_path: str | Path) -> list[str]:
-    """Prompt templates ({identifier}, {class_noun}) from "object", "live" or a text file, one per line.
+    """Prompt templates ({identifier}, {class_noun}) from "object", "live", "toyworld" or a text file, one per line.
 
     Blank lines and lines starting with "#" (e.g. a source/licence note) are skipped.
     """
     path = PROMPT_DIR / f"prompts_{name_or_path}.txt" if name_or_path in PROMPT_SETS else Path(name_or_path)
     if not path.is_file():
-        raise DataError(f"--prompts {name_or_path}: no such file; use object, live or a text file of prompts")
+        raise DataError(f"--prompts {name_or_path}: no such file; use object, live, toyworld or a text file of prompts")
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:

@@ -1,0 +1,196 @@
+"""The DreamBooth paper's Tables 1, 3 and 4, and the LoRA prior-mode comparison, on the toy world.
+
+    python scripts/paper_tables.py --seeds 0 1 --markdown docs/results-tables.md
+
+Every run (subject x seed x variant) trains with the demo's recipe changed in one option, samples
+the toy-world DreamBench prompts 4 times each plus "a [class]", and is scored by `evaluate`
+(dino-imgfocus, efficientnet-lite0, the world judge). Each run's scores land in
+`--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json) only when it is done, so
+finished runs are skipped and an interrupted invocation, in this session or a later one, resumes
+where it stopped; models and images go to `--work`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dreambooth.config import fill_prompt
+from dreambooth.demo import BASE_MODEL, EXAMPLES, DemoSettings
+from dreambooth.evaluation.evaluate import evaluate, generate_images
+from dreambooth.evaluation.prompts import load_prompts
+from dreambooth.generate import training_record
+from dreambooth.toyworld.judge import JudgeScorer
+from dreambooth.toyworld.world import COLORS
+from dreambooth.trainer import train
+
+SUBJECTS = ("striped-bag", "two-tone-sneaker", "split-dress")
+WRONG_NOUN = {"bag": "trouser", "sneaker": "dress", "dress": "sandal"}  # far-off classes, like the paper's "can"
+LORA = {"lora": True, "lora_rank": 8, "learning_rate": 1e-3}
+VARIANTS = {  # TrainConfig changes from the demo recipe
+    "dreambooth": {},
+    "no-prior": {"with_prior_preservation": False},
+    "no-noun": {"with_prior_preservation": False, "class_noun": None, "instance_prompt": "a {identifier}"},
+    "wrong-noun": {"with_prior_preservation": False},  # class_noun: WRONG_NOUN, set per subject
+    "lora-images": LORA,
+    "lora-prediction": {**LORA, "prior_mode": "prediction"},
+}
+GUIDANCE = 7.5
+
+
+def subject_noun(subject: str) -> str:
+    return json.loads((EXAMPLES / subject / "subject.json").read_text())["class_noun"]
+
+
+def score(model: Path, texts: list[str], subject: str, identifier: str | None, seed: int, out: Path,
+          settings: DemoSettings) -> dict:
+    """Sample `texts` (plus "a [class]" for PRES) from `model` and score them against the subject photos."""
+    noun = subject_noun(subject)
+    images = generate_images(model, [*texts, f"a {noun}"], settings.images_per_prompt, seed, settings.inference_steps,
+                             GUIDANCE, out / "images")
+    return evaluate(images, EXAMPLES / subject, class_noun=noun, identifier=identifier, prompt_scorer=JudgeScorer())
+
+
+def dreambooth_run(base: Path, subject: str, seed: int, variant: str, out: Path, settings: DemoSettings) -> dict:
+    """Train one variant and score it on the toy-world prompts, with the noun it was trained with."""
+    noun = subject_noun(subject)
+    changes = {**VARIANTS[variant], "seed": seed}
+    if variant == "wrong-noun":
+        changes["class_noun"] = WRONG_NOUN[noun]
+    if variant == "lora-images":  # its own class-image cache, so its time includes generating them
+        changes["class_cache_dir"] = str(out / "class-images")
+    cfg = settings.train_config(base, EXAMPLES / subject, noun, out / "model")
+    started = time.perf_counter()
+    model = train(dataclasses.replace(cfg, **changes))
+    seconds = time.perf_counter() - started
+    identifier = training_record(model)["identifier"]
+    texts = [fill_prompt(t, identifier, changes.get("class_noun", noun)) for t in load_prompts("toyworld")]
+    return {**score(model, texts, subject, identifier, seed, out, settings), "train_seconds": seconds}
+
+
+def base_run(base: Path, subject: str, seed: int, out: Path, settings: DemoSettings) -> dict:
+    """The base model's best description of the subject (no DreamBooth): the lower bound of Table 1.
+
+    Candidates: the class alone, each color, and the subject's two colors; the one with the best DINO
+    on 4 samples replaces [V] in the evaluation prompts."""
+    noun, colors = subject_noun(subject), json.loads((EXAMPLES / subject / "subject.json").read_text())["colors"]
+    candidates = ["", *COLORS, f"{colors[0]} and {colors[1]}"]
+    probes = evaluate(generate_images(base, [f"a {c} {noun}".replace("  ", " ") for c in candidates],
+                                      settings.images_per_prompt, seed, settings.inference_steps, GUIDANCE,
+                                      out / "probes"),
+                      EXAMPLES / subject, div_features=None)  # no class noun: "a bag" is a candidate, not PRES
+    dino = [next(r["value"] for r in p["metrics"] if r["metric"] == "DINO") for p in probes["prompts"]]
+    best = candidates[dino.index(max(dino))]
+    texts = [fill_prompt(t, best, noun).replace("  ", " ") for t in load_prompts("toyworld")]
+    return {**score(base, texts, subject, None, seed, out / "eval", settings), "best_description": best}
+
+
+def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant: str, settings: DemoSettings) -> dict:
+    """A finished run's result, or train and score it now (a half-done run is started afresh)."""
+    folder = work / f"{subject}-{variant}-seed{seed}"
+    result_file = results / f"{folder.name}.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"== {folder.name}", flush=True)
+    result = (base_run(base, subject, seed, folder, settings) if variant == "base"
+              else dreambooth_run(base, subject, seed, variant, folder, settings))
+    results.mkdir(parents=True, exist_ok=True)
+    tmp = result_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, result_file)
+    shutil.rmtree(folder / "model" / "checkpoints", ignore_errors=True)
+    return result
+
+
+def metric(result: dict, name: str, encoder: str, rows: str = "summary") -> float:
+    return next(r["value"] for r in result[rows] if r["metric"] == name and r["encoder"] == encoder)
+
+
+COLUMNS = {  # column title -> how to read it off a result
+    "DINO (dino-imgfocus)": lambda r: metric(r, "DINO", "dino-imgfocus"),
+    "fidelity (efficientnet-lite0)": lambda r: metric(r, "fidelity", "efficientnet-lite0"),
+    "prompt fidelity (judge)": lambda r: metric(r, "prompt fidelity", "toy-world-judge"),
+    "PRES (dino-imgfocus) ↓": lambda r: metric(r, "PRES", "dino-imgfocus"),
+    "DIV (lpips-style)": lambda r: next(x["value"] for x in r["summary"] if x["metric"] == "DIV"),
+    "train time (s)": lambda r: r["train_seconds"],
+}
+
+
+def cell(results: list[dict], column: str) -> str:
+    values = [COLUMNS[column](r) for r in results]
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+
+
+def table(title: str, rows: dict[str, list[dict]], columns: list[str]) -> str:
+    lines = [f"### {title}", "", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell(rs, c) for c in columns) + " |" for name, rs in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def real_ceiling(results: list[dict], seeds: int) -> list[dict]:
+    """Real vs. real photos, once per subject, shaped like a result so the table code reads it."""
+    return [{"summary": r["real_vs_real"]} for r in results[::seeds]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--subjects", nargs="+", default=list(SUBJECTS))
+    parser.add_argument("--tables", nargs="+", default=["1", "3", "4", "prior-mode"])
+    parser.add_argument("--results", type=Path, default=Path("docs/results/runs"), help="one JSON per finished run")
+    parser.add_argument("--work", type=Path, default=Path("~/.cache/dreambooth/paper-tables"), help="models, images")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
+    parser.add_argument("--model", type=Path, default=BASE_MODEL, help="base model (default: the shipped one)")
+    parser.add_argument("--fast", action="store_true", help="the demo's smoke-test recipe (checks the script only)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.work.expanduser()
+    needed = {"1": ["dreambooth", "base"], "3": ["dreambooth", "no-prior"], "4": ["no-prior", "no-noun", "wrong-noun"],
+              "prior-mode": ["lora-images", "lora-prediction"]}
+    variants = list(dict.fromkeys(v for t in args.tables for v in needed[t]))
+    settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings()
+    results = {v: [run(args.results, work, args.model, s, seed, v, settings) for s in args.subjects for seed in args.seeds]
+               for v in variants}
+    fidelity = ["DINO (dino-imgfocus)", "fidelity (efficientnet-lite0)"]
+    text = []
+    if "1" in args.tables:
+        text.append(table("Table 1 analog: subject and prompt fidelity", {
+            "real images (ceiling)": real_ceiling(results["dreambooth"], len(args.seeds)), "DreamBooth": results["dreambooth"],
+            "base model, best description (no DreamBooth)": results["base"]}, fidelity)
+            + "\n" + table("Table 1 analog: prompt fidelity", {
+                "DreamBooth": results["dreambooth"], "base model, best description": results["base"]},
+                ["prompt fidelity (judge)"]))
+    if "3" in args.tables:
+        text.append(table("Table 3 analog: prior preservation", {
+            "DreamBooth (with prior preservation)": results["dreambooth"], "without prior preservation": results["no-prior"]},
+            ["PRES (dino-imgfocus) ↓", "DIV (lpips-style)", *fidelity, "prompt fidelity (judge)"]))
+    if "4" in args.tables:
+        text.append(table("Table 4 analog: the class noun (no prior preservation)", {
+            "correct class noun": results["no-prior"], "no class noun": results["no-noun"],
+            "wrong class noun": results["wrong-noun"]}, fidelity))
+    if "prior-mode" in args.tables:
+        text.append(table("LoRA prior target: class images vs. the frozen model's prediction", {
+            "--prior_mode images": results["lora-images"], "--prior_mode prediction": results["lora-prediction"]},
+            ["PRES (dino-imgfocus) ↓", *fidelity, "prompt fidelity (judge)", "train time (s)"]))
+    n = f"{len(args.subjects)} subjects x {len(args.seeds)} seeds"
+    output = f"Mean ± std over {n} (`python scripts/paper_tables.py {' '.join(sys.argv[1:])}`).\n\n"
+    output += "\n".join(text)
+    print(output)
+    if args.markdown:
+        args.markdown.write_text(output)
+
+
+if __name__ == "__main__":
+    main()
