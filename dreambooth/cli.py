@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(run=cmd_merge)
 
     export = sub.add_parser("export", help="write a full pipeline folder as one A1111/ComfyUI .safetensors file")
-    export.add_argument("--model", required=True, help="SD 1.x pipeline folder (e.g. written by train or merge)")
+    export.add_argument("--model", required=True,
+                        help="SD 1.x, 2.x or SDXL pipeline folder (e.g. written by train or merge)")
     export.add_argument("--output", required=True, help="the .safetensors file to write")
     export.add_argument("--half", action="store_true", help="store weights in fp16 (half the size)")
     export.set_defaults(run=cmd_export)

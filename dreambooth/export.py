@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -17,6 +17,8 @@ from dreambooth.errors import ModelError
 from dreambooth.models import Components, load_sampling_scheduler
 
 CONFIG_FILE = "dreambooth_config.yaml"
+# kohya-ss `ss_base_model_version`; with `ss_v2` it is how A1111 files a LoRA under SD 1, SD 2 or SDXL
+KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
 def pipeline_from(parts: Components, unet, text_encoders: list, vae=None) -> DiffusionPipeline:
@@ -109,8 +111,13 @@ The full resolved configuration is in `{CONFIG_FILE}`.
 """
 
 
-def kohya_key(diffusers_key: str) -> str:
-    """`unet.<module>.lora.down.weight` -> `lora_unet_<module_with_underscores>.lora_down.weight` (kohya/A1111)."""
+def kohya_key(diffusers_key: str, ldm_unet: Callable[[str], str | None] | None = None) -> str:
+    """`unet.<module>.lora.down.weight` -> `lora_unet_<module_with_underscores>.lora_down.weight` (kohya/A1111).
+
+    kohya trains SD 1.x/2.x on the diffusers UNet but SDXL on the original (SGM) one, so SDXL's UNet
+    modules take their LDM names (pass `ldm_unet`, see `single_file.unet_namer`) and its two text
+    encoders become `te1` and `te2`.
+    """
     component, rest = diffusers_key.split(".", 1)
     for marker, kind in ((".lora.down.", "lora_down"), (".lora.up.", "lora_up"),
                          (".lora_linear_layer.down.", "lora_down"), (".lora_linear_layer.up.", "lora_up")):
@@ -121,8 +128,14 @@ def kohya_key(diffusers_key: str) -> str:
         raise ValueError(f"not a diffusers LoRA key: {diffusers_key}")
     if component == "unet":
         prefix = "lora_unet_"
+        if ldm_unet is not None:
+            ldm = ldm_unet(module)
+            if ldm is None:
+                raise ModelError(f"{diffusers_key}: this UNet module has no name in the original SDXL layout")
+            module = ldm
     else:  # text encoder modules live under CLIPTextModel.text_model in kohya's naming
-        prefix, module = "lora_te_", "text_model." + module.removeprefix("text_model.")
+        encoder = "te" if ldm_unet is None else {"text_encoder": "te1", "text_encoder_2": "te2"}[component]
+        prefix, module = f"lora_{encoder}_", "text_model." + module.removeprefix("text_model.")
     return f"{prefix}{module.replace('.', '_')}.{kind}.{tail}"
 
 
@@ -131,15 +144,21 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
     renamed keys, one `alpha` scalar per module, and `ss_*` metadata."""
     from safetensors.torch import load_file, save_file
 
+    from dreambooth.single_file import component_config, model_family, unet_namer
+
+    base = Path(cfg.pretrained_model_name_or_path).expanduser()
+    family = model_family(base)
+    ldm_unet = unet_namer(component_config(base, "unet")) if family == "sdxl" else None
     alpha = float(cfg.lora_scale_alpha)
     tensors = {}
     for key, value in load_file(diffusers_file).items():
-        new_key = kohya_key(key)
+        new_key = kohya_key(key, ldm_unet)
         tensors[new_key] = value.contiguous()
         tensors[new_key.split(".")[0] + ".alpha"] = torch.tensor(alpha)
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(cfg.lora_rank),
                 "ss_network_alpha": str(alpha), "ss_output_name": out_file.stem,
-                "ss_base_model_version": "sd_v1", "ss_training_comment": f"dreambooth: {cfg.instance_prompt}"}
+                "ss_base_model_version": KOHYA_BASE_VERSION[family], "ss_v2": str(family == "sd2"),
+                "ss_training_comment": f"dreambooth: {cfg.instance_prompt}"}
     save_file(tensors, out_file, metadata=metadata)
 
 

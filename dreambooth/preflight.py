@@ -121,9 +121,6 @@ def preflight(cfg: TrainConfig) -> Report:
         if not path.exists() and not (Path(cfg.output_dir).expanduser() / cfg.resume_from_checkpoint).exists():
             report.problems.append(f"--resume_from_checkpoint: {path} does not exist")
     _check_runtime(cfg, report)
-    if model is not None and cfg.lora_format == "kohya" and (model / "text_encoder_2").is_dir():
-        report.problems.append("--lora_format kohya: SDXL's kohya layout is not written yet; use --lora_format "
-                               "diffusers (ComfyUI and recent A1111 load that too)")
     if model is not None:
         _check_prompts(cfg, model, report)
         _check_disk(cfg, model, num_user_class, report)

@@ -1,36 +1,69 @@
-"""Export a Stable Diffusion 1.x pipeline folder as one `.safetensors` in the original (CompVis/LDM)
-key layout, the file AUTOMATIC1111 and ComfyUI load.
+"""Export a Stable Diffusion 1.x, 2.x or SDXL pipeline folder as one `.safetensors` in the original
+(CompVis/LDM, Stability SGM) key layout, the file AUTOMATIC1111 and ComfyUI load.
 
 Key facts of that layout: UNet under `model.diffusion_model.` with `input_blocks` / `middle_block` /
-`output_blocks` numbered per layer, VAE under `first_stage_model.` with reversed decoder blocks and
-1x1-conv attention, text encoder under `cond_stage_model.transformer.` with Hugging Face CLIP names.
+`output_blocks` numbered per layer (SDXL's size/crop MLP as `label_emb.0`), VAE under
+`first_stage_model.` with reversed decoder blocks and 1x1-conv attention. Text encoders: SD 1.x keeps
+Hugging Face CLIP names under `cond_stage_model.transformer.`; SD 2.x is OpenCLIP under
+`cond_stage_model.model.` (q/k/v fused into `in_proj`); SDXL has CLIP-L with Hugging Face names under
+`conditioner.embedders.0.transformer.` and OpenCLIP bigG under `conditioner.embedders.1.model.`.
 The mapping is derived from the model's own config, so it serves any block count.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Callable, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from dreambooth.errors import ModelError
 
+Family = Literal["sd1", "sd2", "sdxl"]
+
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
           "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+OPEN_CLIP = {"embeddings.token_embedding.weight": "token_embedding.weight",
+             "embeddings.position_embedding.weight": "positional_embedding",
+             "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                   "self_attn.out_proj": "attn.out_proj"}
+# family -> (component, original prefix, layout) per text encoder
+TEXT_ENCODERS: dict[Family, tuple[tuple[str, str, str], ...]] = {
+    "sd1": (("text_encoder", "cond_stage_model.transformer.", "clip"),),
+    "sd2": (("text_encoder", "cond_stage_model.model.", "open_clip"),),
+    "sdxl": (("text_encoder", "conditioner.embedders.0.transformer.", "clip"),
+             ("text_encoder_2", "conditioner.embedders.1.model.", "open_clip")),
+}
 
 
 def _rename(key: str, prefixes: dict[str, str], inner: dict[str, str] | None = None) -> str | None:
+    """`key` with its leading module path replaced by `prefixes`, then its next level by `inner`.
+    Works on parameter names and on bare module names alike (kohya LoRA names are modules)."""
     for old, new in prefixes.items():
-        if key.startswith(old + "."):
-            rest = key[len(old) + 1:]
+        if key == old or key.startswith(old + "."):
+            rest = key[len(old):]  # "" or ".<more>"
             for a, b in (inner or {}).items():
-                if rest.startswith(a + "."):
-                    rest = b + rest[len(a):]
-            return f"{new}.{rest}"
+                if rest == f".{a}" or rest.startswith(f".{a}."):
+                    rest = f".{b}{rest[len(a) + 1:]}"
+            return new + rest
     return None
+
+
+def component_config(folder: Path, component: str) -> dict:
+    return json.loads((folder / component / "config.json").read_text())
+
+
+def model_family(folder: Path) -> Family:
+    """Which original layout the diffusers pipeline in `folder` maps to: SDXL has a second text encoder;
+    of the one-encoder families only SD 2.x has linear transformer projections in its UNet."""
+    if (folder / "text_encoder_2").is_dir():
+        return "sdxl"
+    return "sd2" if component_config(folder, "unet").get("use_linear_projection") else "sd1"
 
 
 def unet_prefixes(config: dict) -> tuple[dict[str, str], dict[str, str]]:
@@ -38,8 +71,11 @@ def unet_prefixes(config: dict) -> tuple[dict[str, str], dict[str, str]]:
     layers, blocks = config["layers_per_block"], len(config["block_out_channels"])
     resnets = {"mid_block.resnets.0": "middle_block.0", "mid_block.resnets.1": "middle_block.2"}
     other = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
              "mid_block.attentions.0": "middle_block.1"}
+    # input_blocks count one per resnet plus one per downsampler; only the last block has none, so
+    # the (layers + 1) stride holds for SDXL too
     for i in range(blocks):
         for j in range(layers):
             resnets[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{i * (layers + 1) + j + 1}.0"
@@ -51,6 +87,12 @@ def unet_prefixes(config: dict) -> tuple[dict[str, str], dict[str, str]]:
             other[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{i * (layers + 1) + j}.1"
         other[f"up_blocks.{i}.upsamplers.0"] = f"output_blocks.{i * (layers + 1) + layers}.{2 if has_attention else 1}"
     return resnets, other
+
+
+def unet_namer(config: dict) -> Callable[[str], str | None]:
+    """diffusers UNet parameter or module name -> its LDM name (None if it has none), for this config."""
+    resnets, other = unet_prefixes(config)
+    return lambda key: _rename(key, resnets, RESNET) or _rename(key, other)
 
 
 def vae_prefixes(config: dict) -> dict[str, str]:
@@ -69,35 +111,63 @@ def vae_prefixes(config: dict) -> dict[str, str]:
     return prefixes
 
 
-def convert(folder: Path) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and text encoder as one state dict in the LDM layout."""
+def open_clip_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Hugging Face CLIP text model's weights in OpenCLIP's names (SD 2.x, SDXL's second encoder)."""
     out: dict[str, torch.Tensor] = {}
-    unet_config = json.loads((folder / "unet" / "config.json").read_text())
-    if unet_config.get("use_linear_projection") or (folder / "text_encoder_2").is_dir():
-        raise ModelError(f"{folder}: single-file export supports SD 1.x only (SD 2.x and SDXL need another "
-                         "text-encoder layout); load the diffusers folder directly instead")
-    unet = load_file(next((folder / "unet").glob("*.safetensors")))
-    resnets, other = unet_prefixes(unet_config)
-    for key, value in unet.items():
-        new = _rename(key, resnets, RESNET) or _rename(key, other)
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        key = key.removeprefix("text_model.")
+        layer = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", key)
+        if key == "text_projection.weight":
+            out["text_projection"] = value.T  # OpenCLIP computes x @ P; nn.Linear computes x @ W.T
+        elif key in OPEN_CLIP:
+            out[OPEN_CLIP[key]] = value
+        elif key.endswith("position_ids"):
+            continue  # a buffer (0..76) that older transformers saved; not a weight
+        elif layer and (proj := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", layer[2])):
+            qkv.setdefault(f"transformer.resblocks.{layer[1]}.attn.in_proj_{proj[2]}", {})[proj[1]] = value
+        elif layer and (name := _rename(layer[2], OPEN_CLIP_LAYER)):
+            out[f"transformer.resblocks.{layer[1]}.{name}"] = value
+        else:
+            raise ModelError(f"no OpenCLIP name for text encoder weight {key}")
+    for key, parts in qkv.items():
+        # nn.MultiheadAttention packs the projections as one (3 * width, width) matrix, q then k then v
+        out[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def _weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
+    return load_file(next((folder / component).glob("*.safetensors")))
+
+
+def convert(folder: Path) -> dict[str, torch.Tensor]:
+    """The pipeline's UNet, VAE and text encoder(s) as one state dict in the original layout."""
+    out: dict[str, torch.Tensor] = {}
+    ldm_name = unet_namer(component_config(folder, "unet"))
+    for key, value in _weights(folder, "unet").items():
+        new = ldm_name(key)
         if new is None:
-            raise ModelError(f"{folder / 'unet'}: no single-file name for {key}; only SD 1.x-style UNets are supported")
+            raise ModelError(f"{folder / 'unet'}: no single-file name for {key}; only SD 1.x, 2.x and SDXL UNets "
+                             "are supported")
         out[f"model.diffusion_model.{new}"] = value
-    vae = load_file(next((folder / "vae").glob("*.safetensors")))
-    prefixes = vae_prefixes(json.loads((folder / "vae" / "config.json").read_text()))
-    for key, value in vae.items():
+    prefixes = vae_prefixes(component_config(folder, "vae"))
+    for key, value in _weights(folder, "vae").items():
         new = _rename(key, prefixes, {"conv_shortcut": "nin_shortcut", **VAE_ATTENTION}) or key
         if ".attn_1." in new and value.ndim == 2:
             value = value[:, :, None, None]  # linear -> 1x1 conv
         out[f"first_stage_model.{new}"] = value
-    for key, value in load_file(next((folder / "text_encoder").glob("*.safetensors"))).items():
-        # transformers >= 5 saves CLIPTextModel without its `text_model.` level; the LDM layout has it
-        out[f"cond_stage_model.transformer.text_model.{key.removeprefix('text_model.')}"] = value
+    for component, prefix, layout in TEXT_ENCODERS[model_family(folder)]:
+        state = _weights(folder, component)
+        if layout == "open_clip":
+            state = open_clip_state(state)
+        else:  # transformers >= 5 saves CLIPTextModel without its `text_model.` level; the original has it
+            state = {f"text_model.{k.removeprefix('text_model.')}": v for k, v in state.items()}
+        out.update({prefix + k: v for k, v in state.items()})
     return out
 
 
 def export_single_file(folder: Path, out_file: Path, half: bool = False) -> Path:
-    """Write `folder` (a diffusers SD 1.x pipeline) as one LDM-layout safetensors file."""
+    """Write `folder` (a diffusers SD 1.x, 2.x or SDXL pipeline) as one original-layout safetensors file."""
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in convert(folder).items()}
     tmp = out_file.with_suffix(".tmp")
     save_file(tensors, tmp, metadata={"format": "pt", "source": "dreambooth"})

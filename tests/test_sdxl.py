@@ -1,17 +1,23 @@
-"""SDXL through the same loop: two text encoders, pooled + size/crop conditioning, full and LoRA."""
+"""SDXL through the same loop: two text encoders, pooled + size/crop conditioning, full and LoRA
+(diffusers and kohya files)."""
 
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from dreambooth.export import kohya_key
 from dreambooth.finetune import LORA_WEIGHTS
 from dreambooth.generate import load_trained, sample
 from dreambooth.identifier import find_identifiers
 from dreambooth.models import load_components
+from dreambooth.single_file import unet_namer
 from dreambooth.toyworld.random_model import build_random_sdxl
 from dreambooth.trainer import train
+from tests.test_lora import loaded_pipes
 from tests.test_trainer import config, losses
 
 
@@ -39,14 +45,56 @@ def test_full_fine_tune_with_text_encoders_loads_in_diffusers(tiny_sdxl, subject
     assert np.asarray(sample(pipe, "a dog", 1, steps=2, guidance=5.0, seed=0)[0]).shape == (32, 32, 3)
 
 
-def test_lora_loads_with_load_lora_weights(tiny_sdxl, subject_dir, tmp_path):
-    out = train(config(tiny_sdxl, subject_dir, tmp_path, lora=True, train_text_encoder=True, max_train_steps=2,
-                       learning_rate=5e-2))
-    assert (out / LORA_WEIGHTS).is_file()
+@pytest.fixture(scope="module")
+def sdxl_lora(tiny_sdxl, subject_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sdxl-lora")
+    return train(config(tiny_sdxl, subject_dir, tmp, lora=True, train_text_encoder=True, lora_format="kohya",
+                        max_train_steps=2, learning_rate=5e-2))
+
+
+def image(pipe) -> np.ndarray:
+    return np.asarray(sample(pipe, "a dog", 1, 2, 5.0, 0)[0], np.int16)
+
+
+def test_lora_loads_with_load_lora_weights(sdxl_lora, tiny_sdxl):
+    assert (sdxl_lora / LORA_WEIGHTS).is_file()
     base = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, local_files_only=True)
     base.set_progress_bar_config(disable=True)
-    before = np.asarray(sample(base, "a dog", 1, 2, 5.0, 0)[0], np.int16)
-    base.load_lora_weights(out, weight_name=LORA_WEIGHTS)
-    after = np.asarray(sample(base, "a dog", 1, 2, 5.0, 0)[0], np.int16)
-    ours = np.asarray(sample(load_trained(out), "a dog", 1, 2, 5.0, 0)[0], np.int16)
-    assert np.abs(after - before).max() > 0 and np.abs(ours - after).max() <= 1
+    before = image(base)
+    base.load_lora_weights(sdxl_lora, weight_name=LORA_WEIGHTS)
+    after = image(base)
+    assert np.abs(after - before).max() > 0 and np.abs(image(load_trained(sdxl_lora)) - after).max() <= 1
+
+
+def test_kohya_names_follow_the_original_sdxl_unet():
+    # the real SDXL UNet: 2 layers per block, attention in down blocks 1-2 and up blocks 0-1
+    config = {"layers_per_block": 2, "block_out_channels": [320, 640, 1280],
+              "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
+    ldm = unet_namer(config)
+    assert (kohya_key("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight", ldm)
+            == "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight")
+    assert (kohya_key("unet.up_blocks.1.attentions.2.transformer_blocks.1.attn2.to_out.0.lora.up.weight", ldm)
+            == "lora_unet_output_blocks_5_1_transformer_blocks_1_attn2_to_out_0.lora_up.weight")
+    assert ldm("down_blocks.2.resnets.1.conv1") == "input_blocks.8.0.in_layers.2"
+    assert ldm("up_blocks.0.upsamplers.0.conv.weight") == "output_blocks.2.2.conv.weight"
+    assert (kohya_key("text_encoder_2.text_model.encoder.layers.3.self_attn.k_proj.lora_linear_layer.down.weight", ldm)
+            == "lora_te2_text_model_encoder_layers_3_self_attn_k_proj.lora_down.weight")
+
+
+def test_kohya_file_loads_with_the_same_outputs(sdxl_lora, tiny_sdxl):
+    with safe_open(str(sdxl_lora / "lora_kohya.safetensors"), "pt") as f:
+        modules, metadata = {k.split(".")[0] for k in f.keys()}, f.metadata()
+    # tiny SDXL: down block 1 (the one with attention) is input block 3; up block 0 is output blocks 0-1
+    assert {"lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q",
+            "lora_unet_middle_block_1_transformer_blocks_0_attn2_to_k",
+            "lora_unet_output_blocks_1_1_transformer_blocks_0_attn1_to_out_0"} <= modules
+    assert any(m.startswith("lora_te1_text_model_") for m in modules)
+    assert any(m.startswith("lora_te2_text_model_") for m in modules)
+    assert all(m.startswith(("lora_unet_", "lora_te1_", "lora_te2_")) for m in modules)
+    assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    pipes = loaded_pipes(StableDiffusionXLPipeline, tiny_sdxl, sdxl_lora, local_files_only=True)
+    for part in ("unet", "text_encoder", "text_encoder_2"):  # every adapter landed on the same module
+        ours, kohya = (get_peft_model_state_dict(getattr(p, part), adapter_name="default_0", save_embedding_layers=False)
+                       for p in pipes)
+        assert ours.keys() == kohya.keys() and all(torch.equal(ours[k], kohya[k]) for k in ours), part
+    assert np.abs(image(pipes[0]) - image(pipes[1])).max() <= 1

@@ -1,24 +1,51 @@
-"""Single-file export in the original SD layout, checked by diffusers' own single-file loader."""
+"""Single-file export in the original SD layouts, checked by diffusers' own single-file loader."""
 
+import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from dreambooth.cli import main
+from dreambooth.single_file import model_family
+from tests.tiny_models import build_tiny_sd2, build_tiny_sdxl
+
+# family: (pipeline class, builder (None: the session's tiny SD 1.x), {key: shape} the original layout has)
+FAMILIES = {
+    "sd1": (StableDiffusionPipeline, None, {
+        "model.diffusion_model.input_blocks.0.0.weight": (32, 4, 3, 3),
+        "first_stage_model.decoder.up.0.block.0.conv1.weight": (16, 32, 3, 3),
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 32)}),
+    "sd2": (StableDiffusionPipeline, build_tiny_sd2, {
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight": (32, 32),  # linear, not 1x1 conv
+        "cond_stage_model.model.token_embedding.weight": (49408, 32),
+        "cond_stage_model.model.positional_embedding": (77, 32),
+        "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight": (96, 32),  # q, k, v fused
+        "cond_stage_model.model.transformer.resblocks.1.mlp.c_fc.weight": (64, 32),
+        "cond_stage_model.model.ln_final.bias": (32,)}),
+    "sdxl": (StableDiffusionXLPipeline, build_tiny_sdxl, {
+        "model.diffusion_model.label_emb.0.2.weight": (128, 128),
+        "model.diffusion_model.output_blocks.1.2.conv.weight": (64, 64, 3, 3),  # upsampler after attention
+        "first_stage_model.encoder.mid.attn_1.q.weight": (32, 32, 1, 1),
+        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": (32,),
+        "conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_bias": (144,),
+        "conditioner.embedders.1.model.text_projection": (48, 48)}),
+}
 
 
-def test_single_file_round_trips_through_diffusers(tiny_sd, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_single_file_round_trips_through_diffusers(family, tiny_sd, tmp_path):
+    cls, build, expected = FAMILIES[family]
+    folder = build(tmp_path / "model") if build else tiny_sd
+    extra = {"safety_checker": None} if cls is StableDiffusionPipeline else {}
+    assert model_family(folder) == family
     out = tmp_path / "model.safetensors"
-    assert main(["export", "--model", str(tiny_sd), "--output", str(out)]) == 0
+    assert main(["export", "--model", str(folder), "--output", str(out)]) == 0
     with safe_open(str(out), "pt") as f:
-        keys = set(f.keys())
-    assert "model.diffusion_model.input_blocks.0.0.weight" in keys
-    assert "first_stage_model.decoder.up.0.block.0.conv1.weight" in keys
-    assert "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight" in keys
-    loaded = StableDiffusionPipeline.from_single_file(str(out), config=str(tiny_sd), local_files_only=True,
-                                                      safety_checker=None)
-    original = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
-    for name in ("unet", "vae", "text_encoder"):
-        expected, got = getattr(original, name).state_dict(), getattr(loaded, name).state_dict()
-        assert expected.keys() == got.keys()
-        assert all(torch.equal(expected[k], got[k]) for k in expected), name
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    assert {k: shapes.get(k) for k in expected} == expected
+    loaded = cls.from_single_file(str(out), config=str(folder), local_files_only=True, **extra)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2")[:4 if family == "sdxl" else 3]:
+        want, got = load_file(next((folder / name).glob("*.safetensors"))), getattr(loaded, name).state_dict()
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) for k in want), name

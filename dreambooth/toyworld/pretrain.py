@@ -26,6 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from dreambooth.atomic import fsync_tree
 from dreambooth.models import CLIP_TOKENIZER_DIR
 from dreambooth.toyworld import captions, fashion_mnist, world
+from dreambooth.toyworld.model_card import CONFIG_FILE, write_model_card
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,11 @@ class PretrainConfig:
     seed: int = 0
     num_scenes: int = 60_000
     context_length: int = 24  # toy captions are <= 12 tokens; short context = fast cross-attention
-    vae_steps: int = 1_500
+    vae_steps: int = 1_200
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 6_000
+    unet_steps: int = 4_000
     unet_batch: int = 32
     unet_lr: float = 3e-4
     text_hidden: int = 40  # the 49,408-row token table dominates the 40 MB budget
@@ -193,7 +194,8 @@ def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, tokenizer, out: 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
-    (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+    write_model_card(out)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Base-model quality: does the model draw what a toy-world prompt says? Read off by the judge.
 
-    python -m dreambooth.toyworld.quality --model dreambooth/assets/base-model --sheet docs/images/base-model-grid.png
+    python -m dreambooth.toyworld.quality --model dreambooth/assets/base-model --sheet docs/images/base-model-grid.png --record
 
 Every "a [color] [class] [context]" prompt (8 x 10 x 11 = 880) is sampled once at the default
 sampler settings (image i uses seed i), and the judge reads each attribute back. The same grid
@@ -22,6 +22,7 @@ from dreambooth.generate import make_grid
 from dreambooth.models import load_pipeline
 from dreambooth.toyworld import fashion_mnist, judge, world
 from dreambooth.toyworld.captions import describe
+from dreambooth.toyworld.model_card import QUALITY_FILE, write_model_card
 
 STEPS, GUIDANCE = 20, 7.5  # the demo's and the model card's sampler settings
 
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--guidance", type=float, default=GUIDANCE)
     parser.add_argument("--sheet", type=Path, default=None, help="write a class x context sample sheet here")
+    parser.add_argument("--record", action="store_true", help="save the numbers in the model folder and its card")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,6 +90,9 @@ def main() -> None:
               "rendered (judge ceiling)": accuracy(judge.read(reader, render(cells)), cells),
               "prompts": len(cells), "steps": args.steps, "guidance": args.guidance}
     print(json.dumps(result, indent=2))
+    if args.record:
+        (args.model / QUALITY_FILE).write_text(json.dumps(result, indent=2))
+        write_model_card(args.model)
     if args.sheet:
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
         sheet(generated, cells).save(args.sheet)

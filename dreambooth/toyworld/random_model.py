@@ -44,18 +44,19 @@ def build_random_sd(path: Path, seed: int = 0, prediction_type: str = "epsilon")
 
 def build_random_sdxl(path: Path, seed: int = 0) -> Path:
     """Save a StableDiffusionXLPipeline of tiny random parts (two text encoders, pooled and
-    size/crop conditioning) to `path` and return it."""
+    size/crop conditioning) to `path` and return it. The second encoder is wider than the first, as
+    in the real model (1280 vs 768): diffusers' single-file loader tells them apart by width."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    time_dim, hidden = 8, 32
+    time_dim, hidden, hidden_2 = 8, 32, 48
     unet = UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=6 * time_dim + hidden,
-        cross_attention_dim=2 * hidden, norm_num_groups=8,
+        addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=6 * time_dim + hidden_2,
+        cross_attention_dim=hidden + hidden_2, norm_num_groups=8,
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
@@ -64,12 +65,13 @@ def build_random_sdxl(path: Path, seed: int = 0) -> Path:
     )
     text_config = dict(vocab_size=49408, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                       pad_token_id=49407, projection_dim=hidden)
+                       pad_token_id=49407)
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
     scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                        num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text_config)),
-                                     text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text_config)),
+                                     text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(
+                                         **{**text_config, "hidden_size": hidden_2, "projection_dim": hidden_2})),
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     pipe.save_pretrained(path, safe_serialization=True)
     return path

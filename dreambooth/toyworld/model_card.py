@@ -1,0 +1,79 @@
+"""The base model's card (README.md in its folder): what it is, how it was made, how well it draws.
+
+Written by pretraining (config) and rewritten by the quality meter (measurements), so the card
+always states the numbers of the weights beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from safetensors import safe_open
+
+QUALITY_FILE = "quality.json"
+CONFIG_FILE = "pretrain_config.json"
+
+
+def _parameters(folder: Path) -> dict[str, int]:
+    counts = {}
+    for file in sorted(folder.glob("*/*.safetensors")):
+        with safe_open(file, "pt") as f:
+            counts[file.parent.name] = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    return counts
+
+
+def _quality_table(quality: dict) -> str:
+    rows = ["| attribute | generated | rendered (judge ceiling) | target |", "|---|---|---|---|"]
+    targets = {"class": "≥ 0.80", "context": "≥ 0.85", "color": "≥ 0.70"}
+    for key, target in targets.items():
+        rows.append(f"| {key} | {quality['generated'][key]:.3f} | {quality['rendered (judge ceiling)'][key]:.3f} | {target} |")
+    return "\n".join(rows)
+
+
+def write_model_card(folder: Path) -> None:
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    quality_file = folder / QUALITY_FILE
+    if quality_file.is_file():
+        quality = json.loads(quality_file.read_text())
+        measured = (f"Judge accuracy on all {quality['prompts']} \"a [color] [class] [context]\" prompts, one image "
+                    f"each, {quality['steps']} DPM-Solver++ steps, guidance {quality['guidance']} "
+                    "(`python -m dreambooth.toyworld.quality --model <this folder>`):\n\n" + _quality_table(quality))
+    else:
+        measured = "Not measured yet: run `python -m dreambooth.toyworld.quality --model <this folder>`."
+    sizes = "\n".join(f"| {name} | {count / 1e6:.2f}M |" for name, count in _parameters(folder).items())
+    card = f"""---
+license: mit
+library_name: diffusers
+pipeline_tag: text-to-image
+---
+# dreambooth toy-world base model
+
+A small text-to-image `StableDiffusionPipeline` trained from scratch on the dreambooth toy world:
+64x64 scenes of one Fashion-MNIST product photo (train split only; Xiao et al. 2017, MIT), tinted
+with one of 8 colors, placed on one of 11 drawn contexts named with DreamBench's phrases, captioned
+"a [color] <class> [context]". It is the base model of `dreambooth demo` and of the toy-world
+results in the project's docs; it knows nothing outside that world.
+
+Tokenizer: the real CLIP BPE vocabulary (from the MIT-licensed open-clip-torch wheel).
+Default sampler: DPM-Solver++; training scheduler: DDPM, epsilon prediction.
+
+| component | parameters |
+|---|---|
+{sizes}
+
+## How it was made
+
+`python -m dreambooth.toyworld.pretrain --out <folder> --threads 2` (seeded, resumable), with
+this config (`{CONFIG_FILE}`):
+
+```json
+{json.dumps(config, indent=2)}
+```
+
+## How well it draws
+
+{measured}
+"""
+    (folder / "README.md").write_text(card)
