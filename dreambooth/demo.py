@@ -55,7 +55,8 @@ class DemoSettings:
 
 
 def find_subject(name: str) -> tuple[Path, str]:
-    folder = EXAMPLES / name
+    """A shipped subject by name, or any folder with photos and a subject.json (see toyworld.subjects)."""
+    folder = Path(name) if (Path(name) / "subject.json").is_file() else EXAMPLES / name
     info = folder / "subject.json"
     if not info.is_file():
         names = sorted(p.name for p in EXAMPLES.iterdir() if (p / "subject.json").is_file()) if EXAMPLES.is_dir() else []

@@ -25,3 +25,8 @@ def test_demo_fast_on_the_shipped_model(tmp_path, monkeypatch):
 def test_unknown_subject_lists_the_shipped_ones():
     with pytest.raises(DataError, match="striped-bag"):
         find_subject("no-such-subject")
+
+
+def test_a_subject_folder_outside_examples(subject_dir):
+    (subject_dir / "subject.json").write_text('{"class_noun": "dog"}')
+    assert find_subject(str(subject_dir)) == (subject_dir, "dog")

@@ -2,6 +2,9 @@
 pattern the caption grammar cannot say, photographed 5 times in varied places and light.
 
     python -m dreambooth.toyworld.subjects --out examples
+    python -m dreambooth.toyworld.subjects --out my-subjects --test_index 42 --colors orange black --pattern stripes
+
+The second form makes a new subject from any test item (the demo takes it as `--subject my-subjects/item-42`).
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ def photos(subject: Subject, seed: int = 0) -> list[Image.Image]:
     return out
 
 
-def write_examples(root: Path) -> None:
-    for subject in SUBJECTS:
+def write_examples(root: Path, subjects: tuple[Subject, ...] = SUBJECTS) -> None:
+    for subject in subjects:
         folder = root / subject.name
         folder.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(photos(subject)):
@@ -69,4 +72,12 @@ def write_examples(root: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("examples"))
-    write_examples(parser.parse_args().out)
+    parser.add_argument("--test_index", type=int, help="a new subject from this Fashion-MNIST test item")
+    parser.add_argument("--colors", nargs=2, default=("orange", "black"), choices=list(world.COLORS))
+    parser.add_argument("--pattern", default="stripes", choices=world.PATTERNS)
+    args = parser.parse_args()
+    if args.test_index is None:
+        write_examples(args.out)
+    else:
+        write_examples(args.out, (Subject(f"item-{args.test_index}", args.test_index, tuple(args.colors), args.pattern,
+                                          SUBJECTS[0].contexts),))
