@@ -138,9 +138,9 @@ def table(title: str, rows: dict[str, list[dict]], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def real_ceiling(results: list[dict], seeds: int) -> list[dict]:
-    """Real vs. real photos, once per subject, shaped like a result so the table code reads it."""
-    return [{"summary": r["real_vs_real"]} for r in results[::seeds]]
+def real_ceiling(results: list[dict], subjects: int) -> list[dict]:
+    """Real vs. real photos, once per subject (the first seed's runs), shaped like a result."""
+    return [{"summary": r["real_vs_real"]} for r in results[:subjects]]
 
 
 def main() -> None:
@@ -161,13 +161,16 @@ def main() -> None:
               "prior-mode": ["lora-images", "lora-prediction"]}
     variants = list(dict.fromkeys(v for t in args.tables for v in needed[t]))
     settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings()
-    results = {v: [run(args.results, work, args.model, s, seed, v, settings) for s in args.subjects for seed in args.seeds]
-               for v in variants}
+    results = {v: [] for v in variants}
+    for seed in args.seeds:  # seed-major, so an interrupted invocation leaves whole subject x seed comparisons
+        for subject in args.subjects:
+            for v in variants:
+                results[v].append(run(args.results, work, args.model, subject, seed, v, settings))
     fidelity = ["DINO (dino-imgfocus)", "fidelity (efficientnet-lite0)"]
     text = []
     if "1" in args.tables:
         text.append(table("Table 1 analog: subject and prompt fidelity", {
-            "real images (ceiling)": real_ceiling(results["dreambooth"], len(args.seeds)), "DreamBooth": results["dreambooth"],
+            "real images (ceiling)": real_ceiling(results["dreambooth"], len(args.subjects)), "DreamBooth": results["dreambooth"],
             "base model, best description (no DreamBooth)": results["base"]}, fidelity)
             + "\n" + table("Table 1 analog: prompt fidelity", {
                 "DreamBooth": results["dreambooth"], "base model, best description": results["base"]},
