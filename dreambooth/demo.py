@@ -96,16 +96,12 @@ def write_report(rows: list[tuple[str, list[Image.Image]]], out: Path, timings: 
     return out / "demo.png"
 
 
-def default_model(output: Path) -> Path:
-    """The shipped toy-world model; until it is built, a random-weight stand-in (the images are noise,
-    but every stage of the method runs)."""
-    if (BASE_MODEL / "model_index.json").is_file():
-        return BASE_MODEL
-    from dreambooth.toyworld.random_model import build_random_sd
-
-    print(f"note: no pretrained toy-world model at {BASE_MODEL} yet; running on a random-weight stand-in, "
-          "so the images are noise (build it with `python -m dreambooth.toyworld.pretrain`)", flush=True)
-    return build_random_sd(output / "random-base-model")
+def default_model() -> Path:
+    """The shipped toy-world model (a source checkout or an installed package carries it)."""
+    if not (BASE_MODEL / "model_index.json").is_file():
+        raise DataError(f"no toy-world base model at {BASE_MODEL}; pass --model, or rebuild it with "
+                        f"`python -m dreambooth.toyworld.pretrain --out {BASE_MODEL}`")
+    return BASE_MODEL
 
 
 def run_demo(output: Path, subject: str = "striped-bag", model: Path | None = None, instance_dir: Path | None = None,
@@ -113,7 +109,7 @@ def run_demo(output: Path, subject: str = "striped-bag", model: Path | None = No
     """Personalize `model` on a subject and write the sheet and report into `output`."""
     if instance_dir is None:
         instance_dir, class_noun = find_subject(subject)
-    model = model or default_model(output)
+    model = model or default_model()
     timings, clock = {}, time.perf_counter()
     n, steps = settings.images_per_prompt, settings.inference_steps
     class_prompt = f"a {class_noun}"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dreambooth.demo import BASE_MODEL, DemoSettings, find_subject, run_demo
+from dreambooth.demo import DemoSettings, find_subject, run_demo
 from dreambooth.errors import DataError
 
 
@@ -16,7 +16,6 @@ def test_demo_fast_on_a_tiny_model(tiny_sd, subject_dir, tmp_path, monkeypatch):
     assert html.count("<tr>") == 11
 
 
-@pytest.mark.skipif(not (BASE_MODEL / "model_index.json").is_file(), reason="the toy-world base model is not built yet")
 def test_demo_fast_on_the_shipped_model(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert run_demo(tmp_path / "demo", settings=DemoSettings.fast()).is_file()
