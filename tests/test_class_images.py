@@ -84,6 +84,11 @@ def test_every_setting_is_in_the_key(tiny_sd, change):
     assert cache_key(make_spec(tiny_sd), fingerprint) != cache_key(make_spec(tiny_sd), "0" * 64)
 
 
+def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float rounding: batches of other sizes run other CPU kernels, so pixels may differ by 1-2."""
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
 def test_resumes_exactly_the_missing_and_broken_images(tiny_sd, pipe, tmp_path):
     paths = ensure_class_images(make_spec(tiny_sd), tmp_path, 6, None, Loader(pipe), 4, False)
     originals = [pixels(p) for p in paths]
@@ -96,14 +101,14 @@ def test_resumes_exactly_the_missing_and_broken_images(tiny_sd, pipe, tmp_path):
     assert again == paths and loader.calls == 1
     assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())
     for i in (1, 3, 4):
-        np.testing.assert_array_equal(pixels(paths[i]), originals[i])
+        assert_same_image(pixels(paths[i]), originals[i])
 
 
 def test_batch_size_does_not_change_the_images(tiny_sd, pipe, tmp_path):
     one = ensure_class_images(make_spec(tiny_sd), tmp_path / "a", 3, None, Loader(pipe), 1, False)
     three = ensure_class_images(make_spec(tiny_sd), tmp_path / "b", 3, None, Loader(pipe), 3, False)
     for a, b in zip(one, three):
-        np.testing.assert_array_equal(pixels(a), pixels(b))
+        assert_same_image(pixels(a), pixels(b))
     assert len({pixels(p).tobytes() for p in one}) == 3  # each index has its own noise
 
 
