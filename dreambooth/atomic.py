@@ -14,3 +14,10 @@ def fsync_tree(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a crash leaves the old file (or none), never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from dreambooth.atomic import write_text_atomic
 from dreambooth.config import fill_prompt
 from dreambooth.demo import BASE_MODEL, EXAMPLES, DemoSettings
 from dreambooth.evaluation.evaluate import evaluate, generate_images
@@ -105,9 +105,7 @@ def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant:
     result = (base_run(base, subject, seed, folder, settings) if variant == "base"
               else dreambooth_run(base, subject, seed, variant, folder, settings))
     results.mkdir(parents=True, exist_ok=True)
-    tmp = result_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, result_file)
+    write_text_atomic(result_file, json.dumps(result, indent=2))
     shutil.rmtree(folder / "model" / "checkpoints", ignore_errors=True)
     return result
 

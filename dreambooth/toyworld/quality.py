@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dreambooth.atomic import write_text_atomic
 from dreambooth.generate import make_grid
 from dreambooth.models import load_pipeline
 from dreambooth.toyworld import fashion_mnist, judge, world
@@ -91,7 +92,7 @@ def main() -> None:
               "prompts": len(cells), "steps": args.steps, "guidance": args.guidance}
     print(json.dumps(result, indent=2))
     if args.record:
-        (args.model / QUALITY_FILE).write_text(json.dumps(result, indent=2))
+        write_text_atomic(args.model / QUALITY_FILE, json.dumps(result, indent=2))
         write_model_card(args.model)
     if args.sheet:
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
