@@ -96,7 +96,8 @@ def base_run(base: Path, subject: str, seed: int, out: Path, settings: DemoSetti
 
 def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant: str, settings: DemoSettings) -> dict:
     """A finished run's result, or train and score it now (a half-done run is started afresh)."""
-    folder = work / f"{subject}-{variant}-seed{seed}"
+    recipe = "" if variant == "base" or settings.steps == DemoSettings.steps else f"-steps{settings.steps}"
+    folder = work / f"{subject}-{variant}-seed{seed}{recipe}"
     result_file = results / f"{folder.name}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -136,6 +137,35 @@ def table(title: str, rows: dict[str, list[dict]], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired(better: list[dict], worse: list[dict], column: str) -> str:
+    """The paper says `better` beats `worse` on `column`: mean ± std of the per subject x seed
+    difference (signed so that > 0 agrees with the paper), and in how many pairs it agrees."""
+    sign = -1 if column.endswith("↓") else 1
+    diffs = [sign * (COLUMNS[column](b) - COLUMNS[column](w)) for b, w in zip(better, worse)]
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return f"{statistics.mean(diffs):+.3f} ± {spread:.3f} | {sum(d > 0 for d in diffs)}/{len(diffs)}"
+
+
+def conclusions(results: dict[str, list[dict]]) -> str:
+    """Each of the paper's claims as a paired comparison over the same subjects and seeds."""
+    claims = [  # (claim, better, worse, column)
+        ("DreamBooth beats the base model's best description", "dreambooth", "base", "DINO (dino-imgfocus)"),
+        ("DreamBooth beats the base model's best description", "dreambooth", "base", "fidelity (efficientnet-lite0)"),
+        ("prior preservation lowers PRES", "dreambooth", "no-prior", "PRES (dino-imgfocus) ↓"),
+        ("prior preservation raises DIV", "dreambooth", "no-prior", "DIV (lpips-style)"),
+        ("prior preservation costs a little fidelity", "no-prior", "dreambooth", "DINO (dino-imgfocus)"),
+        ("the correct class noun beats no noun", "no-prior", "no-noun", "DINO (dino-imgfocus)"),
+        ("the correct class noun beats no noun", "no-prior", "no-noun", "fidelity (efficientnet-lite0)"),
+        ("the correct class noun beats a wrong noun", "no-prior", "wrong-noun", "DINO (dino-imgfocus)"),
+        ("the correct class noun beats a wrong noun", "no-prior", "wrong-noun", "fidelity (efficientnet-lite0)"),
+    ]
+    lines = ["### The paper's conclusions, paired by subject and seed", "",
+             "| claim | metric | difference (> 0 agrees) | pairs that agree |", "|---|---|---|---|"]
+    lines += [f"| {claim} | {column} | {paired(results[b], results[w], column)} |"
+              for claim, b, w, column in claims if b in results and w in results]
+    return "\n".join(lines) + "\n"
+
+
 def real_ceiling(results: list[dict], subjects: int) -> list[dict]:
     """Real vs. real photos, once per subject (the first seed's runs), shaped like a result."""
     return [{"summary": r["real_vs_real"]} for r in results[:subjects]]
@@ -151,14 +181,16 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     parser.add_argument("--model", type=Path, default=BASE_MODEL, help="base model (default: the shipped one)")
     parser.add_argument("--fast", action="store_true", help="the demo's smoke-test recipe (checks the script only)")
+    parser.add_argument("--steps", type=int, default=DemoSettings.steps,
+                        help="training steps (another value than the recipe's is kept apart: <run>-steps<N>.json)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work.expanduser()
-    needed = {"1": ["dreambooth", "base"], "3": ["dreambooth", "no-prior"], "4": ["no-prior", "no-noun", "wrong-noun"],
+    needed = {"1": ["dreambooth", "base"], "3": ["dreambooth", "no-prior", "base"], "4": ["no-prior", "no-noun", "wrong-noun"],
               "prior-mode": ["lora-images", "lora-prediction"]}
     variants = list(dict.fromkeys(v for t in args.tables for v in needed[t]))
-    settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings()
+    settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings(steps=args.steps)
     results = {v: [] for v in variants}
     for seed in args.seeds:  # seed-major, so an interrupted invocation leaves whole subject x seed comparisons
         for subject in args.subjects:
@@ -175,7 +207,8 @@ def main() -> None:
                 ["prompt fidelity (judge)"]))
     if "3" in args.tables:
         text.append(table("Table 3 analog: prior preservation", {
-            "DreamBooth (with prior preservation)": results["dreambooth"], "without prior preservation": results["no-prior"]},
+            "DreamBooth (with prior preservation)": results["dreambooth"], "without prior preservation": results["no-prior"],
+            "base model, no fine-tuning (reference)": results["base"]},
             ["PRES (dino-imgfocus) ↓", "DIV (lpips-style)", *fidelity, "prompt fidelity (judge)"]))
     if "4" in args.tables:
         text.append(table("Table 4 analog: the class noun (no prior preservation)", {
@@ -185,6 +218,8 @@ def main() -> None:
         text.append(table("LoRA prior target: class images vs. the frozen model's prediction", {
             "--prior_mode images": results["lora-images"], "--prior_mode prediction": results["lora-prediction"]},
             ["PRES (dino-imgfocus) ↓", *fidelity, "prompt fidelity (judge)", "train time (s)"]))
+    if {"1", "3", "4"} & set(args.tables):
+        text.append(conclusions(results))
     n = f"{len(args.subjects)} subjects x {len(args.seeds)} seeds"
     output = f"Mean ± std over {n} (`python scripts/paper_tables.py {' '.join(sys.argv[1:])}`).\n\n"
     output += "\n".join(text)

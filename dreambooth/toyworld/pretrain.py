@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dreambooth.atomic import fsync_tree
+from dreambooth.diffusion import dreambooth_loss, sample_noise, training_target
 from dreambooth.models import CLIP_TOKENIZER_DIR
 from dreambooth.toyworld import captions, fashion_mnist, world
 from dreambooth.toyworld.model_card import CONFIG_FILE, write_model_card
@@ -174,12 +175,13 @@ def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scali
                                     world.CONTEXTS[data["contexts"][i]], rng) for i in index]
         ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=cfg.context_length,
                         return_tensors="pt").input_ids
-        noise = torch.randn(latents.shape, generator=gen)
+        noise = sample_noise(latents, 0.0, gen)
         t = torch.randint(0, 1000, (len(index),), generator=gen)
         for group in opt.param_groups:  # linear warm-up over 200 steps, flat, linear decay at the end
             group["lr"] = cfg.unet_lr * min(1.0, (step + 1) / 200, (cfg.unet_steps - step) / (cfg.unet_steps - cfg.unet_decay_start))
         pred = unet(sched.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
-        loss = (pred - noise).pow(2).mean()
+        target = training_target(sched.config.prediction_type, latents, noise, sched.alphas_cumprod, t)
+        loss = dreambooth_loss(pred, target, num_instance=len(index), prior_loss_weight=0.0).total  # no prior rows
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         opt.step()
