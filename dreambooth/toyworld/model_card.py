@@ -34,6 +34,15 @@ def _quality_table(quality: dict) -> str:
     return "\n".join(rows)
 
 
+def _reconstruction(quality: dict) -> str:
+    psnr = quality.get("subject reconstruction PSNR (dB)")
+    if not psnr:
+        return ""
+    values = ", ".join(f"{name} {value:.1f} dB" for name, value in psnr.items())
+    return ("\n\nVAE round trip of the held-out subjects' photos (PSNR; the ceiling on how much of a subject's "
+            f"look any fine-tuning can reproduce): {values}.")
+
+
 def write_model_card(folder: Path) -> None:
     config = json.loads((folder / CONFIG_FILE).read_text())
     quality_file = folder / QUALITY_FILE
@@ -41,7 +50,8 @@ def write_model_card(folder: Path) -> None:
         quality = json.loads(quality_file.read_text())
         measured = (f"Judge accuracy on all {quality['prompts']} \"a [color] [class] [context]\" prompts, one image "
                     f"each, {quality['steps']} DPM-Solver++ steps, guidance {quality['guidance']} "
-                    "(`python -m dreambooth.toyworld.quality --model <this folder>`):\n\n" + _quality_table(quality))
+                    "(`python -m dreambooth.toyworld.quality --model <this folder>`):\n\n" + _quality_table(quality)
+                    + _reconstruction(quality))
     else:
         measured = "Not measured yet: run `python -m dreambooth.toyworld.quality --model <this folder>`."
     sizes = "\n".join(f"| {name} | {count / 1e6:.2f}M |" for name, count in _parameters(folder).items())

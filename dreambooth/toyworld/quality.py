@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from dreambooth.atomic import write_text_atomic
+from dreambooth.demo import EXAMPLES
 from dreambooth.generate import make_grid
 from dreambooth.models import load_pipeline
 from dreambooth.toyworld import fashion_mnist, judge, world
@@ -60,6 +62,20 @@ def render(cells: list[dict[str, str]], seed: int = 0) -> list[Image.Image]:
     return out
 
 
+@torch.no_grad()
+def reconstruction_psnr(model: Path, subjects: Path = EXAMPLES) -> dict[str, float]:
+    """PSNR (dB) of the VAE's round trip of each shipped subject's photos: the most of a subject's
+    look any fine-tuning of the UNet can bring back, since every sample passes through this decoder."""
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
+    out = {}
+    for folder in sorted(p.parent for p in subjects.glob("*/subject.json")):
+        photos = [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))]
+        x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        round_trip = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        out[folder.name] = float(10 * torch.log10(4 / (round_trip - x).pow(2).mean()))  # peak-to-peak 2
+    return out
+
+
 def accuracy(readings: list[dict[str, str]], cells: list[dict[str, str]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] == c[k] for r, c in zip(readings, cells)])) for k in judge.HEADS}
 
@@ -89,6 +105,7 @@ def main() -> None:
     generated = generate(args.model, cells, args.steps, args.guidance)
     result = {"generated": accuracy(judge.read(reader, generated), cells),
               "rendered (judge ceiling)": accuracy(judge.read(reader, render(cells)), cells),
+              "subject reconstruction PSNR (dB)": reconstruction_psnr(args.model),
               "prompts": len(cells), "steps": args.steps, "guidance": args.guidance}
     print(json.dumps(result, indent=2))
     if args.record:
