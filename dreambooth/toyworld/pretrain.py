@@ -28,7 +28,7 @@ from dreambooth.atomic import fsync_tree
 from dreambooth.diffusion import dreambooth_loss, sample_noise, training_target
 from dreambooth.models import CLIP_TOKENIZER_DIR
 from dreambooth.toyworld import captions, fashion_mnist, world
-from dreambooth.toyworld.model_card import CONFIG_FILE, write_model_card
+from dreambooth.toyworld.model_card import CONFIG_FILE, QUALITY_FILE, write_model_card
 
 
 @dataclass(frozen=True)
@@ -247,6 +247,7 @@ def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, tokenizer, out: 
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
     (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+    (out / QUALITY_FILE).unlink(missing_ok=True)  # measured on the weights just replaced
     write_model_card(out)
 
 
