@@ -19,11 +19,11 @@ from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.errors import DataError
 from dreambooth.generate import load_trained, sample, training_record
 from dreambooth.models import load_pipeline
+from dreambooth.toyworld.subjects import EXAMPLES
 from dreambooth.trainer import train
 
 PACKAGE = Path(__file__).resolve().parent
 BASE_MODEL = PACKAGE / "assets" / "base-model"
-EXAMPLES = PACKAGE.parent / "examples"
 NEW_CONTEXTS = ("in the snow", "on the beach", "in the jungle", "floating on top of water",
                 "with a mountain in the background", "on top of pink fabric")
 NEW_PROPERTIES = ("a red {identifier} {class_noun}", "a blue {identifier} {class_noun}")
@@ -72,15 +72,20 @@ def labelled_row(label: str, images: list[Image.Image], size: int = 128, label_w
     return row
 
 
-def write_report(rows: list[tuple[str, list[Image.Image]]], out: Path, timings: dict[str, float]) -> Path:
-    """demo.png (one sheet) and index.html (the same rows, with the prompts as text) in `out`."""
-    images_dir = out / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
+def labelled_sheet(rows: list[tuple[str, list[Image.Image]]]) -> Image.Image:
+    """The rows stacked, each with its label on the left."""
     strips = [labelled_row(label, images) for label, images in rows]
     sheet = Image.new("RGB", (max(s.width for s in strips), sum(s.height for s in strips)), "white")
     for i, strip in enumerate(strips):
         sheet.paste(strip, (0, i * strip.height))
-    sheet.save(out / "demo.png")
+    return sheet
+
+
+def write_report(rows: list[tuple[str, list[Image.Image]]], out: Path, timings: dict[str, float]) -> Path:
+    """demo.png (one sheet) and index.html (the same rows, with the prompts as text) in `out`."""
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    labelled_sheet(rows).save(out / "demo.png")
     body = []
     for r, (label, images) in enumerate(rows):
         cells = []

@@ -5,7 +5,8 @@
 Every run (subject x seed x variant) trains with the demo's recipe changed in one option, samples
 the toy-world DreamBench prompts 4 times each plus "a [class]", and is scored by `evaluate`
 (dino-imgfocus, efficientnet-lite0, the world judge). Each run's scores land in
-`--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json) only when it is done, so
+`--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json, suffixed -steps<N> or
+-fast for another recipe) only when it is done, so
 finished runs are skipped and an interrupted invocation, in this session or a later one, resumes
 where it stopped; models and images go to `--work`.
 """
@@ -22,14 +23,16 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from dreambooth.atomic import write_text_atomic
 from dreambooth.config import fill_prompt
-from dreambooth.demo import BASE_MODEL, EXAMPLES, DemoSettings
+from dreambooth.demo import BASE_MODEL, DemoSettings, labelled_sheet
 from dreambooth.evaluation.evaluate import evaluate, generate_images
 from dreambooth.evaluation.prompts import load_prompts
 from dreambooth.generate import training_record
 from dreambooth.toyworld.judge import JudgeScorer
+from dreambooth.toyworld.subjects import EXAMPLES
 from dreambooth.toyworld.world import COLORS
 from dreambooth.trainer import train
 
@@ -94,10 +97,19 @@ def base_run(base: Path, subject: str, seed: int, out: Path, settings: DemoSetti
     return {**score(base, texts, subject, None, seed, out / "eval", settings), "best_description": best}
 
 
+def run_name(subject: str, variant: str, seed: int, settings: DemoSettings) -> str:
+    """<subject>-<variant>-seed<N>, plus what differs from the recipe, so runs of other recipes never mix."""
+    name = f"{subject}-{variant}-seed{seed}"
+    if settings == DemoSettings():
+        return name
+    if settings != DemoSettings(steps=settings.steps):
+        return f"{name}-fast"
+    return name if variant == "base" else f"{name}-steps{settings.steps}"  # the base model is not trained
+
+
 def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant: str, settings: DemoSettings) -> dict:
     """A finished run's result, or train and score it now (a half-done run is started afresh)."""
-    recipe = "" if variant == "base" or settings.steps == DemoSettings.steps else f"-steps{settings.steps}"
-    folder = work / f"{subject}-{variant}-seed{seed}{recipe}"
+    folder = work / run_name(subject, variant, seed, settings)
     result_file = results / f"{folder.name}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -141,7 +153,7 @@ def paired(better: list[dict], worse: list[dict], column: str) -> str:
     """The paper says `better` beats `worse` on `column`: mean ± std of the per subject x seed
     difference (signed so that > 0 agrees with the paper), and in how many pairs it agrees."""
     sign = -1 if column.endswith("↓") else 1
-    diffs = [sign * (COLUMNS[column](b) - COLUMNS[column](w)) for b, w in zip(better, worse)]
+    diffs = [sign * (COLUMNS[column](b) - COLUMNS[column](w)) for b, w in zip(better, worse, strict=True)]
     spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     return f"{statistics.mean(diffs):+.3f} ± {spread:.3f} | {sum(d > 0 for d in diffs)}/{len(diffs)}"
 
@@ -171,6 +183,21 @@ def real_ceiling(results: list[dict], subjects: int) -> list[dict]:
     return [{"summary": r["real_vs_real"]} for r in results[:subjects]]
 
 
+def sample_sheet(results: dict[str, list[dict]], subjects: list[str], subject: str, out: Path) -> None:
+    """One subject's photos, then the first sample of every prompt (the last is "a [class]") for
+    DreamBooth, no prior preservation and the base model's best description, first seed."""
+    index = subjects.index(subject)  # results are seed-major, so the first seed's runs come first
+    rows = [("real photos", [Image.open(p) for p in sorted((EXAMPLES / subject).glob("*.png"))])]
+    for label, variant in (("DreamBooth", "dreambooth"), ("without prior preservation", "no-prior"),
+                           ("base model, best description", "base")):
+        images = [Path(p["images"][0]) for p in results[variant][index]["prompts"]]
+        if not all(f.is_file() for f in images):
+            raise SystemExit(f"--sheet: the images of {subject}-{variant} are gone from --work; run it again to get them")
+        rows.append((label, [Image.open(f) for f in images]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labelled_sheet(rows).save(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -180,6 +207,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("~/.cache/dreambooth/paper-tables"), help="models, images")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     parser.add_argument("--model", type=Path, default=BASE_MODEL, help="base model (default: the shipped one)")
+    parser.add_argument("--sheet", type=Path, default=None, help="also draw the first subject's samples here (PNG)")
     parser.add_argument("--fast", action="store_true", help="the demo's smoke-test recipe (checks the script only)")
     parser.add_argument("--steps", type=int, default=DemoSettings.steps,
                         help="training steps (another value than the recipe's is kept apart: <run>-steps<N>.json)")
@@ -190,6 +218,10 @@ def main() -> None:
     needed = {"1": ["dreambooth", "base"], "3": ["dreambooth", "no-prior", "base"], "4": ["no-prior", "no-noun", "wrong-noun"],
               "prior-mode": ["lora-images", "lora-prediction"]}
     variants = list(dict.fromkeys(v for t in args.tables for v in needed[t]))
+    if args.sheet and not {"dreambooth", "no-prior", "base"} <= set(variants):
+        parser.error("--sheet draws DreamBooth, no prior and the base model: add --tables 3")
+    if args.fast and args.steps != DemoSettings.steps:
+        parser.error("--fast has its own step count; drop --steps")
     settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings(steps=args.steps)
     results = {v: [] for v in variants}
     for seed in args.seeds:  # seed-major, so an interrupted invocation leaves whole subject x seed comparisons
@@ -226,6 +258,8 @@ def main() -> None:
     print(output)
     if args.markdown:
         args.markdown.write_text(output)
+    if args.sheet:
+        sample_sheet(results, args.subjects, args.subjects[0], args.sheet)
 
 
 if __name__ == "__main__":

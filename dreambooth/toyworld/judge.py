@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -28,13 +27,13 @@ from dreambooth.atomic import write_text_atomic
 from dreambooth.toyworld import fashion_mnist, world
 
 JUDGE_DIR = Path(__file__).resolve().parents[1] / "assets" / "judge"
+WIDTH = 32  # channels of the first stage; the shipped judge's
 HEADS = {"class": fashion_mnist.CLASS_NOUNS, "context": world.CONTEXTS, "color": tuple(world.COLORS)}
 
 
 class Judge(nn.Module):
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = WIDTH) -> None:
         super().__init__()
-        self.width = width
         layers, channels = [], 3
         for out in (width, 2 * width, 2 * width, 4 * width):  # 64 -> 32 -> 16 -> 8 -> 4
             layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.BatchNorm2d(out), nn.ReLU(),
@@ -81,7 +80,7 @@ def rendered_batch(split: str, n: int, rng: np.random.Generator, augment: bool):
     return to_pixels(images), {k: torch.tensor(v) for k, v in targets.items()}
 
 
-def train(out: Path, steps: int = 2000, batch: int = 64, width: int = 32, seed: int = 0) -> Judge:
+def train(out: Path, steps: int = 2000, batch: int = 64, width: int = WIDTH, seed: int = 0) -> Judge:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     judge = Judge(width)
@@ -102,20 +101,18 @@ def train(out: Path, steps: int = 2000, batch: int = 64, width: int = 32, seed: 
 
 
 def save(judge: Judge, out: Path, **recipe: int) -> None:
-    """judge.safetensors in `out`, written whole or not at all; its width (and recipe) in the metadata."""
+    """judge.safetensors in `out`, written whole or not at all, with its training recipe as metadata."""
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "judge.safetensors"
-    metadata = {"width": str(judge.width), **{k: str(v) for k, v in recipe.items()}}
+    metadata = {k: str(v) for k, v in recipe.items()}
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, weights.with_suffix(".tmp"), metadata=metadata)
     os.replace(weights.with_suffix(".tmp"), weights)
 
 
 def load(path: Path = JUDGE_DIR) -> Judge:
-    weights = path / "judge.safetensors"
-    with safe_open(weights, "pt") as f:
-        width = int((f.metadata() or {}).get("width", 32))
-    judge = Judge(width)
-    judge.load_state_dict(load_file(weights))
+    state = load_file(path / "judge.safetensors")
+    judge = Judge(width=state["features.0.weight"].shape[0])  # the first conv's channels
+    judge.load_state_dict(state)
     return judge.eval()
 
 
@@ -169,7 +166,7 @@ def main() -> None:
     t = sub.add_parser("train")
     t.add_argument("--out", type=Path, default=JUDGE_DIR)
     t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--width", type=int, default=32, help="channels of the first stage (x2, x2, x4 after)")
+    t.add_argument("--width", type=int, default=WIDTH, help="channels of the first stage (x2, x2, x4 after)")
     a = sub.add_parser("accuracy")
     a.add_argument("--judge", type=Path, default=JUDGE_DIR)
     for command in (t, a):
@@ -177,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.out if args.command == "train" else args.judge
-    judge = train(args.out, args.steps, width=args.width) if args.command == "train" else load(args.judge)
+    judge = train(folder, args.steps, width=args.width) if args.command == "train" else load(folder)
     result = {"clean": accuracy(judge.eval()), "degraded": accuracy(judge, augment=True)}
     print(json.dumps(result, indent=2))
     write_text_atomic(folder / "accuracy.json", json.dumps(result, indent=2) + "\n")

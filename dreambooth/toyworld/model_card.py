@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 QUALITY_FILE = "quality.json"
 CONFIG_FILE = "pretrain_config.json"
+RECONSTRUCTION = "subject reconstruction PSNR (dB)"  # quality.json key
 
 
 def _parameters(folder: Path) -> dict[str, int]:
@@ -35,7 +36,7 @@ def _quality_table(quality: dict) -> str:
 
 
 def _reconstruction(quality: dict) -> str:
-    psnr = quality.get("subject reconstruction PSNR (dB)")
+    psnr = quality.get(RECONSTRUCTION)
     if not psnr:
         return ""
     values = ", ".join(f"{name} {value:.1f} dB" for name, value in psnr.items())

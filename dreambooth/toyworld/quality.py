@@ -20,12 +20,12 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from dreambooth.atomic import write_text_atomic
-from dreambooth.demo import EXAMPLES
 from dreambooth.generate import make_grid
 from dreambooth.models import load_pipeline
 from dreambooth.toyworld import fashion_mnist, judge, world
 from dreambooth.toyworld.captions import describe
-from dreambooth.toyworld.model_card import QUALITY_FILE, write_model_card
+from dreambooth.toyworld.model_card import QUALITY_FILE, RECONSTRUCTION, write_model_card
+from dreambooth.toyworld.subjects import EXAMPLES
 
 STEPS, GUIDANCE = 20, 7.5  # the demo's and the model card's sampler settings
 
@@ -105,7 +105,7 @@ def main() -> None:
     generated = generate(args.model, cells, args.steps, args.guidance)
     result = {"generated": accuracy(judge.read(reader, generated), cells),
               "rendered (judge ceiling)": accuracy(judge.read(reader, render(cells)), cells),
-              "subject reconstruction PSNR (dB)": reconstruction_psnr(args.model),
+              RECONSTRUCTION: reconstruction_psnr(args.model),
               "prompts": len(cells), "steps": args.steps, "guidance": args.guidance}
     print(json.dumps(result, indent=2))
     if args.record:

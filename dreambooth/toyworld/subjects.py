@@ -19,6 +19,8 @@ from PIL import Image
 
 from dreambooth.toyworld import fashion_mnist, world
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the shipped subjects, in a source checkout
+
 
 @dataclass(frozen=True)
 class Subject:
