@@ -132,6 +132,17 @@ def _to_pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, 64, 64) in [-1, 1]
 
 
+def update(loss: torch.Tensor, opt: torch.optim.Optimizer, stage: str, step: int, total: int, every: int,
+           modules: dict[str, torch.nn.Module], ckpt: Checkpointer, log) -> None:
+    """The end of one step of a VAE stage: backward, update, log, checkpoint every `every` steps and at the end."""
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    log(stage, step + 1, loss.item())
+    if (step + 1) % every == 0 or step + 1 == total:
+        ckpt.save(step + 1, modules, opt)
+
+
 def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """L1 + L2 in pixels: the L1 term keeps edges sharper than L2 alone would."""
     return (recon - x).abs().mean() + (recon - x).pow(2).mean()
@@ -146,12 +157,7 @@ def train_vae(cfg: PretrainConfig, vae: AutoencoderKL, images: np.ndarray, ckpt:
         dist = vae.encode(x).latent_dist
         recon = vae.decode(dist.sample(generator=torch.Generator().manual_seed(step))).sample
         loss = reconstruction_loss(recon, x) + cfg.kl_weight * dist.kl().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        log("vae", step + 1, loss.item())
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-            ckpt.save(step + 1, {"vae": vae}, opt)
+        update(loss, opt, "vae", step, cfg.vae_steps, cfg.checkpoint_every, {"vae": vae}, ckpt, log)
 
 
 @torch.no_grad()
@@ -238,12 +244,7 @@ def train_decoder(cfg: PretrainConfig, vae: AutoencoderKL, ckpt: Checkpointer, l
         loss = reconstruction_loss(recon, x)
         for group in opt.param_groups:  # linear decay to zero over the second half
             group["lr"] = cfg.decoder_lr * min(1.0, 2 * (cfg.decoder_steps - step) / cfg.decoder_steps)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        log("decoder", step + 1, loss.item())
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.decoder_steps:
-            ckpt.save(step + 1, {"vae": vae}, opt)
+        update(loss, opt, "decoder", step, cfg.decoder_steps, cfg.checkpoint_every, {"vae": vae}, ckpt, log)
     vae.requires_grad_(False)
 
 
