@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
 
 def fsync_tree(folder: Path) -> None:
     """fsync every file and folder under `folder`, and `folder` itself."""
@@ -20,4 +23,11 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write `path` whole or not at all: a crash leaves the old file (or none), never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' `save_file`, whole or not at all: a crash leaves the old file (or none)."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp, metadata=metadata)
     os.replace(tmp, path)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from dreambooth.atomic import write_text_atomic
 
 FILE = "metrics.jsonl"
 
@@ -26,9 +27,7 @@ def restart_at(output_dir: Path, step: int) -> None:
     path = output_dir / FILE
     if not path.exists():
         return
-    temp = path.with_suffix(".tmp")
-    temp.write_text("".join(json.dumps(r) + "\n" for r in read(output_dir) if r["step"] <= step))
-    os.replace(temp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in read(output_dir) if r["step"] <= step))
 
 
 def append(output_dir: Path, row: dict) -> None:

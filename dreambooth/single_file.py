@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from dreambooth.atomic import save_file_atomic
 from dreambooth.errors import ModelError
 
 Family = Literal["sd1", "sd2", "sdxl"]
@@ -169,7 +170,5 @@ def convert(folder: Path) -> dict[str, torch.Tensor]:
 def export_single_file(folder: Path, out_file: Path, half: bool = False) -> Path:
     """Write `folder` (a diffusers SD 1.x, 2.x or SDXL pipeline) as one original-layout safetensors file."""
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in convert(folder).items()}
-    tmp = out_file.with_suffix(".tmp")
-    save_file(tensors, tmp, metadata={"format": "pt", "source": "dreambooth"})
-    tmp.replace(out_file)
+    save_file_atomic(tensors, out_file, {"format": "pt", "source": "dreambooth"})
     return out_file

@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from dreambooth.atomic import write_text_atomic
+from dreambooth.atomic import save_file_atomic, write_text_atomic
 from dreambooth.toyworld import fashion_mnist, world
 
 JUDGE_DIR = Path(__file__).resolve().parents[1] / "assets" / "judge"
@@ -105,8 +104,7 @@ def save(judge: Judge, out: Path, **recipe: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "judge.safetensors"
     metadata = {k: str(v) for k, v in recipe.items()}
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, weights.with_suffix(".tmp"), metadata=metadata)
-    os.replace(weights.with_suffix(".tmp"), weights)
+    save_file_atomic({k: v.contiguous() for k, v in judge.state_dict().items()}, weights, metadata)
 
 
 def load(path: Path = JUDGE_DIR) -> Judge:

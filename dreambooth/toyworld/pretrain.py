@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dreambooth.atomic import fsync_tree
+from dreambooth.atomic import fsync_tree, save_file_atomic
 from dreambooth.diffusion import dreambooth_loss, sample_noise, training_target
 from dreambooth.models import CLIP_TOKENIZER_DIR
 from dreambooth.toyworld import captions, fashion_mnist, world
@@ -170,8 +170,7 @@ def encode_dataset(vae: AutoencoderKL, images: np.ndarray, path: Path) -> torch.
         dist = vae.encode(_to_pixels(images[start:start + 256])).latent_dist
         moments.append(torch.cat([dist.mean, dist.std], 1).half())
     moments = torch.cat(moments).contiguous()
-    save_file({"moments": moments}, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
+    save_file_atomic({"moments": moments}, path)
     return moments
 
 
@@ -214,8 +213,7 @@ def decoder_batch(cfg: PretrainConfig, items: np.ndarray, labels: np.ndarray, rn
         scene = world.sample_scene(rng, items[i], fashion_mnist.CLASS_NOUNS[labels[i]])
         if rng.random() < cfg.two_tone_fraction:
             others = [c for c in world.COLORS if c != scene.color]
-            scene = replace(scene, second_color=str(rng.choice(others)),
-                                        pattern=str(rng.choice(world.PATTERNS)))
+            scene = replace(scene, second_color=str(rng.choice(others)), pattern=str(rng.choice(world.PATTERNS)))
         images.append(world.render(scene))
     return _to_pixels(np.stack(images))
 

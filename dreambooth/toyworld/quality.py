@@ -69,8 +69,7 @@ def reconstruction_psnr(model: Path, subjects: Path = EXAMPLES) -> dict[str, flo
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
     out = {}
     for folder in sorted(p.parent for p in subjects.glob("*/subject.json")):
-        photos = [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))]
-        x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = judge.to_pixels([Image.open(f) for f in sorted(folder.glob("*.png"))])
         round_trip = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
         out[folder.name] = float(10 * torch.log10(4 / (round_trip - x).pow(2).mean()))  # peak-to-peak 2
     return out
