@@ -8,7 +8,8 @@ the toy-world DreamBench prompts 4 times each plus "a [class]", and is scored by
 `--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json, suffixed -steps<N> or
 -fast for another recipe) only when it is done, so
 finished runs are skipped and an interrupted invocation, in this session or a later one, resumes
-where it stopped; models and images go to `--work`.
+where it stopped; models and images go to `--work`. After the judge is retrained, `--rescore` reads
+every finished run's prompt fidelity again from its images (nothing is trained or sampled again).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from PIL import Image
 from dreambooth.atomic import write_text_atomic
 from dreambooth.config import fill_prompt
 from dreambooth.demo import BASE_MODEL, DemoSettings, labelled_sheet
-from dreambooth.evaluation.evaluate import evaluate, generate_images
+from dreambooth.errors import DataError
+from dreambooth.evaluation.evaluate import evaluate, generate_images, rescore_prompt_fidelity
 from dreambooth.evaluation.prompts import load_prompts
 from dreambooth.generate import training_record
 from dreambooth.toyworld.judge import JudgeScorer
@@ -123,6 +125,17 @@ def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant:
     return result
 
 
+def rescore(results: Path) -> None:
+    """Every finished run's prompt fidelity read again, from its images, by the current judge."""
+    scorer = JudgeScorer()
+    for path in sorted(results.glob("*.json")):
+        try:
+            result = rescore_prompt_fidelity(json.loads(path.read_text()), scorer)
+        except DataError as error:
+            raise SystemExit(f"--rescore {path.name}: {error}") from None
+        write_text_atomic(path, json.dumps(result, indent=2))
+
+
 def metric(result: dict, name: str, encoder: str, rows: str = "summary") -> float:
     return next(r["value"] for r in result[rows] if r["metric"] == name and r["encoder"] == encoder)
 
@@ -211,6 +224,8 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="the demo's smoke-test recipe (checks the script only)")
     parser.add_argument("--steps", type=int, default=DemoSettings.steps,
                         help="training steps (another value than the recipe's is kept apart: <run>-steps<N>.json)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="first read every finished run's prompt fidelity again with the current judge")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -223,6 +238,8 @@ def main() -> None:
     if args.fast and args.steps != DemoSettings.steps:
         parser.error("--fast has its own step count; drop --steps")
     settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings(steps=args.steps)
+    if args.rescore:
+        rescore(args.results)
     results = {v: [] for v in variants}
     for seed in args.seeds:  # seed-major, so an interrupted invocation leaves whole subject x seed comparisons
         for subject in args.subjects:

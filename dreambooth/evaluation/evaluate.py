@@ -113,16 +113,37 @@ def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], clas
         per_prompt.append({"prompt": s.prompt, "images": [str(p) for p in s.paths], "metrics": rows})
     if not per_prompt:
         raise DataError("no subject prompts to score (only the class prompt was found)")
+    return {
+        "class_noun": class_noun, "identifier": identifier,
+        "summary": means(per_prompt) + pres_rows,
+        "real_vs_real": [row(label(e), e.name, self_similarity(real[e.name])) for e in encoders],
+        "prompts": per_prompt,
+    }
+
+
+def means(per_prompt: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each (metric, encoder)'s mean over the prompts."""
     summary = []
     for key in dict.fromkeys((r["metric"], r["encoder"]) for p in per_prompt for r in p["metrics"]):
         values = [r["value"] for p in per_prompt for r in p["metrics"] if (r["metric"], r["encoder"]) == key]
         summary.append(row(*key, sum(values) / len(values)))
-    return {
-        "class_noun": class_noun, "identifier": identifier,
-        "summary": summary + pres_rows,
-        "real_vs_real": [row(label(e), e.name, self_similarity(real[e.name])) for e in encoders],
-        "prompts": per_prompt,
-    }
+    return summary
+
+
+def rescore_prompt_fidelity(result: dict[str, Any], prompt_scorer: PromptScorer) -> dict[str, Any]:
+    """`result` (of `evaluate`) with prompt fidelity recomputed from the images it lists, the other
+    metrics kept: when the scorer changes (a retrained judge), nothing needs generating again."""
+    per_prompt = []
+    for p in result["prompts"]:
+        missing = next((i for i in p["images"] if not Path(i).is_file()), None)
+        if missing:
+            raise DataError(f"{missing}: an image this result was scored on is gone; generate and score it again")
+        value = prompt_scorer(open_images([Path(i) for i in p["images"]]),
+                              without_identifier(p["prompt"], result["identifier"]))
+        kept = [r for r in p["metrics"] if r["metric"] != "prompt fidelity"]
+        per_prompt.append({**p, "metrics": [*kept, row("prompt fidelity", prompt_scorer.name, value)]})
+    pres_rows = [r for r in result["summary"] if r["metric"] == "PRES"]
+    return {**result, "summary": means(per_prompt) + pres_rows, "prompts": per_prompt}
 
 
 def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence[Image.Image], *,

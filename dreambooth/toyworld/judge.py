@@ -2,10 +2,10 @@
 
 It is the toy world's prompt-fidelity meter (the role CLIP-T plays for photos): a prompt names some
 attributes ("a red [V] bag on the beach"), and the score is the fraction of them the judge sees.
-Trained on renders of Fashion-MNIST *train* items, blurred, noised and JPEG-compressed so it
+Trained on (randomly mirrored) renders of Fashion-MNIST *train* items, blurred, noised and JPEG-compressed so it
 tolerates generated images; evaluated on renders of held-out *test* items.
 
-    python -m dreambooth.toyworld.judge train --out dreambooth/assets/judge
+    python -m dreambooth.toyworld.judge train --out dreambooth/assets/judge --threads 2
     python -m dreambooth.toyworld.judge accuracy --judge dreambooth/assets/judge
 """
 
@@ -26,8 +26,10 @@ from dreambooth.atomic import save_file_atomic, write_text_atomic
 from dreambooth.toyworld import fashion_mnist, world
 
 JUDGE_DIR = Path(__file__).resolve().parents[1] / "assets" / "judge"
-WIDTH = 32  # channels of the first stage; the shipped judge's
+WIDTH = 64  # channels of the first stage; the shipped judge's
 HEADS = {"class": fashion_mnist.CLASS_NOUNS, "context": world.CONTEXTS, "color": tuple(world.COLORS)}
+IGNORED = -100  # a target no head is trained or scored on (cross_entropy's ignore_index)
+TWO_TONE_FRACTION = 0.5  # of training renders; the shipped judge's
 
 
 class Judge(nn.Module):
@@ -66,40 +68,59 @@ def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image
 
 
-def rendered_batch(split: str, n: int, rng: np.random.Generator, augment: bool):
-    """n random renders of `split` items, with their attribute indices."""
+def rendered_batch(split: str, n: int, rng: np.random.Generator, augment: bool, two_tone_fraction: float = 0.0):
+    """n random renders of `split` items, with their attribute indices. A `two_tone_fraction` of the
+    objects are two-toned, like the subjects DreamBooth learns; they have no one color (IGNORED)."""
     items, labels = fashion_mnist.load(split)
     images, targets = [], {name: [] for name in HEADS}
     for i in rng.integers(0, len(items), n):
         scene = world.sample_scene(rng, items[i], fashion_mnist.CLASS_NOUNS[labels[i]])
+        if two_tone_fraction and rng.random() < two_tone_fraction:
+            scene = world.two_toned(scene, rng)
         image = Image.fromarray(world.render(scene))
         images.append(degrade(image, rng) if augment else image)
         for name, value in (("class", scene.class_noun), ("context", scene.context), ("color", scene.color)):
-            targets[name].append(HEADS[name].index(value))
+            targets[name].append(IGNORED if name == "color" and scene.second_color else HEADS[name].index(value))
     return to_pixels(images), {k: torch.tensor(v) for k, v in targets.items()}
 
 
-def train(out: Path, steps: int = 2000, batch: int = 64, width: int = WIDTH, seed: int = 0) -> Judge:
+class RenderedBatches(torch.utils.data.IterableDataset):
+    """Endless augmented batches of train-item renders; drawn in a worker process, since rendering
+    and degrading a batch costs about as much as the judge's step on it."""
+
+    def __init__(self, batch: int, seed: int, two_tone_fraction: float) -> None:
+        self.batch, self.seed, self.two_tone_fraction = batch, seed, two_tone_fraction
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        while True:
+            pixels, targets = rendered_batch("train", self.batch, rng, augment=True, two_tone_fraction=self.two_tone_fraction)
+            flip = torch.from_numpy(rng.random(self.batch) < 0.5)  # clothes read the same mirrored
+            yield torch.where(flip[:, None, None, None], pixels.flip(-1), pixels), targets
+
+
+def train(out: Path, steps: int = 9000, batch: int = 64, width: int = WIDTH, seed: int = 0, workers: int = 1,
+          two_tone_fraction: float = TWO_TONE_FRACTION) -> Judge:
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     judge = Judge(width)
     opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    for step in range(steps):
-        pixels, targets = rendered_batch("train", batch, rng, augment=True)
+    data = RenderedBatches(batch, seed, two_tone_fraction)
+    batches = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers)
+    for step, (pixels, targets) in zip(range(steps), batches):
         logits = judge(pixels)
-        loss = sum(nn.functional.cross_entropy(logits[k], targets[k]) for k in HEADS)
+        loss = sum(nn.functional.cross_entropy(logits[k], targets[k], label_smoothing=0.1) for k in HEADS)
         loss.backward()
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         if (step + 1) % 100 == 0:
             print(f"step {step + 1}/{steps} loss {loss.item():.4f}", flush=True)
-    save(judge, out, steps=steps, batch=batch, seed=seed)
+    save(judge, out, steps=steps, batch=batch, width=width, seed=seed, two_tone_fraction=two_tone_fraction)
     return judge
 
 
-def save(judge: Judge, out: Path, **recipe: int) -> None:
+def save(judge: Judge, out: Path, **recipe: float) -> None:
     """judge.safetensors in `out`, written whole or not at all, with its training recipe as metadata."""
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "judge.safetensors"
@@ -122,11 +143,15 @@ def read(judge: Judge, images: list[Image.Image]) -> list[dict[str, str]]:
 
 
 @torch.no_grad()
-def accuracy(judge: Judge, n: int = 2000, seed: int = 1, augment: bool = False) -> dict[str, float]:
-    """Per-attribute accuracy on renders of held-out Fashion-MNIST test items."""
-    pixels, targets = rendered_batch("test", n, np.random.default_rng(seed), augment)
+def accuracy(judge: Judge, n: int = 2000, seed: int = 1, augment: bool = False, two_toned: bool = False) -> dict:
+    """Per-attribute accuracy on renders of held-out Fashion-MNIST test items, and class by class
+    (two-toned objects have no color to score)."""
+    pixels, targets = rendered_batch("test", n, np.random.default_rng(seed), augment, float(two_toned))
     logits = judge(pixels)
-    return {k: float((logits[k].argmax(1) == targets[k]).float().mean()) for k in HEADS}
+    right = {k: logits[k].argmax(1) == targets[k] for k in HEADS}
+    scored = {k: targets[k] != IGNORED for k in HEADS}
+    by_class = {noun: float(right["class"][targets["class"] == i].float().mean()) for i, noun in enumerate(HEADS["class"])}
+    return {**{k: float(right[k][scored[k]].float().mean()) for k in HEADS if scored[k].any()}, "class, by class": by_class}
 
 
 def parse_prompt(prompt: str) -> dict[str, str]:
@@ -163,7 +188,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
     t.add_argument("--out", type=Path, default=JUDGE_DIR)
-    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--steps", type=int, default=9000)
     t.add_argument("--width", type=int, default=WIDTH, help="channels of the first stage (x2, x2, x4 after)")
     a = sub.add_parser("accuracy")
     a.add_argument("--judge", type=Path, default=JUDGE_DIR)
@@ -173,7 +198,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = args.out if args.command == "train" else args.judge
     judge = train(folder, args.steps, width=args.width) if args.command == "train" else load(folder)
-    result = {"clean": accuracy(judge.eval()), "degraded": accuracy(judge, augment=True)}
+    result = {"clean": accuracy(judge.eval()), "degraded": accuracy(judge, augment=True),
+              "two-toned (like the subjects)": accuracy(judge, two_toned=True)}
     print(json.dumps(result, indent=2))
     write_text_atomic(folder / "accuracy.json", json.dumps(result, indent=2) + "\n")
 

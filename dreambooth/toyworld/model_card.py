@@ -14,7 +14,8 @@ from safetensors import safe_open
 
 QUALITY_FILE = "quality.json"
 CONFIG_FILE = "pretrain_config.json"
-RECONSTRUCTION = "subject reconstruction PSNR (dB)"  # quality.json key
+RECONSTRUCTION = "subject reconstruction PSNR (dB)"  # quality.json keys
+PER_CLASS = "class accuracy per class"
 
 
 def _parameters(folder: Path) -> dict[str, int]:
@@ -35,6 +36,16 @@ def _quality_table(quality: dict) -> str:
     return "\n".join(rows)
 
 
+def _per_class(quality: dict) -> str:
+    per_class = quality.get(PER_CLASS)
+    if not per_class:
+        return ""
+    generated, rendered = per_class["generated"], per_class["rendered (judge ceiling)"]
+    rows = ["| class | generated | rendered (judge ceiling) |", "|---|---|---|"]
+    rows += [f"| {noun} | {generated[noun]:.2f} | {rendered[noun]:.2f} |" for noun in generated]
+    return "\n\nClass accuracy by class:\n\n" + "\n".join(rows)
+
+
 def _reconstruction(quality: dict) -> str:
     psnr = quality.get(RECONSTRUCTION)
     if not psnr:
@@ -52,7 +63,7 @@ def write_model_card(folder: Path) -> None:
         measured = (f"Judge accuracy on all {quality['prompts']} \"a [color] [class] [context]\" prompts, one image "
                     f"each, {quality['steps']} DPM-Solver++ steps, guidance {quality['guidance']} "
                     "(`python -m dreambooth.toyworld.quality --model <this folder>`):\n\n" + _quality_table(quality)
-                    + _reconstruction(quality))
+                    + _per_class(quality) + _reconstruction(quality))
     else:
         measured = "Not measured yet: run `python -m dreambooth.toyworld.quality --model <this folder>`."
     sizes = "\n".join(f"| {name} | {count / 1e6:.2f}M |" for name, count in _parameters(folder).items())

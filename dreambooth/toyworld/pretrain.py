@@ -40,8 +40,8 @@ class PretrainConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 6_000
-    unet_decay_start: int = 4_000  # constant rate until here, then linear to zero: sharper samples for the same steps
+    unet_cycles: tuple[int, ...] = (6_000,)  # the step each learning-rate cycle ends at (see unet_rate)
+    unet_decay_steps: int = 2_000  # each cycle's linear decay to zero: sharper samples for the same steps
     unet_batch: int = 32
     unet_lr: float = 3e-4
     decoder_steps: int = 3_000
@@ -174,13 +174,23 @@ def encode_dataset(vae: AutoencoderKL, images: np.ndarray, path: Path) -> torch.
     return moments
 
 
+def unet_rate(cfg: PretrainConfig, step: int) -> float:
+    """Warm restarts: each cycle warms up over 200 steps, stays flat, then decays linearly to zero over
+    its last `unet_decay_steps`. Every cycle so ends at a finished model, and another cycle extends
+    pretraining (resuming from `--work`) without redoing the ones before."""
+    begin = max([0, *(end for end in cfg.unet_cycles if end <= step)])
+    end = min(end for end in cfg.unet_cycles if end > step)
+    return cfg.unet_lr * min(1.0, (step - begin + 1) / 200, (end - step) / cfg.unet_decay_steps)
+
+
 def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scaling: float, text_encoder, unet,
                    tokenizer, ckpt: Checkpointer, log) -> None:
     sched = noise_scheduler()
     opt = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=cfg.unet_lr, weight_decay=1e-2)
     start = ckpt.load({"unet": unet, "text_encoder": text_encoder}, opt)
     colors, nouns = list(world.COLORS), fashion_mnist.CLASS_NOUNS
-    for step in range(start, cfg.unet_steps):
+    steps = cfg.unet_cycles[-1]
+    for step in range(start, steps):
         rng = np.random.default_rng([cfg.seed, 2, step])
         gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
         index = rng.integers(0, len(moments), cfg.unet_batch)
@@ -192,8 +202,8 @@ def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scali
                         return_tensors="pt").input_ids
         noise = sample_noise(latents, 0.0, gen)
         t = torch.randint(0, 1000, (len(index),), generator=gen)
-        for group in opt.param_groups:  # linear warm-up over 200 steps, flat, linear decay at the end
-            group["lr"] = cfg.unet_lr * min(1.0, (step + 1) / 200, (cfg.unet_steps - step) / (cfg.unet_steps - cfg.unet_decay_start))
+        for group in opt.param_groups:
+            group["lr"] = unet_rate(cfg, step)
         pred = unet(sched.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
         target = training_target(sched.config.prediction_type, latents, noise, sched.alphas_cumprod, t)
         loss = dreambooth_loss(pred, target, num_instance=len(index), prior_loss_weight=0.0).total  # no prior rows
@@ -202,7 +212,7 @@ def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scali
         opt.step()
         opt.zero_grad(set_to_none=True)
         log("unet", step + 1, loss.item())
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
             ckpt.save(step + 1, {"unet": unet, "text_encoder": text_encoder}, opt)
 
 
@@ -212,8 +222,7 @@ def decoder_batch(cfg: PretrainConfig, items: np.ndarray, labels: np.ndarray, rn
     for i in rng.integers(0, len(items), cfg.decoder_batch):
         scene = world.sample_scene(rng, items[i], fashion_mnist.CLASS_NOUNS[labels[i]])
         if rng.random() < cfg.two_tone_fraction:
-            others = [c for c in world.COLORS if c != scene.color]
-            scene = replace(scene, second_color=str(rng.choice(others)), pattern=str(rng.choice(world.PATTERNS)))
+            scene = world.two_toned(scene, rng)
         images.append(world.render(scene))
     return _to_pixels(np.stack(images))
 
@@ -256,14 +265,8 @@ def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, tokenizer, out: 
     write_model_card(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="where the pipeline folder is written")
-    parser.add_argument("--work", type=Path, default=Path("~/.cache/dreambooth/pretrain"), help="data and checkpoints")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg, work = PretrainConfig(), args.work.expanduser()
+def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
+    """Every stage in order; each resumes from its checkpoint in `work`, or is skipped when done."""
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
@@ -281,7 +284,23 @@ def main() -> None:
     train_denoiser(cfg, data, moments, vae.config.scaling_factor, text_encoder, unet, tokenizer,
                    Checkpointer(work, "denoiser"), log)
     train_decoder(cfg, vae, Checkpointer(work, "decoder"), log)
-    save_pipeline(cfg, vae, text_encoder, unet, tokenizer, args.out)
+    save_pipeline(cfg, vae, text_encoder, unet, tokenizer, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="where the pipeline folder is written")
+    parser.add_argument("--work", type=Path, default=Path("~/.cache/dreambooth/pretrain"), help="data and checkpoints")
+    parser.add_argument("--unet_cycles", "--unet-cycles", type=int, nargs="+", default=PretrainConfig.unet_cycles,
+                        help="the steps the UNet's learning-rate cycles end at; add one to extend a finished run")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    cycles = tuple(args.unet_cycles)
+    if list(cycles) != sorted(set(cycles)) or cycles[0] <= PretrainConfig.unet_decay_steps:
+        parser.error(f"--unet_cycles {' '.join(map(str, cycles))}: give increasing step counts, "
+                     f"the first above {PretrainConfig.unet_decay_steps}")
+    torch.set_num_threads(args.threads)
+    pretrain(replace(PretrainConfig(), unet_cycles=cycles), args.out, args.work.expanduser())
     print(f"saved {args.out}")
 
 

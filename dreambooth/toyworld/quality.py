@@ -24,7 +24,7 @@ from dreambooth.generate import make_grid
 from dreambooth.models import load_pipeline
 from dreambooth.toyworld import fashion_mnist, judge, world
 from dreambooth.toyworld.captions import describe
-from dreambooth.toyworld.model_card import QUALITY_FILE, RECONSTRUCTION, write_model_card
+from dreambooth.toyworld.model_card import PER_CLASS, QUALITY_FILE, RECONSTRUCTION, write_model_card
 from dreambooth.toyworld.subjects import EXAMPLES
 
 STEPS, GUIDANCE = 20, 7.5  # the demo's and the model card's sampler settings
@@ -79,6 +79,12 @@ def accuracy(readings: list[dict[str, str]], cells: list[dict[str, str]]) -> dic
     return {k: float(np.mean([r[k] == c[k] for r, c in zip(readings, cells)])) for k in judge.HEADS}
 
 
+def class_accuracy(readings: list[dict[str, str]], cells: list[dict[str, str]]) -> dict[str, float]:
+    """Class accuracy per class: which shapes the model (or the judge) gets wrong."""
+    return {noun: float(np.mean([r["class"] == noun for r, c in zip(readings, cells) if c["class"] == noun]))
+            for noun in fashion_mnist.CLASS_NOUNS}
+
+
 def sheet(images: list[Image.Image], cells: list[dict[str, str]]) -> Image.Image:
     """One row per class, one column per context; the color cycles so every color appears."""
     picked = {}
@@ -102,8 +108,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cells, reader = grid(), judge.load(args.judge)
     generated = generate(args.model, cells, args.steps, args.guidance)
-    result = {"generated": accuracy(judge.read(reader, generated), cells),
-              "rendered (judge ceiling)": accuracy(judge.read(reader, render(cells)), cells),
+    readings = {"generated": judge.read(reader, generated), "rendered (judge ceiling)": judge.read(reader, render(cells))}
+    result = {**{k: accuracy(r, cells) for k, r in readings.items()},
+              PER_CLASS: {k: class_accuracy(r, cells) for k, r in readings.items()},
               RECONSTRUCTION: reconstruction_psnr(args.model),
               "prompts": len(cells), "steps": args.steps, "guidance": args.guidance}
     print(json.dumps(result, indent=2))

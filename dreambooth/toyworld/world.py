@@ -6,7 +6,7 @@ Everything is a pure function of a `Scene` (and the scene of a seed), so renders
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -195,3 +195,9 @@ def sample_scene(rng: np.random.Generator, item: np.ndarray, class_noun: str, co
     return Scene(item=item, class_noun=class_noun, color=color or str(rng.choice(list(COLORS))),
                  context=context or str(rng.choice(CONTEXTS)), x=x, y=y, size=size,
                  light=float(rng.uniform(0.85, 1.1)), context_seed=int(rng.integers(0, 2**31)))
+
+
+def two_toned(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same scene with its object in two colors: a random second color, in a random pattern."""
+    others = [c for c in COLORS if c != scene.color]
+    return replace(scene, second_color=str(rng.choice(others)), pattern=str(rng.choice(PATTERNS)))

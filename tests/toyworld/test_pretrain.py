@@ -1,5 +1,5 @@
 """Pretraining's decoder stage keeps the latent space (encoder frozen), resumes exactly, and sees
-two-toned objects."""
+two-toned objects; the UNet's learning rate restarts per cycle."""
 
 from dataclasses import replace
 
@@ -63,3 +63,14 @@ def test_decoder_batches_mix_one_and_two_toned_objects(monkeypatch):
     two_toned = [s for s in scenes if s.second_color is not None]
     assert 16 < len(two_toned) < 48 and {s.pattern for s in two_toned} == set(world.PATTERNS)
     assert all(s.second_color != s.color for s in two_toned)
+
+
+def test_unet_rate_warms_up_holds_and_decays_to_zero_in_every_cycle():
+    cfg = replace(pretrain.PretrainConfig(), unet_lr=1.0, unet_cycles=(6_000, 9_000), unet_decay_steps=2_000)
+    rate = [pretrain.unet_rate(cfg, step) for step in range(9_000)]
+    assert rate[0] == 1 / 200 and rate[199] == 1.0 and rate[3_999] == 1.0  # warm-up, then flat
+    assert rate[4_000] == 1.0 and rate[5_999] == 1 / 2_000  # the first cycle decays to zero ...
+    assert rate[6_000] == 1 / 200 and rate[6_199] == 1.0 and rate[6_999] == 1.0  # ... and restarts
+    assert rate[8_999] == 1 / 2_000
+    single = replace(cfg, unet_cycles=(6_000,))
+    assert [pretrain.unet_rate(single, s) for s in range(6_000)] == rate[:6_000]  # extending keeps the past

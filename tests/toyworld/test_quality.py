@@ -1,4 +1,4 @@
-"""The subjects' VAE round-trip PSNR, on a stand-in VAE with a known error."""
+"""Quality-meter arithmetic with known answers: VAE round-trip PSNR, accuracy class by class."""
 
 from types import SimpleNamespace
 
@@ -32,3 +32,10 @@ def test_reconstruction_psnr_per_subject(tmp_path, monkeypatch):
     psnr = quality.reconstruction_psnr(tmp_path / "model", tmp_path)
     assert set(psnr) == {"a", "b"}
     assert all(v == pytest.approx(20.0, abs=1e-3) for v in psnr.values())
+
+
+def test_class_accuracy_is_per_class():
+    cells = [{"class": "bag"}, {"class": "bag"}, {"class": "boot"}] + [{"class": n} for n in quality.fashion_mnist.CLASS_NOUNS]
+    readings = [{"class": "bag"}, {"class": "boot"}, {"class": "boot"}] + [{"class": "bag"}] * 10
+    per_class = quality.class_accuracy(readings, cells)
+    assert per_class["bag"] == 2 / 3 and per_class["boot"] == 1 / 2 and per_class["trouser"] == 0
