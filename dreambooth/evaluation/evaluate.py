@@ -140,8 +140,9 @@ def rescore_prompt_fidelity(result: dict[str, Any], prompt_scorer: PromptScorer)
             raise DataError(f"{missing}: an image this result was scored on is gone; generate and score it again")
         value = prompt_scorer(open_images([Path(i) for i in p["images"]]),
                               without_identifier(p["prompt"], result["identifier"]))
-        kept = [r for r in p["metrics"] if r["metric"] != "prompt fidelity"]
-        per_prompt.append({**p, "metrics": [*kept, row("prompt fidelity", prompt_scorer.name, value)]})
+        rows = p["metrics"]
+        at = next((i for i, r in enumerate(rows) if r["metric"] == "prompt fidelity"), len(rows))  # kept in place
+        per_prompt.append({**p, "metrics": [*rows[:at], row("prompt fidelity", prompt_scorer.name, value), *rows[at + 1:]]})
     pres_rows = [r for r in result["summary"] if r["metric"] == "PRES"]
     return {**result, "summary": means(per_prompt) + pres_rows, "prompts": per_prompt}
 

@@ -63,6 +63,8 @@ def test_rescoring_replaces_prompt_fidelity_and_keeps_the_rest(image_folder):
     rescored = rescore_prompt_fidelity(result, SnowScorer())
     fidelity = [[r["value"] for r in p["metrics"] if r["metric"] == "prompt fidelity"] for p in rescored["prompts"]]
     assert fidelity == [[0.0], [1.0]]  # one row per prompt, read again from its images
+    assert [[r["metric"] for r in p["metrics"]] for p in rescored["prompts"]] == [
+        [r["metric"] for r in p["metrics"]] for p in result["prompts"]]  # in its old place
     summary = {(r["metric"], r["encoder"]): r["value"] for r in rescored["summary"]}
     assert summary[("prompt fidelity", "fake-judge")] == 0.5
     old = {(r["metric"], r["encoder"]): r["value"] for r in result["summary"]}

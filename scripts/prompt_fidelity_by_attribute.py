@@ -1,0 +1,58 @@
+"""What the judge's prompt fidelity is made of: the hit rate of each named attribute, per variant.
+
+    python scripts/prompt_fidelity_by_attribute.py --variants dreambooth no-prior base
+
+Reads the finished runs of scripts/paper_tables.py (their JSON in --results, their images in
+--work) and lets the shipped judge read every sample again, attribute by attribute: a drop in
+prompt fidelity may come from context (the identifier pulling samples toward the training photos),
+class or color.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from dreambooth.evaluation.evaluate import open_images, without_identifier
+from dreambooth.toyworld import judge
+
+
+def hit_rates(runs: list[dict], reader: judge.Judge) -> dict[str, tuple[float, int]]:
+    """Per attribute: the fraction of samples whose reading matches the prompt, and how many were read."""
+    hits: dict[str, list[bool]] = {}
+    for run in runs:
+        for p in run["prompts"]:
+            named = judge.parse_prompt(without_identifier(p["prompt"], run["identifier"]))
+            readings = judge.read(reader, open_images([Path(i) for i in p["images"]]))
+            for key, value in named.items():
+                hits.setdefault(key, []).extend(r[key] == value for r in readings)
+    return {key: (statistics.mean(v), len(v)) for key, v in hits.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["dreambooth", "no-prior", "base"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--results", type=Path, default=Path("docs/results/runs"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    reader = judge.load()
+    print("| variant | context | class | color |\n|---|---|---|---|")
+    for variant in args.variants:
+        files = [f for s in args.seeds for f in sorted(args.results.glob(f"*-{variant}-seed{s}.json"))]
+        missing = next((i for f in files for p in json.loads(f.read_text())["prompts"] for i in p["images"]
+                        if not Path(i).is_file()), None)
+        if not files or missing:
+            raise SystemExit(f"{variant}: {missing or 'no finished runs'}; run scripts/paper_tables.py first")
+        rates = hit_rates([json.loads(f.read_text()) for f in files], reader)
+        cells = [f"{rates[k][0]:.3f} (n={rates[k][1]})" if k in rates else "–" for k in ("context", "class", "color")]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
