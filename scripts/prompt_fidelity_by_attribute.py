@@ -2,8 +2,8 @@
 
     python scripts/prompt_fidelity_by_attribute.py --variants dreambooth no-prior base
 
-Reads the finished runs of scripts/paper_tables.py (their JSON in --results, their images in
---work) and lets the shipped judge read every sample again, attribute by attribute: a drop in
+Reads the finished runs of scripts/paper_tables.py (their JSON in --results, and the images each
+lists) and lets the shipped judge read every sample again, attribute by attribute: a drop in
 prompt fidelity may come from context (the identifier pulling samples toward the training photos),
 class or color.
 """
@@ -16,9 +16,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from dreambooth.evaluation.evaluate import open_images, without_identifier
+from dreambooth.errors import DataError
+from dreambooth.evaluation.evaluate import scored_images, without_identifier
 from dreambooth.toyworld import judge
 
 
@@ -28,7 +28,7 @@ def hit_rates(runs: list[dict], reader: judge.Judge) -> dict[str, tuple[float, i
     for run in runs:
         for p in run["prompts"]:
             named = judge.parse_prompt(without_identifier(p["prompt"], run["identifier"]))
-            readings = judge.read(reader, open_images([Path(i) for i in p["images"]]))
+            readings = judge.read(reader, scored_images(p))
             for key, value in named.items():
                 hits.setdefault(key, []).extend(r[key] == value for r in readings)
     return {key: (statistics.mean(v), len(v)) for key, v in hits.items()}
@@ -45,11 +45,12 @@ def main() -> None:
     print("| variant | context | class | color |\n|---|---|---|---|")
     for variant in args.variants:
         files = [f for s in args.seeds for f in sorted(args.results.glob(f"*-{variant}-seed{s}.json"))]
-        missing = next((i for f in files for p in json.loads(f.read_text())["prompts"] for i in p["images"]
-                        if not Path(i).is_file()), None)
-        if not files or missing:
-            raise SystemExit(f"{variant}: {missing or 'no finished runs'}; run scripts/paper_tables.py first")
-        rates = hit_rates([json.loads(f.read_text()) for f in files], reader)
+        if not files:
+            raise SystemExit(f"{variant}: no finished runs in {args.results}; run scripts/paper_tables.py first")
+        try:
+            rates = hit_rates([json.loads(f.read_text()) for f in files], reader)
+        except DataError as error:
+            raise SystemExit(f"{variant}: {error}") from None
         cells = [f"{rates[k][0]:.3f} (n={rates[k][1]})" if k in rates else "–" for k in ("context", "class", "color")]
         print(f"| {variant} | " + " | ".join(cells) + " |")
 

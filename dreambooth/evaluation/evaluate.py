@@ -130,16 +130,20 @@ def means(per_prompt: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def scored_images(prompt_result: dict[str, Any]) -> list[Image.Image]:
+    """The images one prompt of a scored result lists, opened again."""
+    missing = next((i for i in prompt_result["images"] if not Path(i).is_file()), None)
+    if missing:
+        raise DataError(f"{missing}: an image this result was scored on is gone; generate and score it again")
+    return open_images([Path(i) for i in prompt_result["images"]])
+
+
 def rescore_prompt_fidelity(result: dict[str, Any], prompt_scorer: PromptScorer) -> dict[str, Any]:
     """`result` (of `evaluate`) with prompt fidelity recomputed from the images it lists, the other
     metrics kept: when the scorer changes (a retrained judge), nothing needs generating again."""
     per_prompt = []
     for p in result["prompts"]:
-        missing = next((i for i in p["images"] if not Path(i).is_file()), None)
-        if missing:
-            raise DataError(f"{missing}: an image this result was scored on is gone; generate and score it again")
-        value = prompt_scorer(open_images([Path(i) for i in p["images"]]),
-                              without_identifier(p["prompt"], result["identifier"]))
+        value = prompt_scorer(scored_images(p), without_identifier(p["prompt"], result["identifier"]))
         rows = p["metrics"]
         at = next((i for i, r in enumerate(rows) if r["metric"] == "prompt fidelity"), len(rows))  # kept in place
         per_prompt.append({**p, "metrics": [*rows[:at], row("prompt fidelity", prompt_scorer.name, value), *rows[at + 1:]]})
