@@ -40,7 +40,7 @@ class PretrainConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_cycles: tuple[int, ...] = (6_000,)  # the step each learning-rate cycle ends at (see unet_rate)
+    unet_cycles: tuple[int, ...] = (6_000, 9_000)  # the step each learning-rate cycle ends at (see unet_rate)
     unet_decay_steps: int = 2_000  # each cycle's linear decay to zero: sharper samples for the same steps
     unet_batch: int = 32
     unet_lr: float = 3e-4
@@ -255,7 +255,9 @@ def train_decoder(cfg: PretrainConfig, vae: AutoencoderKL, ckpt: Checkpointer, l
     vae.requires_grad_(False)
 
 
-def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, tokenizer, out: Path) -> None:
+def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, out: Path) -> None:
+    """A fresh tokenizer is saved: one that has encoded writes its padding state into tokenizer.json."""
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler().config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -284,7 +286,7 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
     train_denoiser(cfg, data, moments, vae.config.scaling_factor, text_encoder, unet, tokenizer,
                    Checkpointer(work, "denoiser"), log)
     train_decoder(cfg, vae, Checkpointer(work, "decoder"), log)
-    save_pipeline(cfg, vae, text_encoder, unet, tokenizer, out)
+    save_pipeline(cfg, vae, text_encoder, unet, out)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Pretraining's decoder stage keeps the latent space (encoder frozen), resumes exactly, and sees
 two-toned objects; the UNet's learning rate restarts per cycle."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -74,3 +75,14 @@ def test_unet_rate_warms_up_holds_and_decays_to_zero_in_every_cycle():
     assert rate[8_999] == 1 / 2_000
     single = replace(cfg, unet_cycles=(6_000,))
     assert [pretrain.unet_rate(single, s) for s in range(6_000)] == rate[:6_000]  # extending keeps the past
+
+
+def test_saved_pipeline_loads_offline_with_a_tokenizer_free_of_padding_state(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    vae, text_encoder, unet = pretrain.build_models(CFG)
+    pretrain.save_pipeline(CFG, vae, text_encoder, unet, tmp_path)
+    assert json.loads((tmp_path / "tokenizer" / "tokenizer.json").read_text())["padding"] is None
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path, local_files_only=True)
+    assert pipe.tokenizer.model_max_length == CFG.context_length
+    assert (tmp_path / "README.md").read_text().count("Not measured yet") == 1
