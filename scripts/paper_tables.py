@@ -6,9 +6,9 @@ Every run (subject x seed x variant) trains with the demo's recipe changed in on
 the toy-world DreamBench prompts 4 times each plus "a [class]", and is scored by `evaluate`
 (dino-imgfocus, efficientnet-lite0, the world judge). Each run's scores land in
 `--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json, suffixed -steps<N> or
--fast for another recipe) only when it is done, so
-finished runs are skipped and an interrupted invocation, in this session or a later one, resumes
-where it stopped; models and images go to `--work`. After the judge is retrained, `--rescore` reads
+-fast for another recipe) only when it is done, with the base model's fingerprint, so finished runs
+on the same base model are skipped and an interrupted invocation, in this session or a later one,
+resumes where it stopped (a run on another base model is done again); models and images go to `--work`. After the judge is retrained, `--rescore` reads
 every finished run's prompt fidelity again from its images (nothing is trained or sampled again).
 """
 
@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from dreambooth.atomic import write_text_atomic
+from dreambooth.class_images import model_fingerprint
 from dreambooth.config import fill_prompt
 from dreambooth.demo import BASE_MODEL, DemoSettings, labelled_sheet
 from dreambooth.errors import DataError
@@ -110,15 +111,20 @@ def run_name(subject: str, variant: str, seed: int, settings: DemoSettings) -> s
 
 
 def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant: str, settings: DemoSettings) -> dict:
-    """A finished run's result, or train and score it now (a half-done run is started afresh)."""
+    """A finished run's result on this base model, or train and score it now (a half-done run, or
+    one on another base model, is started afresh)."""
     folder = work / run_name(subject, variant, seed, settings)
     result_file = results / f"{folder.name}.json"
+    fingerprint = model_fingerprint(base, memo_dir=work)
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        if result.get("base_model") == fingerprint:
+            return result
     shutil.rmtree(folder, ignore_errors=True)
     print(f"== {folder.name}", flush=True)
     result = (base_run(base, subject, seed, folder, settings) if variant == "base"
               else dreambooth_run(base, subject, seed, variant, folder, settings))
+    result["base_model"] = fingerprint
     results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(result_file, json.dumps(result, indent=2))
     shutil.rmtree(folder / "model" / "checkpoints", ignore_errors=True)
