@@ -115,6 +115,7 @@ def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant:
     one on another base model, is started afresh)."""
     folder = work / run_name(subject, variant, seed, settings)
     result_file = results / f"{folder.name}.json"
+    work.mkdir(parents=True, exist_ok=True)  # also holds the fingerprint memo
     fingerprint = model_fingerprint(base, memo_dir=work)
     if result_file.is_file():
         result = json.loads(result_file.read_text())
