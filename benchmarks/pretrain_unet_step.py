@@ -5,7 +5,8 @@
 The UNet stage is most of the 3-hour pretraining budget (docs/toyworld.md), so its step time
 decides how many steps the budget holds. Each mode builds the shipped architecture afresh (same
 seed) and times `--steps` steps of pretraining's shape (batch 32 of 16x16x4 latents, the text
-encoder trained too) after `--warmup` untimed ones. The modes take turns in this process for
+encoder trained too; tokenizing, noising and gradient clipping left out, as they are the same in
+every mode) after `--warmup` untimed ones. The modes take turns in this process for
 `--rounds` rounds, and each mode's fastest round is reported (the others were slowed by something
 else), so the ratios are measured side by side.
 """

@@ -8,8 +8,9 @@ the toy-world DreamBench prompts 4 times each plus "a [class]", and is scored by
 `--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json, suffixed -steps<N> or
 -fast for another recipe) only when it is done, with the base model's fingerprint, so finished runs
 on the same base model are skipped and an interrupted invocation, in this session or a later one,
-resumes where it stopped (a run on another base model is done again); models and images go to `--work`. After the judge is retrained, `--rescore` reads
-every finished run's prompt fidelity again from its images (nothing is trained or sampled again).
+resumes where it stopped (a run on another base model is done again); models and images go to
+`--work`. After the judge is retrained, `--rescore` reads every finished run's prompt fidelity
+again from its images (nothing is trained or sampled again).
 """
 
 from __future__ import annotations
@@ -117,12 +118,14 @@ def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant:
     result_file = results / f"{folder.name}.json"
     work.mkdir(parents=True, exist_ok=True)  # also holds the fingerprint memo
     fingerprint = model_fingerprint(base, memo_dir=work)
+    redo = ""
     if result_file.is_file():
         result = json.loads(result_file.read_text())
         if result.get("base_model") == fingerprint:
             return result
+        redo = " (made on another base model: done again)"
     shutil.rmtree(folder, ignore_errors=True)
-    print(f"== {folder.name}", flush=True)
+    print(f"== {folder.name}{redo}", flush=True)
     result = (base_run(base, subject, seed, folder, settings) if variant == "base"
               else dreambooth_run(base, subject, seed, variant, folder, settings))
     result["base_model"] = fingerprint

@@ -68,6 +68,16 @@ def test_changed_weights_change_the_fingerprint(tiny_sd, tmp_path):
     assert model_fingerprint(copy) != before
 
 
+def test_top_level_reports_leave_the_fingerprint_alone(tiny_sd, tmp_path):
+    copy = shutil.copytree(tiny_sd, tmp_path / "model")
+    before = model_fingerprint(copy)
+    (copy / "quality.json").write_text('{"class": 0.5}')
+    (copy / "README.md").write_text("# a model card")
+    assert model_fingerprint(copy) == before
+    (copy / "model_index.json").write_text((copy / "model_index.json").read_text() + "\n")
+    assert model_fingerprint(copy) != before
+
+
 def test_fingerprint_is_memoized(tiny_sd, tmp_path, monkeypatch):
     first = model_fingerprint(tiny_sd, tmp_path)
     assert (tmp_path / "fingerprints.json").is_file()

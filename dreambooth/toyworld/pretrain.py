@@ -256,7 +256,8 @@ def train_decoder(cfg: PretrainConfig, vae: AutoencoderKL, ckpt: Checkpointer, l
 
 
 def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, out: Path) -> None:
-    """A fresh tokenizer is saved: one that has encoded writes its padding state into tokenizer.json."""
+    """A fresh tokenizer is saved: one that has encoded writes its padding and truncation into
+    tokenizer.json."""
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler().config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,

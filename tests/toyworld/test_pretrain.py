@@ -77,12 +77,13 @@ def test_unet_rate_warms_up_holds_and_decays_to_zero_in_every_cycle():
     assert [pretrain.unet_rate(single, s) for s in range(6_000)] == rate[:6_000]  # extending keeps the past
 
 
-def test_saved_pipeline_loads_offline_with_a_tokenizer_free_of_padding_state(tmp_path):
+def test_saved_pipeline_loads_offline_with_a_tokenizer_free_of_encoding_state(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     vae, text_encoder, unet = pretrain.build_models(CFG)
     pretrain.save_pipeline(CFG, vae, text_encoder, unet, tmp_path)
-    assert json.loads((tmp_path / "tokenizer" / "tokenizer.json").read_text())["padding"] is None
+    saved = json.loads((tmp_path / "tokenizer" / "tokenizer.json").read_text())
+    assert saved["padding"] is None and saved["truncation"] is None
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path, local_files_only=True)
     assert pipe.tokenizer.model_max_length == CFG.context_length
     assert (tmp_path / "README.md").read_text().count("Not measured yet") == 1
