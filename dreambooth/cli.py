@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import get_origin
 
 from dreambooth.config import TrainConfig, config_types, default_of, from_dict, read_config_file
-from dreambooth.errors import DreamBoothError
+from dreambooth.errors import positive_int, run_command
 
 log = logging.getLogger("dreambooth")
 
@@ -89,7 +89,7 @@ def cmd_identifier(args: argparse.Namespace) -> None:
     from dreambooth.identifier import find_identifiers
     from dreambooth.models import check_model_folder
 
-    folder = check_model_folder(args.model)
+    folder = check_model_folder(args.model, option="--model")
     names = [n for n in ("tokenizer", "tokenizer_2") if (folder / n).is_dir()]  # SDXL: one token in both
     tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder=n) for n in names]
     print("rank  token_id  identifier")
@@ -99,7 +99,9 @@ def cmd_identifier(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from dreambooth.generate import generate
+    from dreambooth.models import check_model_folder
 
+    check_model_folder(args.model, option="--model")
     out = args.output or Path(args.model) / "samples"
     paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed)
     print(f"wrote {len(paths)} images and grid.png to {out}")
@@ -107,7 +109,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_class_images(args: argparse.Namespace) -> None:
     from dreambooth.class_images import generate_for_model
+    from dreambooth.models import check_model_folder
 
+    check_model_folder(args.model, option="--model")
     paths = generate_for_model(Path(args.model), args.prompt, args.num_images, Path(args.cache_dir).expanduser(),
                                args.resolution, args.steps, args.guidance_scale, args.seed, args.batch_size)
     print(f"{len(paths)} class images in {paths[0].parent if paths else args.cache_dir}")
@@ -115,7 +119,10 @@ def cmd_class_images(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from dreambooth.demo import DemoSettings, run_demo
+    from dreambooth.models import check_model_folder
 
+    if args.model:
+        check_model_folder(args.model, option="--model")
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     run_demo(args.output, args.subject, args.model, settings=settings)
 
@@ -123,12 +130,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dreambooth.evaluation.evaluate import DEFAULT_ENCODERS, evaluate
     from dreambooth.evaluation.report import write_report
+    from dreambooth.models import check_model_folder
 
     scorer = None
     if args.prompt_scorer == "toy-judge":
         from dreambooth.toyworld.judge import JudgeScorer
 
         scorer = JudgeScorer()
+    if args.model:
+        check_model_folder(args.model, option="--model")
     prompts = args.prompts.removeprefix("dreambench-") if args.prompts else None
     result = evaluate(Path(args.images or args.model), Path(args.real), class_noun=args.class_noun,
                       prompts=prompts, encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,
@@ -155,7 +165,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from dreambooth.models import check_model_folder
     from dreambooth.single_file import export_single_file
 
-    out = export_single_file(check_model_folder(args.model), Path(args.output), half=args.half)
+    out = export_single_file(check_model_folder(args.model, option="--model"), Path(args.output), half=args.half)
     print(f"wrote {out} (original Stable Diffusion key layout, for AUTOMATIC1111 / ComfyUI)")
 
 
@@ -171,15 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ident = sub.add_parser("identifier", help="list rare-token identifiers of a model's tokenizer")
     ident.add_argument("--model", required=True, help="diffusers pipeline folder")
-    ident.add_argument("--top_k", "--top-k", "-k", type=int, default=10)
+    ident.add_argument("--top_k", "--top-k", "-k", type=positive_int, default=10)
     ident.set_defaults(run=cmd_identifier)
 
     gen = sub.add_parser("generate", help="sample a (personalized) model")
     gen.add_argument("--model", required=True, help="pipeline folder written by `dreambooth train`")
     gen.add_argument("--prompt", required=True, help="may use {identifier} and {class_noun}")
-    gen.add_argument("-n", "--num_images", "--num-images", type=int, default=4)
+    gen.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=4)
     gen.add_argument("--output", type=Path, help="folder for the PNGs (default: MODEL/samples)")
-    gen.add_argument("--steps", type=int, default=25)
+    gen.add_argument("--steps", type=positive_int, default=25)
     gen.add_argument("--guidance_scale", "--guidance-scale", type=float, default=7.5)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(run=cmd_generate)
@@ -187,14 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     cls = sub.add_parser("class-images", help="generate (or reuse cached) class images for prior preservation")
     cls.add_argument("--model", required=True, help="base model folder")
     cls.add_argument("--prompt", required=True, help='class prompt, e.g. "a dog"')
-    cls.add_argument("-n", "--num_images", "--num-images", type=int, default=100)
+    cls.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=100)
     cls.add_argument("--cache_dir", "--cache-dir", default=default_of("class_cache_dir"))
-    cls.add_argument("--resolution", type=int, help="default: the model's native size")
-    cls.add_argument("--steps", type=int, default=default_of("class_inference_steps"))
+    cls.add_argument("--resolution", type=positive_int, help="default: the model's native size")
+    cls.add_argument("--steps", type=positive_int, default=default_of("class_inference_steps"))
     cls.add_argument("--guidance_scale", "--guidance-scale", type=float,
                      default=default_of("class_guidance_scale"))
     cls.add_argument("--seed", type=int, default=0)
-    cls.add_argument("--batch_size", "--batch-size", type=int, default=4)
+    cls.add_argument("--batch_size", "--batch-size", type=positive_int, default=4)
     cls.set_defaults(run=cmd_class_images)
     merge = sub.add_parser("merge", help="fold a LoRA into its base model and save a full pipeline folder")
     merge.add_argument("--lora", required=True, help="folder written by `dreambooth train --lora`")
@@ -228,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--encoder", action="append", default=None,
                     help="dino-imgfocus, efficientnet-lite0 or hf:<folder>; repeatable")
     ev.add_argument("--prompt_scorer", "--prompt-scorer", choices=("none", "toy-judge"), default="none")
-    ev.add_argument("-n", "--num_images", "--num-images", type=int, default=4)
-    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=4)
+    ev.add_argument("--steps", type=positive_int, default=25)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--output", "--output_dir", type=Path, required=True, help="folder for images and reports")
     ev.set_defaults(run=cmd_evaluate)
@@ -253,15 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_libraries()
-    try:
-        args.run(args)
-    except DreamBoothError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(lambda: args.run(args))
 
 
 if __name__ == "__main__":

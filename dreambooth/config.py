@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -239,8 +239,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"--config: no such file {path}")
-    text = path.read_text()
     try:
+        text = path.read_text()
         if path.suffix == ".toml":
             try:
                 import tomllib
@@ -258,10 +258,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
     return data
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
 
 
 def default_of(name: str) -> Any:

@@ -1,4 +1,10 @@
-"""Errors for user mistakes. The CLI prints them as one line (no traceback) and exits non-zero."""
+"""Errors for user mistakes, and how a command reports them: one line (no traceback), non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
 
 
 class DreamBoothError(ValueError):
@@ -15,3 +21,27 @@ class DataError(DreamBoothError):
 
 class ModelError(DreamBoothError):
     """A model folder is missing, incomplete or not loadable."""
+
+
+def run_command(command: Callable[[], object]) -> int:
+    """The exit code of `command`: 0, or 2 with `error: <message>` on stderr for a user mistake."""
+    try:
+        command()
+    except DreamBoothError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: 0 or less is refused at parse time, not deep in a run."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+    return value

@@ -45,8 +45,9 @@ class Components:
         return self.noise_scheduler.config.prediction_type
 
 
-def check_model_folder(path: str | Path, allow_pickle: bool = False) -> Path:
-    """Fail early, in one line, if `path` is not a loadable diffusers SD folder.
+def check_model_folder(path: str | Path, allow_pickle: bool = False,
+                       option: str = "--pretrained_model_name_or_path") -> Path:
+    """Fail early, in one line naming `option`, if `path` is not a loadable diffusers SD folder.
 
     Weights must be safetensors: pickled `.bin` files can run code when loaded, so they are refused
     unless `allow_pickle` (and then loaded with `torch.load(weights_only=True)` by the libraries).
@@ -54,7 +55,7 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False) -> Path:
     folder = Path(path).expanduser()
     index = folder / "model_index.json"
     if not folder.is_dir():
-        raise ModelError(f"--pretrained_model_name_or_path: {folder} is not a folder; pass a local diffusers "
+        raise ModelError(f"{option}: {folder} is not a folder; pass a local diffusers "
                          "pipeline folder (hub ids cannot be downloaded here)")
     if not index.is_file():
         raise ModelError(f"{folder}: no model_index.json; pass the folder written by `save_pretrained` "

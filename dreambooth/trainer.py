@@ -105,7 +105,8 @@ class Trainer:
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)
         best = self.output_dir / "best" / "best.json"
-        if self.start_step and best.is_file():  # a resumed --keep_best run must beat the best so far
+        # a resumed --keep_best run must beat the best so far, if that best was published whole
+        if self.start_step and best.is_file() and (best.parent / "model_index.json").is_file():
             self.best_score = json.loads(best.read_text())["eval/score"]
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("dreambooth", config=export.scalar_config(cfg))
@@ -195,17 +196,19 @@ class Trainer:
         bar = tqdm(total=cfg.max_train_steps, initial=self.step, desc="training", unit="step",
                    disable=not acc.is_local_main_process)
         while self.step < cfg.max_train_steps:
+            nonfinite = torch.zeros((), device=acc.device)  # in any micro-step: each adds to the same update
             for micro in range(cfg.gradient_accumulation_steps):
                 with acc.accumulate(self.unet, *self.text_encoders):
                     # each process draws its own examples; one process numbers micro-steps 0, 1, 2, ...
                     micro_step = self.step * cfg.gradient_accumulation_steps + micro
                     loss = self.training_step(micro_step * acc.num_processes + acc.process_index)
+                    nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss.total.detach())).float())
             self.step += 1
             # every process must agree to stop (signal) or fail (NaN), or the others hang in a collective
-            flags = acc.reduce(torch.tensor([float(self.stop_signal is not None), float(not torch.isfinite(loss.total))],
-                                            device=acc.device), "max")
+            stopping = torch.tensor(float(self.stop_signal is not None), device=acc.device)
+            flags = acc.reduce(torch.stack([stopping, nonfinite]), "max")
             if flags[1]:
-                self._fail_on_nan(loss.total)
+                self._fail_on_nan()
             logs = {"loss": loss.total.item(), "loss/instance": loss.instance.item(),
                     "lr": self.lr_scheduler.get_last_lr()[0]}
             if loss.prior is not None:
@@ -294,11 +297,11 @@ class Trainer:
         modules = [self.unet] + (self.text_encoders if self.text_encoder_training else [])
         return [p for m in modules for p in trainable(m)]
 
-    def _fail_on_nan(self, loss: torch.Tensor) -> None:
+    def _fail_on_nan(self) -> None:
         last = checkpoints.latest(self.output_dir)
         where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
         precision = " or use --mixed_precision no" if self.cfg.mixed_precision != "no" else ""
-        raise DreamBoothError(f"step {self.step}: the loss is not finite ({loss.item()}); lower --learning_rate "
+        raise DreamBoothError(f"step {self.step}: the loss is not finite; lower --learning_rate "
                               f"(now {self.cfg.learning_rate:g}){precision}; {where}")
 
     def pipeline(self, for_saving: bool = False):

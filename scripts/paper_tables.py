@@ -31,7 +31,7 @@ from dreambooth.atomic import write_text_atomic
 from dreambooth.class_images import model_fingerprint
 from dreambooth.config import fill_prompt
 from dreambooth.demo import BASE_MODEL, DemoSettings, labelled_sheet
-from dreambooth.errors import DataError
+from dreambooth.errors import DataError, positive_int, run_command
 from dreambooth.evaluation.evaluate import evaluate, generate_images, rescore_prompt_fidelity
 from dreambooth.evaluation.prompts import load_prompts
 from dreambooth.generate import training_record
@@ -131,7 +131,6 @@ def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant:
     result["base_model"] = fingerprint
     results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(result_file, json.dumps(result, indent=2))
-    shutil.rmtree(folder / "model" / "checkpoints", ignore_errors=True)
     return result
 
 
@@ -142,7 +141,7 @@ def rescore(results: Path) -> None:
         try:
             result = rescore_prompt_fidelity(json.loads(path.read_text()), scorer)
         except DataError as error:
-            raise SystemExit(f"--rescore {path.name}: {error}") from None
+            raise DataError(f"--rescore {path.name}: {error}") from None
         write_text_atomic(path, json.dumps(result, indent=2))
 
 
@@ -225,18 +224,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--subjects", nargs="+", default=list(SUBJECTS))
-    parser.add_argument("--tables", nargs="+", default=["1", "3", "4", "prior-mode"])
+    parser.add_argument("--tables", nargs="+", choices=["1", "3", "4", "prior-mode"],
+                        default=["1", "3", "4", "prior-mode"])
     parser.add_argument("--results", type=Path, default=Path("docs/results/runs"), help="one JSON per finished run")
     parser.add_argument("--work", type=Path, default=Path("~/.cache/dreambooth/paper-tables"), help="models, images")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     parser.add_argument("--model", type=Path, default=BASE_MODEL, help="base model (default: the shipped one)")
     parser.add_argument("--sheet", type=Path, default=None, help="also draw the first subject's samples here (PNG)")
     parser.add_argument("--fast", action="store_true", help="the demo's smoke-test recipe (checks the script only)")
-    parser.add_argument("--steps", type=int, default=DemoSettings.steps,
+    parser.add_argument("--steps", type=positive_int, default=DemoSettings.steps,
                         help="training steps (another value than the recipe's is kept apart: <run>-steps<N>.json)")
     parser.add_argument("--rescore", action="store_true",
                         help="first read every finished run's prompt fidelity again with the current judge")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work.expanduser()
@@ -245,6 +245,11 @@ def main() -> None:
     variants = list(dict.fromkeys(v for t in args.tables for v in needed[t]))
     if args.sheet and not {"dreambooth", "no-prior", "base"} <= set(variants):
         parser.error("--sheet draws DreamBooth, no prior and the base model: add --tables 3")
+    for subject in args.subjects:
+        if not (EXAMPLES / subject / "subject.json").is_file():
+            parser.error(f"--subjects {subject}: not a subject in {EXAMPLES}; choose from {', '.join(SUBJECTS)}")
+        if "4" in args.tables and subject_noun(subject) not in WRONG_NOUN:
+            parser.error(f"--subjects {subject}: Table 4 has no wrong noun for {subject_noun(subject)!r} (WRONG_NOUN)")
     if args.fast and args.steps != DemoSettings.steps:
         parser.error("--fast has its own step count; drop --steps")
     settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings(steps=args.steps)
@@ -290,4 +295,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

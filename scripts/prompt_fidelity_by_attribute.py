@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
-from dreambooth.errors import DataError
+from dreambooth.errors import DataError, run_command
 from dreambooth.evaluation.evaluate import scored_images, without_identifier
 from dreambooth.toyworld import judge
 
@@ -46,14 +47,14 @@ def main() -> None:
     for variant in args.variants:
         files = [f for s in args.seeds for f in sorted(args.results.glob(f"*-{variant}-seed{s}.json"))]
         if not files:
-            raise SystemExit(f"{variant}: no finished runs in {args.results}; run scripts/paper_tables.py first")
+            raise DataError(f"{variant}: no finished runs in {args.results}; run scripts/paper_tables.py first")
         try:
             rates = hit_rates([json.loads(f.read_text()) for f in files], reader)
         except DataError as error:
-            raise SystemExit(f"{variant}: {error}") from None
+            raise DataError(f"{variant}: {error}") from None
         cells = [f"{rates[k][0]:.3f} (n={rates[k][1]})" if k in rates else "–" for k in ("context", "class", "color")]
         print(f"| {variant} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

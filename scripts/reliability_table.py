@@ -21,17 +21,19 @@ def main() -> None:
         empty = Path(tmp) / "empty"
         empty.mkdir()
         cases = [
-            ("train --pretrained_model_name_or_path nowhere --instance_data_dir nowhere --class_noun dog --check", ()),
-            ("train --pretrained_model_name_or_path m --instance_data_dir d --max_train_steps many", ()),
-            ("train --pretrained_model_name_or_path m --instance_data_dir d", ()),
-            (f"train --config {d / 'caption.txt'}", ()),
-            ("train --pretrained_model_name_or_path m --instance_data_dir d --class_noun dog --mixed_precision fp8", ()),
-            (f"train --pretrained_model_name_or_path {empty} --instance_data_dir {empty} --class_noun dog", ()),
+            "train --pretrained_model_name_or_path nowhere --instance_data_dir nowhere --class_noun dog --check",
+            "train --pretrained_model_name_or_path m --instance_data_dir d --max_train_steps many",
+            "train --pretrained_model_name_or_path m --instance_data_dir d",
+            f"train --config {d / 'caption.txt'}",
+            "train --pretrained_model_name_or_path m --instance_data_dir d --class_noun dog --mixed_precision fp8",
+            f"train --pretrained_model_name_or_path {empty} --instance_data_dir {empty} --class_noun dog",
+            "generate --model nowhere --prompt x",
+            "generate --model m --prompt x -n 0",
+            "class-images --model m --prompt x --batch_size -1",
         ]
-        for command, _ in cases:
+        for command in cases:
             shown = command.replace(tmp, "/tmp/x")
             print(f"| `dreambooth {shown}` | {cli(*command.split()).replace(tmp, '/tmp/x')} |")
-
 
 if __name__ == "__main__":
     main()

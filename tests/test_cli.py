@@ -62,6 +62,20 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert result.stderr.strip() == "error: --max_train_steps: expected int, got 'zero'"
 
 
+@pytest.mark.parametrize("command", [["generate", "--prompt", "x"], ["identifier"], ["export", "--output", "x.safetensors"],
+                                     ["class-images", "--prompt", "a dog"]])
+def test_a_missing_model_is_named_by_the_option_the_user_typed(command, tmp_path, capsys):
+    assert main([command[0], "--model", str(tmp_path / "nowhere"), *command[1:]]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --model: {tmp_path / 'nowhere'} is not a folder")
+
+
+@pytest.mark.parametrize("option", ["-n", "--steps", "--batch_size"])
+def test_counts_below_one_are_refused_on_the_command_line(option, tiny_sd, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["class-images", "--model", str(tiny_sd), "--prompt", "a dog", option, "0"])
+    assert exit_.value.code == 2 and "0: give 1 or more" in capsys.readouterr().err
+
+
 def test_check_reports_too_little_disk(tiny_sd, subject_dir, tmp_path, monkeypatch, capsys):
     import shutil as shutil_module
     from collections import namedtuple

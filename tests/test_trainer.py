@@ -72,8 +72,25 @@ def test_text_encoder_training_changes_it_and_stops(tiny_sd, subject_dir, tmp_pa
 def test_nan_loss_stops_with_advice(tiny_sd, subject_dir, tmp_path):
     from dreambooth.errors import DreamBoothError
 
-    with pytest.raises(DreamBoothError, match=r"the loss is not finite \((nan|inf)\); lower --learning_rate"):
+    with pytest.raises(DreamBoothError, match=r"the loss is not finite; lower --learning_rate"):
         train(config(tiny_sd, subject_dir, tmp_path, learning_rate=1e30, max_train_steps=20, max_grad_norm=1e30))
+
+
+def test_nan_in_an_earlier_micro_step_stops_the_run(tiny_sd, subject_dir, tmp_path, monkeypatch):
+    """With accumulation, a NaN in micro-step 0 reaches the update even if micro-step 1 is finite."""
+    import dataclasses
+
+    from dreambooth.errors import DreamBoothError
+
+    original = Trainer.training_step
+
+    def first_micro_step_diverges(self, micro_step):
+        loss = original(self, micro_step)
+        return dataclasses.replace(loss, total=loss.total * float("nan")) if micro_step == 0 else loss
+
+    monkeypatch.setattr(Trainer, "training_step", first_micro_step_diverges)
+    with pytest.raises(DreamBoothError, match="step 1: the loss is not finite"):
+        train(config(tiny_sd, subject_dir, tmp_path, gradient_accumulation_steps=2, max_train_steps=2))
 
 
 def test_v_prediction_min_snr_offset_noise_checkpointing_bf16_and_accumulation(tmp_path, subject_dir):

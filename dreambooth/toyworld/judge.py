@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dreambooth.atomic import save_file_atomic, write_text_atomic
+from dreambooth.errors import positive_int, run_command
 from dreambooth.toyworld import fashion_mnist, world
 
 JUDGE_DIR = Path(__file__).resolve().parents[1] / "assets" / "judge"
@@ -188,12 +190,12 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
     t.add_argument("--out", type=Path, default=JUDGE_DIR)
-    t.add_argument("--steps", type=int, default=9000)
-    t.add_argument("--width", type=int, default=WIDTH, help="channels of the first stage (x2, x2, x4 after)")
+    t.add_argument("--steps", type=positive_int, default=9000)
+    t.add_argument("--width", type=positive_int, default=WIDTH, help="channels of the first stage (x2, x2, x4 after)")
     a = sub.add_parser("accuracy")
     a.add_argument("--judge", type=Path, default=JUDGE_DIR)
     for command in (t, a):
-        command.add_argument("--threads", type=int, default=1)
+        command.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.out if args.command == "train" else args.judge
@@ -205,4 +207,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,8 +25,10 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dreambooth.atomic import fsync_tree, save_file_atomic
+from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic
 from dreambooth.diffusion import dreambooth_loss, sample_noise, training_target
+from dreambooth.errors import positive_int, run_command
+from dreambooth.export import publish
 from dreambooth.models import CLIP_TOKENIZER_DIR
 from dreambooth.toyworld import captions, fashion_mnist, world
 from dreambooth.toyworld.model_card import CONFIG_FILE, QUALITY_FILE, write_model_card
@@ -88,7 +91,7 @@ def render_dataset(cfg: PretrainConfig, path: Path) -> dict[str, np.ndarray]:
         contexts.append(world.CONTEXTS.index(scene.context))
     data = {"images": np.stack(images), "labels": labels[index], "colors": np.array(colors), "contexts": np.array(contexts)}
     np.savez(path.with_suffix(".tmp.npz"), **data)
-    os.replace(path.with_suffix(".tmp.npz"), path)
+    replace_durably(path.with_suffix(".tmp.npz"), path)
     return data
 
 
@@ -256,16 +259,21 @@ def train_decoder(cfg: PretrainConfig, vae: AutoencoderKL, ckpt: Checkpointer, l
 
 
 def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, out: Path) -> None:
-    """A fresh tokenizer is saved: one that has encoded writes its padding and truncation into
-    tokenizer.json."""
+    """Written beside `out` and published into it, so a crash never leaves old and new files mixed;
+    the old quality record goes first, since it measured the weights being replaced. A fresh
+    tokenizer is saved: one that has encoded writes its padding and truncation into tokenizer.json."""
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler().config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(out, safe_serialization=True)
-    (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
-    (out / QUALITY_FILE).unlink(missing_ok=True)  # measured on the weights just replaced
-    write_model_card(out)
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    (staging / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+    write_model_card(staging)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / QUALITY_FILE).unlink(missing_ok=True)
+    publish(staging, out)
 
 
 def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
@@ -296,7 +304,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("~/.cache/dreambooth/pretrain"), help="data and checkpoints")
     parser.add_argument("--unet_cycles", "--unet-cycles", type=int, nargs="+", default=PretrainConfig.unet_cycles,
                         help="the steps the UNet's learning-rate cycles end at; add one to extend a finished run")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     cycles = tuple(args.unet_cycles)
     if list(cycles) != sorted(set(cycles)) or cycles[0] <= PretrainConfig.unet_decay_steps:
@@ -308,4 +316,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

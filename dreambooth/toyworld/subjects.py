@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from dreambooth.errors import run_command
 from dreambooth.toyworld import fashion_mnist, world
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the shipped subjects, in a source checkout
@@ -71,7 +73,7 @@ def write_examples(root: Path, subjects: tuple[Subject, ...] = SUBJECTS) -> None
         (folder / "subject.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("examples"))
     parser.add_argument("--test_index", type=int, help="a new subject from this Fashion-MNIST test item")
@@ -80,6 +82,13 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.test_index is None:
         write_examples(args.out)
-    else:
-        write_examples(args.out, (Subject(f"item-{args.test_index}", args.test_index, tuple(args.colors), args.pattern,
-                                          SUBJECTS[0].contexts),))
+        return
+    count = len(fashion_mnist.load("test")[0])
+    if not 0 <= args.test_index < count:
+        parser.error(f"--test_index {args.test_index}: Fashion-MNIST's test split has items 0 to {count - 1}")
+    write_examples(args.out, (Subject(f"item-{args.test_index}", args.test_index, tuple(args.colors), args.pattern,
+                                      SUBJECTS[0].contexts),))
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))

@@ -80,10 +80,14 @@ def test_unet_rate_warms_up_holds_and_decays_to_zero_in_every_cycle():
 def test_saved_pipeline_loads_offline_with_a_tokenizer_free_of_encoding_state(tmp_path):
     from diffusers import StableDiffusionPipeline
 
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "quality.json").write_text("{}")  # measured on the weights about to be replaced
     vae, text_encoder, unet = pretrain.build_models(CFG)
-    pretrain.save_pipeline(CFG, vae, text_encoder, unet, tmp_path)
-    saved = json.loads((tmp_path / "tokenizer" / "tokenizer.json").read_text())
+    pretrain.save_pipeline(CFG, vae, text_encoder, unet, out)
+    saved = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
     assert saved["padding"] is None and saved["truncation"] is None
-    pipe = StableDiffusionPipeline.from_pretrained(tmp_path, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipe.tokenizer.model_max_length == CFG.context_length
-    assert (tmp_path / "README.md").read_text().count("Not measured yet") == 1
+    assert (out / "README.md").read_text().count("Not measured yet") == 1
+    assert not (out / "quality.json").exists() and [p.name for p in tmp_path.iterdir()] == ["model"]
