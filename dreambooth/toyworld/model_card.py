@@ -12,10 +12,13 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from dreambooth.atomic import write_text_atomic
+
 QUALITY_FILE = "quality.json"
 CONFIG_FILE = "pretrain_config.json"
 RECONSTRUCTION = "subject reconstruction PSNR (dB)"  # quality.json keys
 PER_CLASS = "class accuracy per class"
+READ_AS = "generated class read as, per prompted class"
 
 
 def _parameters(folder: Path) -> dict[str, int]:
@@ -41,8 +44,16 @@ def _per_class(quality: dict) -> str:
     if not per_class:
         return ""
     generated, rendered = per_class["generated"], per_class["rendered (judge ceiling)"]
-    rows = ["| class | generated | rendered (judge ceiling) |", "|---|---|---|"]
-    rows += [f"| {noun} | {generated[noun]:.2f} | {rendered[noun]:.2f} |" for noun in generated]
+    read_as = quality.get(READ_AS)  # absent from records made before it was measured
+    rows = ["| class | generated | rendered (judge ceiling) |" + (" generated, most often read as instead |" if read_as else ""),
+            "|---|---|---|" + ("---|" if read_as else "")]
+    for noun in generated:
+        row = f"| {noun} | {generated[noun]:.2f} | {rendered[noun]:.2f} |"
+        if read_as:
+            wrong = {other: share for other, share in read_as[noun].items() if other != noun}
+            instead = max(wrong, key=wrong.get) if wrong else None
+            row += f" {instead} ({wrong[instead]:.2f}) |" if instead else " – |"
+        rows.append(row)
     return "\n\nClass accuracy by class:\n\n" + "\n".join(rows)
 
 
@@ -100,4 +111,4 @@ this config (`{CONFIG_FILE}`):
 
 {measured}
 """
-    (folder / "README.md").write_text(card)
+    write_text_atomic(folder / "README.md", card)

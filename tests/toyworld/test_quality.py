@@ -1,12 +1,14 @@
 """Quality-meter arithmetic with known answers: VAE round-trip PSNR, accuracy class by class."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dreambooth.toyworld import quality
+from dreambooth.errors import run_command
+from dreambooth.toyworld import model_card, quality
 
 
 class OffsetVAE:
@@ -39,3 +41,48 @@ def test_class_accuracy_is_per_class():
     readings = [{"class": "bag"}, {"class": "boot"}, {"class": "boot"}] + [{"class": "bag"}] * 10
     per_class = quality.class_accuracy(readings, cells)
     assert per_class["bag"] == 2 / 3 and per_class["boot"] == 1 / 2 and per_class["trouser"] == 0
+
+
+def test_class_read_as_says_what_each_prompted_class_was_drawn_as():
+    cells = [{"class": "boot"}] * 4 + [{"class": n} for n in quality.fashion_mnist.CLASS_NOUNS if n != "boot"]
+    readings = [{"class": "sneaker"}] * 3 + [{"class": "boot"}] + [{"class": "bag"}] * 9
+    read_as = quality.class_read_as(readings, cells)
+    assert read_as["boot"] == {"sneaker": 0.75, "boot": 0.25}
+    assert "boot" not in quality.class_read_as(readings[4:], cells[4:])  # not prompted: no score at all
+    assert quality.class_accuracy(readings, cells)["boot"] == 0.25
+
+
+@pytest.mark.parametrize("argv", [["--every", "0"], ["--every", "11"], ["--every", "4", "--record"],
+                                  ["--every", "2", "--sheet", "x.png"]])
+def test_partial_grid_is_refused_where_it_would_be_recorded_or_drawn(argv, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["quality", "--model", "m", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        quality.main()
+    assert exit_.value.code == 2 and "--every" in capsys.readouterr().err
+
+
+def test_model_card_names_what_each_class_is_drawn_as_instead(tmp_path):
+    (tmp_path / "pretrain_config.json").write_text("{}")
+    per_class = {n: 1.0 for n in quality.fashion_mnist.CLASS_NOUNS}
+    record = {"generated": {"class": 0.5, "context": 0.9, "color": 0.8},
+              "rendered (judge ceiling)": {"class": 0.9, "context": 1.0, "color": 1.0},
+              model_card.PER_CLASS: {"generated": {**per_class, "boot": 0.25}, "rendered (judge ceiling)": per_class},
+              model_card.READ_AS: {**{n: {n: 1.0} for n in per_class}, "boot": {"sneaker": 0.5, "sandal": 0.25, "boot": 0.25}},
+              "prompts": 880, "steps": 20, "guidance": 7.5}
+    (tmp_path / "quality.json").write_text(json.dumps(record))
+    model_card.write_model_card(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "| boot | 0.25 | 1.00 | sneaker (0.50) |" in card
+    assert "| bag | 1.00 | 1.00 | – |" in card
+    assert "| class | 0.500 | 0.900 | ≥ 0.80: **not met** |" in card
+    del record[model_card.READ_AS]  # a record made before the column existed: no column, not a row of dashes
+    (tmp_path / "quality.json").write_text(json.dumps(record))
+    model_card.write_model_card(tmp_path)
+    assert "| boot | 0.25 | 1.00 |\n" in (tmp_path / "README.md").read_text()
+
+
+def test_a_missing_model_folder_is_one_line_naming_the_option(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["quality", "--model", str(tmp_path / "nowhere")])
+    assert run_command(quality.main) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model:") and err.count("\n") == 1
