@@ -157,7 +157,7 @@ def _generate(spec: ClassImageSpec, pipe: DiffusionPipeline, indices: list[int],
 def generate_for_model(model: Path, prompt: str, num_images: int, cache_root: Path, resolution: int | None,
                        steps: int, guidance_scale: float, seed: int, batch_size: int) -> list[Path]:
     """`dreambooth class-images`: the class images of a model folder with its own sampler."""
-    folder = check_model_folder(model)
+    folder = check_model_folder(model, option="--model")
     sampler = load_sampling_scheduler(folder)
     spec = ClassImageSpec(model_path=folder, prompt=prompt, resolution=resolution or native_resolution(folder),
                           sampler=type(sampler).__name__, sampler_config=dict(sampler.config),

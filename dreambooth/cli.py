@@ -83,13 +83,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"saved the personalized pipeline to {out}")
 
 
+def checked_model(path: str | Path) -> Path:
+    """A command's --model folder, checked before any work, so a mistake names the option the user typed."""
+    from dreambooth.models import check_model_folder
+
+    return check_model_folder(path, option="--model")
+
+
 def cmd_identifier(args: argparse.Namespace) -> None:
     from transformers import CLIPTokenizer
 
     from dreambooth.identifier import find_identifiers
-    from dreambooth.models import check_model_folder
 
-    folder = check_model_folder(args.model, option="--model")
+    folder = checked_model(args.model)
     names = [n for n in ("tokenizer", "tokenizer_2") if (folder / n).is_dir()]  # SDXL: one token in both
     tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder=n) for n in names]
     print("rank  token_id  identifier")
@@ -99,9 +105,8 @@ def cmd_identifier(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from dreambooth.generate import generate
-    from dreambooth.models import check_model_folder
 
-    check_model_folder(args.model, option="--model")
+    checked_model(args.model)
     out = args.output or Path(args.model) / "samples"
     paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed)
     print(f"wrote {len(paths)} images and grid.png to {out}")
@@ -109,9 +114,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_class_images(args: argparse.Namespace) -> None:
     from dreambooth.class_images import generate_for_model
-    from dreambooth.models import check_model_folder
 
-    check_model_folder(args.model, option="--model")
     paths = generate_for_model(Path(args.model), args.prompt, args.num_images, Path(args.cache_dir).expanduser(),
                                args.resolution, args.steps, args.guidance_scale, args.seed, args.batch_size)
     print(f"{len(paths)} class images in {paths[0].parent if paths else args.cache_dir}")
@@ -119,10 +122,9 @@ def cmd_class_images(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from dreambooth.demo import DemoSettings, run_demo
-    from dreambooth.models import check_model_folder
 
     if args.model:
-        check_model_folder(args.model, option="--model")
+        checked_model(args.model)
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     run_demo(args.output, args.subject, args.model, settings=settings)
 
@@ -130,7 +132,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dreambooth.evaluation.evaluate import DEFAULT_ENCODERS, evaluate
     from dreambooth.evaluation.report import write_report
-    from dreambooth.models import check_model_folder
 
     scorer = None
     if args.prompt_scorer == "toy-judge":
@@ -138,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         scorer = JudgeScorer()
     if args.model:
-        check_model_folder(args.model, option="--model")
+        checked_model(args.model)
     prompts = args.prompts.removeprefix("dreambench-") if args.prompts else None
     result = evaluate(Path(args.images or args.model), Path(args.real), class_noun=args.class_noun,
                       prompts=prompts, encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,
@@ -162,10 +163,9 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from dreambooth.models import check_model_folder
     from dreambooth.single_file import export_single_file
 
-    out = export_single_file(check_model_folder(args.model, option="--model"), Path(args.output), half=args.half)
+    out = export_single_file(checked_model(args.model), Path(args.output), half=args.half)
     print(f"wrote {out} (original Stable Diffusion key layout, for AUTOMATIC1111 / ComfyUI)")
 
 

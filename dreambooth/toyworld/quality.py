@@ -123,8 +123,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.every > 1 and (args.record or args.sheet):
         parser.error("--every scores part of the grid: drop it to --record or draw a --sheet")
-    seeds = list(range(0, len(grid()), args.every))  # a prompt's seed is its place in the full grid
-    cells = [grid()[i] for i in seeds]
+    full_grid = grid()
+    seeds = list(range(0, len(full_grid), args.every))  # a prompt's seed is its place in the full grid
+    cells = [full_grid[i] for i in seeds]
     if any({c[k] for c in cells} != set(values) for k, values in judge.HEADS.items()):
         parser.error(f"--every {args.every} leaves some classes, contexts or colors out; use e.g. 2, 3 or 4")
     torch.set_num_threads(args.threads)
