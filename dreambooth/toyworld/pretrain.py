@@ -4,7 +4,7 @@
 
 Stages, each resumable from the newest checkpoint in --work: render the data set (Fashion-MNIST
 *train* items only) -> train the VAE -> encode every scene once -> train the text encoder and
-UNet jointly on captioned latents (DDPM epsilon objective, captions dropped for CFG) -> fine-tune the
+UNet jointly on captioned latents (DDPM epsilon objective, optionally min-SNR weighted; captions dropped for CFG) -> fine-tune the
 VAE decoder on one- and two-toned objects, encoder frozen -> save.
 """
 
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic
-from dreambooth.diffusion import dreambooth_loss, sample_noise, training_target
+from dreambooth.diffusion import dreambooth_loss, min_snr_weights, sample_noise, snr, training_target
 from dreambooth.errors import positive_int, run_command
 from dreambooth.export import publish
 from dreambooth.models import CLIP_TOKENIZER_DIR
@@ -47,6 +47,7 @@ class PretrainConfig:
     unet_decay_steps: int = 2_000  # each cycle's linear decay to zero: sharper samples for the same steps
     unet_batch: int = 32
     unet_lr: float = 3e-4
+    snr_gamma: float | None = None  # min-SNR-gamma loss weights (Hang et al. 2023); None: plain eps loss
     decoder_steps: int = 3_000
     decoder_batch: int = 16
     decoder_lr: float = 3e-4
@@ -209,7 +210,9 @@ def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scali
             group["lr"] = unet_rate(cfg, step)
         pred = unet(sched.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
         target = training_target(sched.config.prediction_type, latents, noise, sched.alphas_cumprod, t)
-        loss = dreambooth_loss(pred, target, num_instance=len(index), prior_loss_weight=0.0).total  # no prior rows
+        weights = None if cfg.snr_gamma is None else min_snr_weights(
+            snr(sched.alphas_cumprod, t), cfg.snr_gamma, sched.config.prediction_type)
+        loss = dreambooth_loss(pred, target, len(index), prior_loss_weight=0.0, weights=weights).total  # no prior rows
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         opt.step()
@@ -304,14 +307,18 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("~/.cache/dreambooth/pretrain"), help="data and checkpoints")
     parser.add_argument("--unet_cycles", "--unet-cycles", type=int, nargs="+", default=PretrainConfig.unet_cycles,
                         help="the steps the UNet's learning-rate cycles end at; add one to extend a finished run")
+    parser.add_argument("--snr_gamma", "--snr-gamma", type=float, default=None,
+                        help="weight the UNet's loss by min-SNR-gamma (e.g. 5); default: unweighted")
     parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     cycles = tuple(args.unet_cycles)
     if list(cycles) != sorted(set(cycles)) or cycles[0] <= PretrainConfig.unet_decay_steps:
         parser.error(f"--unet_cycles {' '.join(map(str, cycles))}: give increasing step counts, "
                      f"the first above {PretrainConfig.unet_decay_steps}")
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        parser.error(f"--snr_gamma {args.snr_gamma}: give a value above 0 (5 is typical), or leave it out")
     torch.set_num_threads(args.threads)
-    pretrain(replace(PretrainConfig(), unet_cycles=cycles), args.out, args.work.expanduser())
+    pretrain(replace(PretrainConfig(), unet_cycles=cycles, snr_gamma=args.snr_gamma), args.out, args.work.expanduser())
     print(f"saved {args.out}")
 
 

@@ -91,3 +91,32 @@ def test_saved_pipeline_loads_offline_with_a_tokenizer_free_of_encoding_state(tm
     assert pipe.tokenizer.model_max_length == CFG.context_length
     assert (out / "README.md").read_text().count("Not measured yet") == 1
     assert not (out / "quality.json").exists() and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def first_unet_loss(tmp_path, snr_gamma: float | None) -> float:
+    """The logged loss of the UNet stage's first step, from the same weights and batch."""
+    from transformers import CLIPTokenizer
+
+    from dreambooth.models import CLIP_TOKENIZER_DIR
+
+    cfg = replace(CFG, unet_batch=4, unet_cycles=(2_001,), snr_gamma=snr_gamma)
+    _, text_encoder, unet = pretrain.build_models(cfg)
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
+    moments = torch.randn(8, 8, world.SIZE // 4, world.SIZE // 4, generator=torch.Generator().manual_seed(0)).abs()
+    data = {"labels": np.arange(8) % 10, "colors": np.arange(8) % len(world.COLORS), "contexts": np.arange(8)}
+    losses = []
+
+    def log(stage: str, step: int, loss: float) -> None:
+        losses.append(loss)
+        raise Interrupted  # one step is enough
+
+    with pytest.raises(Interrupted):
+        pretrain.train_denoiser(cfg, data, moments, 1.0, text_encoder, unet, tokenizer,
+                                pretrain.Checkpointer(tmp_path / str(snr_gamma), "denoiser"), log)
+    return losses[0]
+
+
+def test_snr_gamma_weights_the_unet_loss_by_min_snr(tmp_path):
+    plain = first_unet_loss(tmp_path, None)
+    assert first_unet_loss(tmp_path, 1e9) == pytest.approx(plain, rel=1e-6)  # min(SNR, inf) / SNR = 1
+    assert first_unet_loss(tmp_path, 1.0) < plain  # high-SNR (low-noise) steps weigh less
