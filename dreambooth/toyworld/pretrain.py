@@ -4,8 +4,8 @@
 
 Stages, each resumable from the newest checkpoint in --work: render the data set (Fashion-MNIST
 *train* items only) -> train the VAE -> encode every scene once -> train the text encoder and
-UNet jointly on captioned latents (DDPM epsilon objective, optionally min-SNR weighted; captions dropped for CFG) -> fine-tune the
-VAE decoder on one- and two-toned objects, encoder frozen -> save.
+UNet jointly on captioned latents (DDPM epsilon objective, optionally min-SNR weighted; captions
+dropped for CFG) -> fine-tune the VAE decoder on one- and two-toned objects, encoder frozen -> save.
 """
 
 from __future__ import annotations
