@@ -63,6 +63,13 @@ def min_snr_weights(snr_t: Tensor, gamma: float, prediction_type: str) -> Tensor
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
+def loss_weights(snr_gamma: float | None, alphas_cumprod: Tensor, timesteps: Tensor, prediction_type: str) -> Tensor | None:
+    """Per-example weights of the denoising loss: min-SNR-gamma, or None (unweighted) without a gamma."""
+    if snr_gamma is None:
+        return None
+    return min_snr_weights(snr(alphas_cumprod, timesteps), snr_gamma, prediction_type)
+
+
 @dataclass(frozen=True)
 class LossParts:
     total: Tensor

@@ -31,7 +31,7 @@ from dreambooth.class_images import ClassImageSpec, ensure_class_images
 from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
 from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
-from dreambooth.diffusion import LossParts, dreambooth_loss, min_snr_weights, sample_noise, snr, training_target
+from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
 from dreambooth.errors import DreamBoothError
 from dreambooth.finetune import strategy_for, trainable
 from dreambooth.generate import sample_grid
@@ -251,9 +251,7 @@ class Trainer:
             noisy, timesteps, target, rows = self._append_frozen_prior(noisy, timesteps, target, rows)
         conditioning = self.prompt_embeddings().rows(torch.tensor(rows, device=device))  # row 0: instance, 1: class
         prediction = self.denoise(self.unet, noisy, timesteps, conditioning)
-        weights = None
-        if cfg.snr_gamma is not None:
-            weights = min_snr_weights(snr(sched.alphas_cumprod, timesteps), cfg.snr_gamma, self.parts.prediction_type)
+        weights = loss_weights(cfg.snr_gamma, sched.alphas_cumprod, timesteps, self.parts.prediction_type)
         loss = dreambooth_loss(prediction, target, batch.num_instance, cfg.prior_loss_weight, weights)
         self.accelerator.backward(loss.total)
         if self.accelerator.sync_gradients:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dreambooth.diffusion import dreambooth_loss, min_snr_weights, sample_noise, snr, training_target
+from dreambooth.diffusion import dreambooth_loss, loss_weights, min_snr_weights, sample_noise, snr, training_target
 
 
 def test_loss_matches_hand_computation_for_both_terms_and_lambda():
@@ -43,6 +43,12 @@ def test_min_snr_weights():
     assert s.tolist() == pytest.approx([9.0, 1.0, 1 / 9], rel=1e-5)
     assert min_snr_weights(s, 5.0, "epsilon").tolist() == pytest.approx([5 / 9, 1.0, 1.0], rel=1e-5)
     assert min_snr_weights(s, 5.0, "v_prediction").tolist() == pytest.approx([0.5, 0.5, 0.1], rel=1e-5)
+
+
+def test_loss_weights_are_min_snr_with_a_gamma_and_none_without():
+    abar, t = torch.tensor([0.9, 0.5, 0.1]), torch.arange(3)
+    assert loss_weights(None, abar, t, "epsilon") is None
+    assert loss_weights(5.0, abar, t, "epsilon").tolist() == pytest.approx([5 / 9, 1.0, 1.0], rel=1e-5)
 
 
 def test_offset_noise_shifts_channel_means_reproducibly():

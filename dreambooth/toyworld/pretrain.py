@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic
-from dreambooth.diffusion import dreambooth_loss, min_snr_weights, sample_noise, snr, training_target
+from dreambooth.diffusion import dreambooth_loss, loss_weights, sample_noise, training_target
 from dreambooth.errors import positive_int, run_command
 from dreambooth.export import publish
 from dreambooth.models import CLIP_TOKENIZER_DIR
@@ -210,8 +210,7 @@ def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scali
             group["lr"] = unet_rate(cfg, step)
         pred = unet(sched.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
         target = training_target(sched.config.prediction_type, latents, noise, sched.alphas_cumprod, t)
-        weights = None if cfg.snr_gamma is None else min_snr_weights(
-            snr(sched.alphas_cumprod, t), cfg.snr_gamma, sched.config.prediction_type)
+        weights = loss_weights(cfg.snr_gamma, sched.alphas_cumprod, t, sched.config.prediction_type)
         loss = dreambooth_loss(pred, target, len(index), prior_loss_weight=0.0, weights=weights).total  # no prior rows
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
