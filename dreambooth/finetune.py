@@ -87,3 +87,11 @@ def strategy_for(cfg: TrainConfig) -> FullFineTune | LoRAFineTune:
 
 def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
+
+
+def cast_frozen_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Frozen weights to the autocast precision, for memory and speed; trained ones (a full fine-tune's
+    or LoRA's adapters) stay float32, which the optimizer's small updates need."""
+    for param in module.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(dtype)

@@ -33,7 +33,7 @@ from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
 from dreambooth.errors import DreamBoothError
-from dreambooth.finetune import strategy_for, trainable
+from dreambooth.finetune import cast_frozen_weights, strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
 from dreambooth.preflight import preflight
@@ -120,14 +120,14 @@ class Trainer:
         for encoder in parts.text_encoders:
             encoder.to(device)
         parts.vae.requires_grad_(False).to(device)
-        frozen = [] if cfg.train_text_encoder else list(parts.text_encoders)
+        with_frozen_weights = [] if cfg.train_text_encoder else list(parts.text_encoders)
+        if cfg.lora:  # the base weights under the adapters (memory: the frozen UNet is most of it)
+            with_frozen_weights += [parts.unet, *(parts.text_encoders if cfg.train_text_encoder else [])]
         # SDXL's VAE overflows in fp16 (its config says force_upcast): it stays in fp32
         if not (low_precision is torch.float16 and parts.vae.config.get("force_upcast", False)):
-            frozen.append(parts.vae)
-        for module in frozen:
-            module.requires_grad_(False)
-            if low_precision is not None:
-                module.to(dtype=low_precision)
+            with_frozen_weights.append(parts.vae)
+        for module in with_frozen_weights if low_precision is not None else []:
+            cast_frozen_weights(module, low_precision)
         parts.unet.train()
         for encoder in parts.text_encoders:
             encoder.train(cfg.train_text_encoder)

@@ -2,13 +2,15 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
+from dreambooth import runlog
 from dreambooth.finetune import LORA_WEIGHTS
 from dreambooth.generate import load_trained, sample
-from dreambooth.trainer import train
+from dreambooth.trainer import Trainer, train
 from tests.test_trainer import config
 
 
@@ -66,6 +68,19 @@ def test_prediction_prior_needs_no_class_images(tiny_sd, subject_dir, tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing was generated
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2 and '"loss/prior"' in rows[0]
+
+
+def test_bf16_casts_the_frozen_base_weights_and_keeps_adapters_in_float32(tiny_sd, subject_dir, tmp_path):
+    """Memory: under LoRA the frozen UNet is most of the weights; the optimizer still needs float32 adapters."""
+    trainer = Trainer(config(tiny_sd, subject_dir, tmp_path, lora=True, train_text_encoder=True, mixed_precision="bf16",
+                             prior_mode="prediction", max_train_steps=2))
+    trainer.setup()
+    for model in (trainer.unet, *trainer.text_encoders):
+        assert {(p.requires_grad, p.dtype) for p in model.parameters()} == {(False, torch.bfloat16), (True, torch.float32)}
+    out = trainer.train()
+    assert [row["step"] for row in runlog.read(out) if row["loss"] == row["loss"]] == [1, 2]  # finite
+    with safe_open(str(out / LORA_WEIGHTS), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
 
 def test_merge_folds_the_lora_into_a_full_pipeline(lora_run, tmp_path):

@@ -1,0 +1,164 @@
+"""Peak memory and seconds per step of a DreamBooth run: full fine-tune vs LoRA, and diffusers' example
+scripts side by side with the same settings.
+
+    python benchmarks/train_cost.py [--model FOLDER | --sd15] [--steps 20] [--resolution R]
+                                    [--mixed_precision bf16] [--diffusers_examples DIR]
+
+Each run is its own process. Its peak is torch.cuda.max_memory_allocated (GPU) or the process's maximum
+resident set (CPU); its speed is the median gap between consecutive steps' TensorBoard events, which
+both trainers write once per optimizer step, so loading, class images and saving are not counted.
+Without --model, a random-weight model of the toy world's architecture is used; --sd15 builds one of
+Stable Diffusion 1.5's architecture (860M-parameter UNet, CLIP ViT-L/14 text encoder) in code. Memory
+and speed depend on the architecture, not on the weights. --diffusers_examples DIR (a diffusers
+checkout's examples/dreambooth) adds its train_dreambooth.py and train_dreambooth_lora.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SUBJECT = Path(__file__).resolve().parents[1] / "examples" / "striped-bag"
+NUM_CLASS_IMAGES = 8
+OURS = {"full fine-tune": [], "full + text encoder": ["--train_text_encoder"],
+        "LoRA r=4": ["--lora", "--lora_rank", "4", "--learning_rate", "1e-4"],
+        "LoRA r=4 + text encoder": ["--lora", "--lora_rank", "4", "--learning_rate", "1e-4", "--train_text_encoder"]}
+DIFFUSERS = {"full fine-tune": ("train_dreambooth.py", []),
+             "LoRA r=4": ("train_dreambooth_lora.py", ["--rank", "4", "--learning_rate", "1e-4"])}
+PEAK = ("peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() "
+        "else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "print(json.dumps({'peak_bytes': peak, 'device': torch.cuda.get_device_name() "
+        "if torch.cuda.is_available() else 'cpu'}))\n")
+OURS_CHILD = "import json, resource, sys, torch\nfrom dreambooth.cli import main\nassert main(sys.argv[1:]) == 0\n" + PEAK
+DIFFUSERS_CHILD = ("import json, resource, runpy, sys, torch\nsys.argv = sys.argv[1:]\n"
+                   "runpy.run_path(sys.argv[0], run_name='__main__')\n" + PEAK)
+
+
+def toy_sized_model(folder: Path) -> Path:
+    from dreambooth.toyworld import pretrain
+
+    cfg = pretrain.PretrainConfig()
+    pretrain.save_pipeline(cfg, *pretrain.build_models(cfg), folder)
+    return folder
+
+
+def sd15_sized_model(folder: Path) -> Path:
+    """Stable Diffusion 1.5's published architecture at random weights, with the real CLIP tokenizer."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from dreambooth.models import CLIP_TOKENIZER_DIR
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD 1.x's UNet
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              num_train_timesteps=1000, clip_sample=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
+                                   tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=77),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def image_folders(tmp: Path, resolution: int) -> tuple[Path, Path]:
+    """The subject's photos alone (diffusers' scripts read every file as an image) and a fixed set of class
+    images that both trainers use as given, so neither generates any."""
+    instance, classes = tmp / "instance", tmp / "class"
+    instance.mkdir()
+    classes.mkdir()
+    for photo in sorted(SUBJECT.glob("*.png")):
+        shutil.copy(photo, instance)
+    rng = np.random.default_rng(0)
+    for i in range(NUM_CLASS_IMAGES):
+        Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), np.uint8)).save(classes / f"{i}.png")
+    return instance, classes
+
+
+def seconds_per_step(output_dir: Path) -> float:
+    """Median gap between consecutive steps' logged losses, after two warm-up steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = next(output_dir.rglob("events.out.tfevents.*")).parent
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    times = [e.wall_time for e in accumulator.Scalars("loss")][2:]
+    return statistics.median(b - a for a, b in zip(times, times[1:]))
+
+
+def run(child: str, argv: list[str], output_dir: Path) -> dict:
+    result = subprocess.run([sys.executable, "-c", child, *argv], capture_output=True, text=True)
+    if result.returncode:
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"}
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    row["s_per_step"] = seconds_per_step(output_dir)
+    shutil.rmtree(output_dir)
+    return row
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+    base = next(r for _, r in rows if "error" not in r)
+    device = base["device"]
+    lines = [f"| run | peak memory ({device}) | vs first | s per step | vs first |", "|---|---|---|---|---|"]
+    for name, r in rows:
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:120]} | | | |")
+            continue
+        lines.append(f"| {name} | {r['peak_bytes'] / 2**20:,.0f} MiB | {r['peak_bytes'] / base['peak_bytes']:.2f}x "
+                     f"| {r['s_per_step']:.3f} | {r['s_per_step'] / base['s_per_step']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    model_choice = parser.add_mutually_exclusive_group()
+    model_choice.add_argument("--model", type=Path)
+    model_choice.add_argument("--sd15", action="store_true", help="a random-weight model of SD 1.5's architecture")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--resolution", type=int, help="default: the model's native size")
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--diffusers_examples", type=Path, help="a diffusers checkout's examples/dreambooth")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = args.model or (sd15_sized_model if args.sd15 else toy_sized_model)(tmp / "model")
+        if args.resolution is None:
+            args.resolution = json.loads((model / "vae" / "config.json").read_text())["sample_size"]
+        instance, classes = image_folders(tmp, args.resolution)
+        common = ["--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(instance),
+                  "--class_data_dir", str(classes), "--num_class_images", str(NUM_CLASS_IMAGES),
+                  "--resolution", str(args.resolution), "--train_batch_size", "1", "--center_crop",
+                  "--max_train_steps", str(args.steps), "--mixed_precision", args.mixed_precision,
+                  "--report_to", "tensorboard"]
+        rows = []
+        for name, extra in OURS.items():
+            out = tmp / "out"
+            argv = ["train", *common, "--class_noun", "bag", "--output_dir", str(out), *extra]
+            rows.append((f"dreambooth: {name}", run(OURS_CHILD, argv, out)))
+            print(rows[-1], flush=True)
+        for name, (script, extra) in DIFFUSERS.items() if args.diffusers_examples else ():
+            out = tmp / "out"
+            argv = [str(args.diffusers_examples / script), *common, "--output_dir", str(out), "--with_prior_preservation",
+                    "--instance_prompt", "a sks bag", "--class_prompt", "a bag", *extra]
+            rows.append((f"diffusers {script}: {name}", run(DIFFUSERS_CHILD, argv, out)))
+            print(rows[-1], flush=True)
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
