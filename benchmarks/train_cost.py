@@ -38,7 +38,8 @@ PEAK = ("peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() "
         "else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
         "print(json.dumps({'peak_bytes': peak, 'device': torch.cuda.get_device_name() "
         "if torch.cuda.is_available() else 'cpu'}))\n")
-OURS_CHILD = "import json, resource, sys, torch\nfrom dreambooth.cli import main\nassert main(sys.argv[1:]) == 0\n" + PEAK
+OURS_CHILD = ("import json, resource, sys, torch\nfrom dreambooth.cli import main\n"
+              "code = main(sys.argv[1:])\nif code:\n    sys.exit(code)\n" + PEAK)  # its one-line error is the last
 DIFFUSERS_CHILD = ("import json, resource, runpy, sys, torch\nsys.argv = sys.argv[1:]\n"
                    "runpy.run_path(sys.argv[0], run_name='__main__')\n" + PEAK)
 
@@ -112,7 +113,7 @@ def run(child: str, argv: list[str], output_dir: Path) -> dict:
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
-    base = next(r for _, r in rows if "error" not in r)
+    base = next((r for _, r in rows if "error" not in r), {"device": "no run finished"})
     device = base["device"]
     lines = [f"| run | peak memory ({device}) | vs first | s per step | vs first |", "|---|---|---|---|---|"]
     for name, r in rows:
@@ -134,6 +135,8 @@ def main() -> None:
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--diffusers_examples", type=Path, help="a diffusers checkout's examples/dreambooth")
     args = parser.parse_args()
+    if args.steps < 4:
+        parser.error(f"--steps must be at least 4 (two warm-up steps, then timed ones), got {args.steps}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = args.model or (sd15_sized_model if args.sd15 else toy_sized_model)(tmp / "model")
