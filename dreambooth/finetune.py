@@ -91,7 +91,8 @@ def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def cast_frozen_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """Frozen weights to the autocast precision, for memory and speed; trained ones (a full fine-tune's
-    or LoRA's adapters) stay float32, which the optimizer's small updates need."""
+    or LoRA's adapters) stay float32, which the optimizer's small updates need. Parameters only: the
+    diffusers and CLIP models trained here hold no floating-point buffers."""
     for param in module.parameters():
         if not param.requires_grad:
             param.data = param.data.to(dtype)

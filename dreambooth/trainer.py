@@ -87,7 +87,9 @@ class Trainer:
         # Text: both prompts are encoded together; with a frozen encoder, once for the whole run.
         self.prompt_ids = [ids.to(acc.device) for ids in tokenize(self.parts.tokenizers,
                                                                    [self.instance_prompt, self.class_prompt])]
-        with torch.no_grad():  # the base model's: LoRA adapters start as the identity and no step has run
+        # the base model's (LoRA adapters start as the identity and no step has run), under the
+        # autocast that training will run the encoders in
+        with torch.no_grad(), acc.autocast():
             self.base_embeddings = encode_text(self.parts.text_encoders, self.prompt_ids).float()
         # Optimizer after the models (it holds their parameters), schedule after the optimizer.
         self.optimizer = self._build_optimizer()
@@ -106,7 +108,8 @@ class Trainer:
             runlog.restart_at(self.output_dir, self.start_step)
         best = self.output_dir / "best" / "best.json"
         # a resumed --keep_best run must beat the best so far, if that best was published whole
-        if self.start_step and best.is_file() and (best.parent / "model_index.json").is_file():
+        # (its config goes out last, for full pipelines and LoRA adapters alike)
+        if self.start_step and best.is_file() and (best.parent / export.CONFIG_FILE).is_file():
             self.best_score = json.loads(best.read_text())["eval/score"]
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("dreambooth", config=export.scalar_config(cfg))
@@ -120,14 +123,11 @@ class Trainer:
         for encoder in parts.text_encoders:
             encoder.to(device)
         parts.vae.requires_grad_(False).to(device)
-        with_frozen_weights = [] if cfg.train_text_encoder else list(parts.text_encoders)
-        if cfg.lora:  # the base weights under the adapters (memory: the frozen UNet is most of it)
-            with_frozen_weights += [parts.unet, *(parts.text_encoders if cfg.train_text_encoder else [])]
-        # SDXL's VAE overflows in fp16 (its config says force_upcast): it stays in fp32
-        if not (low_precision is torch.float16 and parts.vae.config.get("force_upcast", False)):
-            with_frozen_weights.append(parts.vae)
-        for module in with_frozen_weights if low_precision is not None else []:
-            cast_frozen_weights(module, low_precision)
+        if low_precision is not None:  # frozen weights only: LoRA's base, frozen encoders, the VAE
+            # SDXL's VAE overflows in fp16 (its config says force_upcast): it stays in fp32
+            vae_upcast = low_precision is torch.float16 and parts.vae.config.get("force_upcast", False)
+            for module in [parts.unet, *parts.text_encoders, *([] if vae_upcast else [parts.vae])]:
+                cast_frozen_weights(module, low_precision)
         parts.unet.train()
         for encoder in parts.text_encoders:
             encoder.train(cfg.train_text_encoder)
@@ -303,11 +303,12 @@ class Trainer:
                               f"(now {self.cfg.learning_rate:g}){precision}; {where}")
 
     def pipeline(self, for_saving: bool = False):
-        """The current model as a sampling pipeline. For saving, parts that were cast to low precision
-        for speed are reloaded from the base folder, so the output keeps their full-precision weights."""
+        """The current model as a sampling pipeline. For saving a full fine-tune, parts that were cast
+        to low precision for speed are reloaded from the base folder, so the output keeps their
+        full-precision weights (a LoRA run saves only its adapters, which stay float32)."""
         acc, cfg = self.accelerator, self.cfg
         vae, text_encoders = None, [acc.unwrap_model(e) for e in self.text_encoders]
-        if for_saving and cfg.mixed_precision != "no":
+        if for_saving and cfg.mixed_precision != "no" and not cfg.lora:
             vae, reloaded = reload_frozen(self.parts, with_text_encoders=not cfg.train_text_encoder)
             text_encoders = reloaded or text_encoders
         return export.pipeline_from(self.parts, acc.unwrap_model(self.unet), text_encoders, vae=vae)

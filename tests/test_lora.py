@@ -7,7 +7,6 @@ from PIL import Image
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
-from dreambooth import runlog
 from dreambooth.finetune import LORA_WEIGHTS
 from dreambooth.generate import load_trained, sample
 from dreambooth.trainer import Trainer, train
@@ -72,13 +71,18 @@ def test_prediction_prior_needs_no_class_images(tiny_sd, subject_dir, tmp_path):
 
 def test_bf16_casts_the_frozen_base_weights_and_keeps_adapters_in_float32(tiny_sd, subject_dir, tmp_path):
     """Memory: under LoRA the frozen UNet is most of the weights; the optimizer still needs float32 adapters."""
-    trainer = Trainer(config(tiny_sd, subject_dir, tmp_path, lora=True, train_text_encoder=True, mixed_precision="bf16",
-                             prior_mode="prediction", max_train_steps=2))
+    trainer = Trainer(config(tiny_sd, subject_dir, tmp_path, lora=True, train_text_encoder=True,
+                             mixed_precision="bf16", prior_mode="prediction", max_train_steps=2))
     trainer.setup()
     for model in (trainer.unet, *trainer.text_encoders):
-        assert {(p.requires_grad, p.dtype) for p in model.parameters()} == {(False, torch.bfloat16), (True, torch.float32)}
+        dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+        assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}
+    assert {p.dtype for p in trainer.parts.vae.parameters()} == {torch.bfloat16}
+    optimized = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert optimized and {p.dtype for p in optimized} == {torch.float32}
+    before = [p.detach().clone() for p in optimized]
     out = trainer.train()
-    assert [row["step"] for row in runlog.read(out) if row["loss"] == row["loss"]] == [1, 2]  # finite
+    assert any(not torch.equal(a, b) for a, b in zip(before, optimized))  # the adapters trained
     with safe_open(str(out / LORA_WEIGHTS), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
