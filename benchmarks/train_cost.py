@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dreambooth.models import native_resolution
+
 SUBJECT = Path(__file__).resolve().parents[1] / "examples" / "striped-bag"
 NUM_CLASS_IMAGES = 8
 OURS = {"full fine-tune": [], "full + text encoder": ["--train_text_encoder"],
@@ -92,24 +94,30 @@ def image_folders(tmp: Path, resolution: int) -> tuple[Path, Path]:
 
 
 def seconds_per_step(output_dir: Path) -> float:
-    """Median gap between consecutive steps' logged losses, after two warm-up steps."""
+    """Median gap between consecutive steps' logged losses; the first three steps (warm-up) are not timed."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = next(output_dir.rglob("events.out.tfevents.*")).parent
-    accumulator = EventAccumulator(str(events))
-    accumulator.Reload()
-    times = [e.wall_time for e in accumulator.Scalars("loss")][2:]
-    return statistics.median(b - a for a, b in zip(times, times[1:]))
+    for events in output_dir.rglob("events.out.tfevents.*"):  # accelerate also writes an hparams-only file
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if "loss" in accumulator.Tags()["scalars"]:
+            times = [e.wall_time for e in accumulator.Scalars("loss")][2:]
+            return statistics.median(b - a for a, b in zip(times, times[1:]))
+    raise FileNotFoundError(f"no TensorBoard loss events under {output_dir}")
 
 
 def run(child: str, argv: list[str], output_dir: Path) -> dict:
-    result = subprocess.run([sys.executable, "-c", child, *argv], capture_output=True, text=True)
-    if result.returncode:
-        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"}
-    row = json.loads(result.stdout.strip().splitlines()[-1])
-    row["s_per_step"] = seconds_per_step(output_dir)
-    shutil.rmtree(output_dir)
-    return row
+    """One training process; a failure becomes a row holding its last line of output."""
+    try:
+        result = subprocess.run([sys.executable, "-c", child, *argv], capture_output=True, text=True)
+        if result.returncode:
+            lines = result.stderr.strip().splitlines()
+            return {"error": lines[-1] if lines else f"exit {result.returncode}"}
+        return {**json.loads(result.stdout.strip().splitlines()[-1]), "s_per_step": seconds_per_step(output_dir)}
+    except Exception as error:  # noqa: BLE001 - a benchmark reports every row it can
+        return {"error": f"{type(error).__name__}: {error}"}
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
@@ -120,8 +128,9 @@ def table(rows: list[tuple[str, dict]]) -> str:
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error'][:120]} | | | |")
             continue
-        lines.append(f"| {name} | {r['peak_bytes'] / 2**20:,.0f} MiB | {r['peak_bytes'] / base['peak_bytes']:.2f}x "
-                     f"| {r['s_per_step']:.3f} | {r['s_per_step'] / base['s_per_step']:.2f}x |")
+        memory, speed = r["peak_bytes"], r["s_per_step"]
+        lines.append(f"| {name} | {memory / 2**20:,.0f} MiB | {memory / base['peak_bytes']:.2f}x "
+                     f"| {speed:.3f} | {speed / base['s_per_step']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -136,12 +145,11 @@ def main() -> None:
     parser.add_argument("--diffusers_examples", type=Path, help="a diffusers checkout's examples/dreambooth")
     args = parser.parse_args()
     if args.steps < 4:
-        parser.error(f"--steps must be at least 4 (two warm-up steps, then timed ones), got {args.steps}")
+        parser.error(f"--steps must be at least 4 (three warm-up steps, then timed ones), got {args.steps}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = args.model or (sd15_sized_model if args.sd15 else toy_sized_model)(tmp / "model")
-        if args.resolution is None:
-            args.resolution = json.loads((model / "vae" / "config.json").read_text())["sample_size"]
+        args.resolution = args.resolution or native_resolution(model)
         instance, classes = image_folders(tmp, args.resolution)
         common = ["--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(instance),
                   "--class_data_dir", str(classes), "--num_class_images", str(NUM_CLASS_IMAGES),
@@ -149,15 +157,15 @@ def main() -> None:
                   "--max_train_steps", str(args.steps), "--mixed_precision", args.mixed_precision,
                   "--report_to", "tensorboard"]
         rows = []
-        for name, extra in OURS.items():
-            out = tmp / "out"
+        for i, (name, extra) in enumerate(OURS.items()):
+            out = tmp / f"out-{i}"
             argv = ["train", *common, "--class_noun", "bag", "--output_dir", str(out), *extra]
             rows.append((f"dreambooth: {name}", run(OURS_CHILD, argv, out)))
             print(rows[-1], flush=True)
-        for name, (script, extra) in DIFFUSERS.items() if args.diffusers_examples else ():
-            out = tmp / "out"
-            argv = [str(args.diffusers_examples / script), *common, "--output_dir", str(out), "--with_prior_preservation",
-                    "--instance_prompt", "a sks bag", "--class_prompt", "a bag", *extra]
+        for i, (name, (script, extra)) in enumerate(DIFFUSERS.items() if args.diffusers_examples else ()):
+            out = tmp / f"out-diffusers-{i}"
+            argv = [str(args.diffusers_examples / script), *common, "--output_dir", str(out),
+                    "--with_prior_preservation", "--instance_prompt", "a sks bag", "--class_prompt", "a bag", *extra]
             rows.append((f"diffusers {script}: {name}", run(DIFFUSERS_CHILD, argv, out)))
             print(rows[-1], flush=True)
         print(table(rows))
