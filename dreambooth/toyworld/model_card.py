@@ -66,6 +66,13 @@ def _reconstruction(quality: dict) -> str:
             f"look any fine-tuning can reproduce): {values}.")
 
 
+def _pretrain_command(config: dict) -> str:
+    """The command that reproduces `config` (min-SNR weighting is an option, off by default)."""
+    gamma = config.get("snr_gamma")
+    option = f" --snr_gamma {gamma:g}" if gamma is not None else ""
+    return f"python -m dreambooth.toyworld.pretrain --out <folder>{option} --threads 2"
+
+
 def write_model_card(folder: Path) -> None:
     config = json.loads((folder / CONFIG_FILE).read_text())
     quality_file = folder / QUALITY_FILE
@@ -100,7 +107,7 @@ Default sampler: DPM-Solver++; training scheduler: DDPM, epsilon prediction.
 
 ## How it was made
 
-`python -m dreambooth.toyworld.pretrain --out <folder> --threads 2` (seeded, resumable), with
+`{_pretrain_command(config)}` (seeded, resumable), with
 this config (`{CONFIG_FILE}`):
 
 ```json

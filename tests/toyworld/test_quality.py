@@ -86,3 +86,13 @@ def test_a_missing_model_folder_is_one_line_naming_the_option(tmp_path, monkeypa
     assert run_command(quality.main) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --model:") and err.count("\n") == 1
+
+
+def test_model_card_command_carries_the_min_snr_option(tmp_path):
+    (tmp_path / "pretrain_config.json").write_text(json.dumps({"snr_gamma": 5.0}))
+    model_card.write_model_card(tmp_path)
+    assert "`python -m dreambooth.toyworld.pretrain --out <folder> --snr_gamma 5 --threads 2`" in (
+        tmp_path / "README.md").read_text()
+    (tmp_path / "pretrain_config.json").write_text(json.dumps({"snr_gamma": None}))
+    model_card.write_model_card(tmp_path)
+    assert "`python -m dreambooth.toyworld.pretrain --out <folder> --threads 2`" in (tmp_path / "README.md").read_text()
