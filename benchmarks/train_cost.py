@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dreambooth.models import native_resolution
+from dreambooth.errors import ModelError
+from dreambooth.models import check_model_folder, native_resolution
 
 SUBJECT = Path(__file__).resolve().parents[1] / "examples" / "striped-bag"
 NUM_CLASS_IMAGES = 8
@@ -57,23 +58,20 @@ def toy_sized_model(folder: Path) -> Path:
 def sd15_sized_model(folder: Path) -> Path:
     """Stable Diffusion 1.5's published architecture at random weights, with the real CLIP tokenizer."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
-    from dreambooth.models import CLIP_TOKENIZER_DIR
+    from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
+    from dreambooth.toyworld.pretrain import noise_scheduler
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD 1.x's UNet
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
-    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              num_train_timesteps=1000, clip_sample=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, unet=unet, scheduler=scheduler,
-                                   tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=77),
+    text_encoder = CLIPTextModel(clip_text_config(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                  num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, unet=unet, scheduler=noise_scheduler(),
+                                   tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
@@ -146,6 +144,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 4:
         parser.error(f"--steps must be at least 4 (three warm-up steps, then timed ones), got {args.steps}")
+    if args.model:
+        try:
+            check_model_folder(args.model, option="--model")
+        except ModelError as error:
+            parser.error(str(error))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = args.model or (sd15_sized_model if args.sd15 else toy_sized_model)(tmp / "model")

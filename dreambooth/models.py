@@ -12,13 +12,20 @@ import diffusers
 import torch
 from diffusers import (AutoencoderKL, DDPMScheduler, DiffusionPipeline, SchedulerMixin, StableDiffusionPipeline,
                        UNet2DConditionModel)
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from dreambooth.errors import ModelError
 
 CLIP_TOKENIZER_DIR = str(Path(__file__).parent / "assets" / "clip-tokenizer")
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_COMPONENTS = SD_COMPONENTS + ("text_encoder_2", "tokenizer_2")
+
+
+def clip_text_config(**sizes) -> CLIPTextConfig:
+    """A CLIP text encoder's config that matches CLIP_TOKENIZER_DIR (vocabulary size, special tokens,
+    77 positions); `sizes` are the rest (hidden_size, num_hidden_layers, ...)."""
+    return CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                          pad_token_id=49407, **sizes)
 
 
 @dataclass

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic
 from dreambooth.diffusion import dreambooth_loss, loss_weights, sample_noise, training_target
 from dreambooth.errors import positive_int, run_command
 from dreambooth.export import publish
-from dreambooth.models import CLIP_TOKENIZER_DIR
+from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
 from dreambooth.toyworld import captions, fashion_mnist, world
 from dreambooth.toyworld.model_card import CONFIG_FILE, QUALITY_FILE, write_model_card
 
@@ -61,9 +61,8 @@ def build_models(cfg: PretrainConfig) -> tuple[AutoencoderKL, CLIPTextModel, UNe
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                         layers_per_block=1, norm_num_groups=16, sample_size=world.SIZE)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden, num_hidden_layers=3,
-        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    text_encoder = CLIPTextModel(clip_text_config(hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
+                                                  num_hidden_layers=3, num_attention_heads=4))
     unet = UNet2DConditionModel(
         sample_size=world.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 128),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),

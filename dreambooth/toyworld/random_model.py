@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from dreambooth.models import CLIP_TOKENIZER_DIR
+from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
 
 IMAGE_SIZE = 32  # pixels; the VAE below downsamples by 2, so latents are 16x16x4
 
@@ -28,10 +28,8 @@ def build_random_sd(path: Path, seed: int = 0, prediction_type: str = "epsilon")
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1, norm_num_groups=8, sample_size=IMAGE_SIZE,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    ))
+    text_encoder = CLIPTextModel(clip_text_config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                  num_attention_heads=4))
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                               num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False, steps_offset=1)
@@ -63,15 +61,14 @@ def build_random_sdxl(path: Path, seed: int = 0) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1, norm_num_groups=8, sample_size=IMAGE_SIZE,
     )
-    text_config = dict(vocab_size=49408, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                       pad_token_id=49407)
+    text_config = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
     scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                        num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text_config)),
-                                     text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(
-                                         **{**text_config, "hidden_size": hidden_2, "projection_dim": hidden_2})),
+    text_encoder = CLIPTextModel(clip_text_config(hidden_size=hidden, **text_config))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(hidden_size=hidden_2, projection_dim=hidden_2,
+                                                                  **text_config))
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     pipe.save_pretrained(path, safe_serialization=True)
     return path
