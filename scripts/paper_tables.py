@@ -6,9 +6,10 @@ Every run (subject x seed x variant) trains with the demo's recipe changed in on
 the toy-world DreamBench prompts 4 times each plus "a [class]", and is scored by `evaluate`
 (dino-imgfocus, efficientnet-lite0, the world judge). Each run's scores land in
 `--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json, suffixed -steps<N> or
--fast for another recipe) only when it is done, with the base model's fingerprint, so finished runs
-on the same base model are skipped and an interrupted invocation, in this session or a later one,
-resumes where it stopped (a run on another base model is done again); models and images go to
+-fast for another recipe) only when it is done, with the base model's fingerprint and the recipe,
+so finished runs on the same base model and recipe are skipped and an interrupted invocation, in
+this session or a later one, resumes where it stopped (a run on another base model or recipe is
+done again); models and images go to
 `--work`. After the judge is retrained, `--rescore` reads every finished run's prompt fidelity
 again from its images (nothing is trained or sampled again).
 """
@@ -111,24 +112,31 @@ def run_name(subject: str, variant: str, seed: int, settings: DemoSettings) -> s
     return name if variant == "base" else f"{name}-steps{settings.steps}"  # the base model is not trained
 
 
+def recipe(settings: DemoSettings, variant: str) -> dict:
+    """What a run's result depends on besides the base model (the untrained base model: only its sampling)."""
+    fields = dataclasses.asdict(settings)
+    return {k: fields[k] for k in ("images_per_prompt", "inference_steps")} if variant == "base" else fields
+
+
 def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant: str, settings: DemoSettings) -> dict:
-    """A finished run's result on this base model, or train and score it now (a half-done run, or
-    one on another base model, is started afresh)."""
+    """A finished run's result on this base model and recipe, or train and score it now (a half-done
+    run, or one on another base model or recipe, is started afresh)."""
     folder = work / run_name(subject, variant, seed, settings)
     result_file = results / f"{folder.name}.json"
     work.mkdir(parents=True, exist_ok=True)  # also holds the fingerprint memo
     fingerprint = model_fingerprint(base, memo_dir=work)
+    made_with = {"base_model": fingerprint, "recipe": recipe(settings, variant)}
     redo = ""
     if result_file.is_file():
         result = json.loads(result_file.read_text())
-        if result.get("base_model") == fingerprint:
+        if all(result.get(key) == value for key, value in made_with.items()):
             return result
-        redo = " (made on another base model: done again)"
+        redo = " (made on another base model or recipe: done again)"
     shutil.rmtree(folder, ignore_errors=True)
     print(f"== {folder.name}{redo}", flush=True)
     result = (base_run(base, subject, seed, folder, settings) if variant == "base"
               else dreambooth_run(base, subject, seed, variant, folder, settings))
-    result["base_model"] = fingerprint
+    result.update(made_with)
     results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(result_file, json.dumps(result, indent=2))
     return result

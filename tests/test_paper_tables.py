@@ -36,3 +36,31 @@ def test_a_finished_run_is_reused_on_its_base_model_and_redone_on_another(tmp_pa
     assert paper_tables.run(*args)["scores"] == 2  # another base model: done again
     saved = json.loads((tmp_path / "results" / "striped-bag-base-seed0.json").read_text())
     assert saved["scores"] == 2 and saved["base_model"] != first["base_model"]
+
+
+
+def test_a_finished_run_is_redone_when_the_recipe_changed_and_the_base_model_only_for_its_sampling(tmp_path, monkeypatch):
+    paper_tables = load_script()
+    calls = []
+
+    def fake_run(*args) -> dict:  # counts the runs actually made
+        calls.append(args)
+        return {"scores": len(calls)}
+
+    monkeypatch.setattr(paper_tables, "base_run", fake_run)
+    monkeypatch.setattr(paper_tables, "dreambooth_run", fake_run)
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model_index.json").write_text("{}")
+    where = (tmp_path / "results", tmp_path / "work", base, "striped-bag", 0)
+
+    paper_tables.run(*where, "dreambooth", DemoSettings())
+    saved = tmp_path / "results" / "striped-bag-dreambooth-seed0.json"
+    older = json.loads(saved.read_text())
+    older["recipe"]["train_text_encoder"] = not DemoSettings.train_text_encoder  # as if made before a recipe change
+    saved.write_text(json.dumps(older))
+    assert paper_tables.run(*where, "dreambooth", DemoSettings())["scores"] == 2  # done again
+    assert paper_tables.run(*where, "dreambooth", DemoSettings())["scores"] == 2  # then reused
+
+    paper_tables.run(*where, "base", DemoSettings())
+    assert paper_tables.run(*where, "base", DemoSettings(steps=1200))["scores"] == 3  # training steps: reused
