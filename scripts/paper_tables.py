@@ -105,11 +105,13 @@ def base_run(base: Path, subject: str, seed: int, out: Path, settings: DemoSetti
 def run_name(subject: str, variant: str, seed: int, settings: DemoSettings) -> str:
     """<subject>-<variant>-seed<N>, plus what differs from the recipe, so runs of other recipes never mix."""
     name = f"{subject}-{variant}-seed{seed}"
-    if settings == DemoSettings():
-        return name
-    if settings != DemoSettings(steps=settings.steps):
+    if settings != DemoSettings(steps=settings.steps, train_text_encoder=settings.train_text_encoder):
         return f"{name}-fast"
-    return name if variant == "base" else f"{name}-steps{settings.steps}"  # the base model is not trained
+    if variant == "base":  # the base model is not trained
+        return name
+    if settings.steps != DemoSettings.steps:
+        name += f"-steps{settings.steps}"
+    return name if settings.train_text_encoder else f"{name}-frozen-text-encoder"
 
 
 def recipe(settings: DemoSettings, variant: str) -> dict:
@@ -214,8 +216,8 @@ def real_ceiling(results: list[dict], subjects: int) -> list[dict]:
 
 
 def sample_sheet(results: dict[str, list[dict]], subjects: list[str], subject: str, out: Path) -> None:
-    """One subject's photos, then the first sample of every prompt (the last is "a [class]") for
-    DreamBooth, no prior preservation and the base model's best description, first seed."""
+    """One subject's photos, then the first sample of every evaluation prompt for DreamBooth, no
+    prior preservation and the base model's best description, first seed."""
     index = subjects.index(subject)  # results are seed-major, so the first seed's runs come first
     rows = [("real photos", [Image.open(p) for p in sorted((EXAMPLES / subject).glob("*.png"))])]
     for label, variant in (("DreamBooth", "dreambooth"), ("without prior preservation", "no-prior"),
@@ -242,6 +244,8 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="the demo's smoke-test recipe (checks the script only)")
     parser.add_argument("--steps", type=positive_int, default=DemoSettings.steps,
                         help="training steps (another value than the recipe's is kept apart: <run>-steps<N>.json)")
+    parser.add_argument("--frozen_text_encoder", action="store_true",
+                        help="the recipe with the text encoder frozen (kept apart: <run>-frozen-text-encoder.json)")
     parser.add_argument("--rescore", action="store_true",
                         help="first read every finished run's prompt fidelity again with the current judge")
     parser.add_argument("--threads", type=positive_int, default=2)
@@ -260,7 +264,9 @@ def main() -> None:
             parser.error(f"--subjects {subject}: Table 4 has no wrong noun for {subject_noun(subject)!r} (WRONG_NOUN)")
     if args.fast and args.steps != DemoSettings.steps:
         parser.error("--fast has its own step count; drop --steps")
-    settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings(steps=args.steps)
+    fast = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2)
+    settings = dataclasses.replace(fast if args.fast else DemoSettings(steps=args.steps),
+                                   train_text_encoder=not args.frozen_text_encoder)
     if args.rescore:
         rescore(args.results)
     results = {v: [] for v in variants}

@@ -64,3 +64,13 @@ def test_a_finished_run_is_redone_when_the_recipe_changed_and_the_base_model_onl
 
     paper_tables.run(*where, "base", DemoSettings())
     assert paper_tables.run(*where, "base", DemoSettings(steps=1200))["scores"] == 3  # training steps: reused
+
+
+def test_runs_of_other_recipes_are_kept_apart_by_name():
+    name = load_script().run_name
+    frozen = DemoSettings(train_text_encoder=False)
+    assert name("striped-bag", "dreambooth", 0, DemoSettings()) == "striped-bag-dreambooth-seed0"
+    assert name("striped-bag", "dreambooth", 0, DemoSettings(steps=1200)) == "striped-bag-dreambooth-seed0-steps1200"
+    assert name("striped-bag", "no-prior", 1, frozen) == "striped-bag-no-prior-seed1-frozen-text-encoder"
+    assert name("striped-bag", "base", 0, frozen) == "striped-bag-base-seed0"  # untrained: one run for every recipe
+    assert name("striped-bag", "dreambooth", 0, DemoSettings.fast()) == "striped-bag-dreambooth-seed0-fast"
