@@ -5,13 +5,13 @@
 Every run (subject x seed x variant) trains with the demo's recipe changed in one option, samples
 the toy-world DreamBench prompts 4 times each plus "a [class]", and is scored by `evaluate`
 (dino-imgfocus, efficientnet-lite0, the world judge). Each run's scores land in
-`--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json, suffixed -steps<N> or
--fast for another recipe) only when it is done, with the base model's fingerprint and the recipe,
-so finished runs on the same base model and recipe are skipped and an interrupted invocation, in
-this session or a later one, resumes where it stopped (a run on another base model or recipe is
-done again); models and images go to
-`--work`. After the judge is retrained, `--rescore` reads every finished run's prompt fidelity
-again from its images (nothing is trained or sampled again).
+`--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json, suffixed -steps<N>,
+-frozen-text-encoder or -fast for another recipe) only when it is done, with the base model's
+fingerprint and the recipe, so finished runs on the same base model and recipe are skipped and an
+interrupted invocation, in this session or a later one, resumes where it stopped (a run on another
+base model or recipe is done again); models and images go to `--work`. After the judge is
+retrained, `--rescore` reads every finished run's prompt fidelity again from its images (nothing is
+trained or sampled again).
 """
 
 from __future__ import annotations
@@ -264,9 +264,8 @@ def main() -> None:
             parser.error(f"--subjects {subject}: Table 4 has no wrong noun for {subject_noun(subject)!r} (WRONG_NOUN)")
     if args.fast and args.steps != DemoSettings.steps:
         parser.error("--fast has its own step count; drop --steps")
-    fast = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2)
-    settings = dataclasses.replace(fast if args.fast else DemoSettings(steps=args.steps),
-                                   train_text_encoder=not args.frozen_text_encoder)
+    settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings(steps=args.steps)
+    settings = dataclasses.replace(settings, train_text_encoder=not args.frozen_text_encoder)
     if args.rescore:
         rescore(args.results)
     results = {v: [] for v in variants}

@@ -1,4 +1,4 @@
-"""scripts/paper_tables.py reuses a finished run only when it was made on the same base model."""
+"""scripts/paper_tables.py reuses a finished run only when it was made on the same base model and recipe."""
 
 import importlib.util
 import json
@@ -16,30 +16,8 @@ def load_script():
     return module
 
 
-def test_a_finished_run_is_reused_on_its_base_model_and_redone_on_another(tmp_path, monkeypatch):
-    paper_tables = load_script()
-    calls = []
-
-    def fake_base_run(base, *rest) -> dict:  # counts the runs actually made
-        calls.append(base)
-        return {"scores": len(calls)}
-
-    monkeypatch.setattr(paper_tables, "base_run", fake_base_run)
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "model_index.json").write_text("{}")
-    args = (tmp_path / "results", tmp_path / "work", base, "striped-bag", 0, "base", DemoSettings())
-
-    first = paper_tables.run(*args)
-    assert paper_tables.run(*args) == first and len(calls) == 1  # same base model: reused
-    (base / "model_index.json").write_text('{"changed": true}')
-    assert paper_tables.run(*args)["scores"] == 2  # another base model: done again
-    saved = json.loads((tmp_path / "results" / "striped-bag-base-seed0.json").read_text())
-    assert saved["scores"] == 2 and saved["base_model"] != first["base_model"]
-
-
-
-def test_a_finished_run_is_redone_when_the_recipe_changed_and_the_base_model_only_for_its_sampling(tmp_path, monkeypatch):
+def counting_runs(tmp_path, monkeypatch) -> tuple:
+    """The script with training and scoring replaced by a counter, a base model folder, and the calls made."""
     paper_tables = load_script()
     calls = []
 
@@ -52,6 +30,23 @@ def test_a_finished_run_is_redone_when_the_recipe_changed_and_the_base_model_onl
     base = tmp_path / "base"
     base.mkdir()
     (base / "model_index.json").write_text("{}")
+    return paper_tables, base, calls
+
+
+def test_a_finished_run_is_reused_on_its_base_model_and_redone_on_another(tmp_path, monkeypatch):
+    paper_tables, base, calls = counting_runs(tmp_path, monkeypatch)
+    args = (tmp_path / "results", tmp_path / "work", base, "striped-bag", 0, "base", DemoSettings())
+
+    first = paper_tables.run(*args)
+    assert paper_tables.run(*args) == first and len(calls) == 1  # same base model: reused
+    (base / "model_index.json").write_text('{"changed": true}')
+    assert paper_tables.run(*args)["scores"] == 2  # another base model: done again
+    saved = json.loads((tmp_path / "results" / "striped-bag-base-seed0.json").read_text())
+    assert saved["scores"] == 2 and saved["base_model"] != first["base_model"]
+
+
+def test_a_finished_run_is_redone_when_the_recipe_changed_and_the_base_model_only_for_its_sampling(tmp_path, monkeypatch):
+    paper_tables, base, _ = counting_runs(tmp_path, monkeypatch)
     where = (tmp_path / "results", tmp_path / "work", base, "striped-bag", 0)
 
     paper_tables.run(*where, "dreambooth", DemoSettings())
