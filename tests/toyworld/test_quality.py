@@ -36,6 +36,14 @@ def test_reconstruction_psnr_per_subject(tmp_path, monkeypatch):
     assert all(v == pytest.approx(20.0, abs=1e-3) for v in psnr.values())
 
 
+def test_vae_round_trip_returns_what_the_decoder_gives_back(monkeypatch):
+    monkeypatch.setattr(quality.AutoencoderKL, "from_pretrained", lambda *a, **k: OffsetVAE())
+    images = [Image.fromarray(np.full((64, 64, 3), v, np.uint8)) for v in (0, 100, 250)] * 3
+    out = quality.vae_round_trip("model", images, batch=4)  # batches of 4, 4, 1
+    means = [np.asarray(im, np.float32).mean() for im in out]
+    assert means == pytest.approx([25.5, 125.5, 255.0] * 3, abs=0.51)  # +0.2 is +25.5 of 255; clamped at the top
+
+
 def test_class_accuracy_is_per_class():
     cells = [{"class": "bag"}, {"class": "bag"}, {"class": "boot"}] + [{"class": n} for n in quality.fashion_mnist.CLASS_NOUNS]
     readings = [{"class": "bag"}, {"class": "boot"}, {"class": "boot"}] + [{"class": "bag"}] * 10
@@ -64,9 +72,9 @@ def test_partial_grid_is_refused_where_it_would_be_recorded_or_drawn(argv, monke
 def test_model_card_names_what_each_class_is_drawn_as_instead(tmp_path):
     (tmp_path / "pretrain_config.json").write_text("{}")
     per_class = {n: 1.0 for n in quality.fashion_mnist.CLASS_NOUNS}
-    record = {"generated": {"class": 0.5, "context": 0.9, "color": 0.8},
-              "rendered (judge ceiling)": {"class": 0.9, "context": 1.0, "color": 1.0},
-              model_card.PER_CLASS: {"generated": {**per_class, "boot": 0.25}, "rendered (judge ceiling)": per_class},
+    record = {model_card.GENERATED: {"class": 0.5, "context": 0.9, "color": 0.8},
+              model_card.RENDERED: {"class": 0.9, "context": 1.0, "color": 1.0},
+              model_card.PER_CLASS: {model_card.GENERATED: {**per_class, "boot": 0.25}, model_card.RENDERED: per_class},
               model_card.READ_AS: {**{n: {n: 1.0} for n in per_class}, "boot": {"sneaker": 0.5, "sandal": 0.25, "boot": 0.25}},
               "prompts": 880, "steps": 20, "guidance": 7.5}
     (tmp_path / "quality.json").write_text(json.dumps(record))
@@ -79,6 +87,23 @@ def test_model_card_names_what_each_class_is_drawn_as_instead(tmp_path):
     (tmp_path / "quality.json").write_text(json.dumps(record))
     model_card.write_model_card(tmp_path)
     assert "| boot | 0.25 | 1.00 |\n" in (tmp_path / "README.md").read_text()
+
+
+def test_model_card_puts_the_vae_round_trip_between_generated_and_rendered(tmp_path):
+    (tmp_path / "pretrain_config.json").write_text("{}")
+    per_class = {n: 1.0 for n in quality.fashion_mnist.CLASS_NOUNS}
+    record = {model_card.GENERATED: {"class": 0.5, "context": 0.9, "color": 0.8},
+              model_card.ROUND_TRIP: {"class": 0.7, "context": 1.0, "color": 0.95},
+              model_card.RENDERED: {"class": 0.9, "context": 1.0, "color": 1.0},
+              model_card.PER_CLASS: {model_card.GENERATED: {**per_class, "boot": 0.25},
+                                     model_card.ROUND_TRIP: {**per_class, "boot": 0.5}, model_card.RENDERED: per_class},
+              "prompts": 880, "steps": 20, "guidance": 7.5}
+    (tmp_path / "quality.json").write_text(json.dumps(record))
+    model_card.write_model_card(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert f"| attribute | generated | {model_card.ROUND_TRIP} | {model_card.RENDERED} | target |\n|---|---|---|---|---|" in card
+    assert "| class | 0.500 | 0.700 | 0.900 | ≥ 0.80: **not met** |" in card
+    assert "| boot | 0.25 | 0.50 | 1.00 |\n" in card
 
 
 def test_a_missing_model_folder_is_one_line_naming_the_option(tmp_path, monkeypatch, capsys):
