@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from dreambooth.atomic import write_text_atomic
@@ -75,21 +76,19 @@ def _round_trip(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vae_round_trip(model: Path, images: list[Image.Image], batch: int = 88) -> list[Image.Image]:
-    """Each image encoded and decoded by the model's VAE, as a sample would leave it."""
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
+def vae_round_trip(vae: AutoencoderKL, images: list[Image.Image], batch: int = 88) -> list[Image.Image]:
+    """Each image encoded and decoded by the model's VAE, and made an image the way the pipeline makes
+    its samples one."""
     out = []
     for start in range(0, len(images), batch):
-        pixels = _round_trip(vae, judge.to_pixels(images[start:start + batch]))
-        out += [Image.fromarray(a) for a in ((pixels.permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()]
+        out += VaeImageProcessor().postprocess(_round_trip(vae, judge.to_pixels(images[start:start + batch])), "pil")
     return out
 
 
 @torch.no_grad()
-def reconstruction_psnr(model: Path, subjects: Path = EXAMPLES) -> dict[str, float]:
+def reconstruction_psnr(vae: AutoencoderKL, subjects: Path = EXAMPLES) -> dict[str, float]:
     """PSNR (dB) of the VAE's round trip of each shipped subject's photos: the most of a subject's
     look any fine-tuning of the UNet can bring back, since every sample passes through this decoder."""
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
     out = {}
     for folder in sorted(p.parent for p in subjects.glob("*/subject.json")):
         x = judge.to_pixels([Image.open(f) for f in sorted(folder.glob("*.png"))])
@@ -150,13 +149,14 @@ def main() -> None:
     reader = judge.load(args.judge)
     rendered = render(cells)  # first: it needs the Fashion-MNIST package, generating does not
     generated = generate(args.model, cells, seeds, args.steps, args.guidance)
+    vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae").eval()
     readings = {GENERATED: judge.read(reader, generated),
-                ROUND_TRIP: judge.read(reader, vae_round_trip(args.model, rendered)),
+                ROUND_TRIP: judge.read(reader, vae_round_trip(vae, rendered)),
                 RENDERED: judge.read(reader, rendered)}
     result = {**{k: accuracy(r, cells) for k, r in readings.items()},
               PER_CLASS: {k: class_accuracy(r, cells) for k, r in readings.items()},
               READ_AS: class_read_as(readings[GENERATED], cells),
-              RECONSTRUCTION: reconstruction_psnr(args.model),
+              RECONSTRUCTION: reconstruction_psnr(vae),
               "prompts": len(cells), "steps": args.steps, "guidance": args.guidance}
     print(json.dumps(result, indent=2))
     if args.record:

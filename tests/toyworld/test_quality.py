@@ -14,9 +14,6 @@ from dreambooth.toyworld import model_card, quality
 class OffsetVAE:
     """Round trip = input + 0.2 everywhere (in [-1, 1] units): PSNR = 10 log10(2^2 / 0.2^2) = 20 dB."""
 
-    def eval(self):
-        return self
-
     def encode(self, x):
         return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x))
 
@@ -24,22 +21,20 @@ class OffsetVAE:
         return SimpleNamespace(sample=z + 0.2)
 
 
-def test_reconstruction_psnr_per_subject(tmp_path, monkeypatch):
-    monkeypatch.setattr(quality.AutoencoderKL, "from_pretrained", lambda *a, **k: OffsetVAE())
+def test_reconstruction_psnr_per_subject(tmp_path):
     for name in ("a", "b"):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "subject.json").write_text("{}")
         Image.fromarray(np.full((64, 64, 3), 100, np.uint8)).save(folder / "00.png")  # mid-grey: no clamping
-    psnr = quality.reconstruction_psnr(tmp_path / "model", tmp_path)
+    psnr = quality.reconstruction_psnr(OffsetVAE(), tmp_path)
     assert set(psnr) == {"a", "b"}
     assert all(v == pytest.approx(20.0, abs=1e-3) for v in psnr.values())
 
 
-def test_vae_round_trip_returns_what_the_decoder_gives_back(monkeypatch):
-    monkeypatch.setattr(quality.AutoencoderKL, "from_pretrained", lambda *a, **k: OffsetVAE())
+def test_vae_round_trip_returns_what_the_decoder_gives_back():
     images = [Image.fromarray(np.full((64, 64, 3), v, np.uint8)) for v in (0, 100, 250)] * 3
-    out = quality.vae_round_trip("model", images, batch=4)  # batches of 4, 4, 1
+    out = quality.vae_round_trip(OffsetVAE(), images, batch=4)  # batches of 4, 4, 1
     means = [np.asarray(im, np.float32).mean() for im in out]
     assert means == pytest.approx([25.5, 125.5, 255.0] * 3, abs=0.51)  # +0.2 is +25.5 of 255; clamped at the top
 
