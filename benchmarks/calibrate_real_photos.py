@@ -1,11 +1,13 @@
 """Real-vs-real subject fidelity of DreamBench photos: the ceiling to read generated-image scores against.
 
     python benchmarks/calibrate_real_photos.py /work/shared/dreambench/subjects [--encoders E ...]
+    python benchmarks/calibrate_real_photos.py examples --object_crops   # the toy world's subjects
 
 For each subject folder: mean cosine over ordered pairs of different photos ("same", the paper's
 real-images row: DINO 0.774 with DINO ViT-S/16), and mean cosine to all other subjects' photos
 ("cross", what an unrelated subject scores). Also 1-NN same-subject accuracy and pair AUC, and for
-encoders with feature maps the LPIPS-style DIV among each subject's real photos.
+encoders with feature maps the LPIPS-style DIV among each subject's real photos. `--object_crops`
+also scores each encoder on the toy-world locator's object crops (toy-world photos only).
 """
 
 from __future__ import annotations
@@ -36,12 +38,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("subjects", type=Path)
     parser.add_argument("--encoders", nargs="+", default=list(DEFAULT_ENCODERS))
+    parser.add_argument("--object_crops", action="store_true", help="also each encoder on the toy world's object crops")
     args = parser.parse_args()
     torch.set_num_threads(1)
     folders = sorted(p for p in args.subjects.iterdir() if p.is_dir())
     photos = {f.name: open_images(image_files(f)) for f in folders}
-    for name in args.encoders:
-        encoder = load_encoder(name)
+    encoders = [load_encoder(name) for name in args.encoders]
+    if args.object_crops:
+        from dreambooth.toyworld import locator
+
+        found = locator.load()
+        encoders += [locator.ObjectCrops(e, found) for e in encoders]
+    for encoder in encoders:
         emb = {s: encoder.embed(images) for s, images in photos.items()}
         print(f"\n## {encoder.name}\n\n| subject | photos | same | cross |\n|---|---|---|---|")
         same, cross = [], []

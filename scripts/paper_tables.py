@@ -4,20 +4,23 @@
 
 Every run (subject x seed x variant) trains with the demo's recipe changed in one option, samples
 the toy-world DreamBench prompts 4 times each plus "a [class]", and is scored by `evaluate`
-(dino-imgfocus, efficientnet-lite0, the world judge). Each run's scores land in
+(dino-imgfocus and efficientnet-lite0, on whole images and on the object crops of the toy-world
+locator; the world judge). Each run's scores land in
 `--results` (committed: docs/results/runs/<subject>-<variant>-seed<N>.json, suffixed -steps<N>,
 -frozen-text-encoder or -fast for another recipe) only when it is done, with the base model's
 fingerprint and the recipe, so finished runs on the same base model and recipe are skipped and an
 interrupted invocation, in this session or a later one, resumes where it stopped (a run on another
-base model or recipe is done again); models and images go to `--work`. After the judge is
-retrained, `--rescore` reads every finished run's prompt fidelity again from its images (nothing is
-trained or sampled again).
+base model or recipe is done again); models and images go to `--work`. After the judge or the
+locator is retrained, `--rescore` scores every finished run again from its images (nothing is
+trained or sampled again); a finished run that lacks a metric added since is scored again that way
+when it is reused.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shutil
 import statistics
@@ -33,9 +36,11 @@ from dreambooth.class_images import model_fingerprint
 from dreambooth.config import fill_prompt
 from dreambooth.demo import BASE_MODEL, DemoSettings, labelled_sheet
 from dreambooth.errors import DataError, positive_int, run_command
-from dreambooth.evaluation.evaluate import evaluate, generate_images, rescore_prompt_fidelity
+from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, ImageEncoder, load_encoder
+from dreambooth.evaluation.evaluate import evaluate, generate_images
 from dreambooth.evaluation.prompts import load_prompts
 from dreambooth.generate import training_record
+from dreambooth.toyworld import locator
 from dreambooth.toyworld.judge import JudgeScorer
 from dreambooth.toyworld.subjects import EXAMPLES
 from dreambooth.toyworld.world import COLORS
@@ -53,6 +58,15 @@ VARIANTS = {  # TrainConfig changes from the demo recipe
     "lora-prediction": {**LORA, "prior_mode": "prediction"},
 }
 GUIDANCE = 7.5
+ENCODER_NAMES = (*DEFAULT_ENCODERS, *(f"{name}, object crops" for name in DEFAULT_ENCODERS))
+
+
+@functools.cache
+def encoders() -> list[ImageEncoder]:
+    """The fidelity encoders on whole images, then the same on the locator's object crops (ENCODER_NAMES)."""
+    whole = [load_encoder(name) for name in DEFAULT_ENCODERS]
+    found = locator.load()
+    return [*whole, *(locator.ObjectCrops(e, found) for e in whole)]
 
 
 def subject_noun(subject: str) -> str:
@@ -65,7 +79,8 @@ def score(model: Path, texts: list[str], subject: str, identifier: str | None, s
     noun = subject_noun(subject)
     images = generate_images(model, [*texts, f"a {noun}"], settings.images_per_prompt, seed, settings.inference_steps,
                              GUIDANCE, out / "images")
-    return evaluate(images, EXAMPLES / subject, class_noun=noun, identifier=identifier, prompt_scorer=JudgeScorer())
+    return evaluate(images, EXAMPLES / subject, class_noun=noun, identifier=identifier, encoders=encoders(),
+                    prompt_scorer=JudgeScorer())
 
 
 def dreambooth_run(base: Path, subject: str, seed: int, variant: str, out: Path, settings: DemoSettings) -> dict:
@@ -132,7 +147,8 @@ def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant:
     if result_file.is_file():
         result = json.loads(result_file.read_text())
         if all(result.get(key) == value for key, value in made_with.items()):
-            return result
+            scored_with = {r["encoder"] for r in result["summary"]}
+            return result if scored_with >= set(ENCODER_NAMES) else rescore(result_file, JudgeScorer())
         redo = " (made on another base model or recipe: done again)"
     shutil.rmtree(folder, ignore_errors=True)
     print(f"== {folder.name}{redo}", flush=True)
@@ -144,15 +160,21 @@ def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant:
     return result
 
 
-def rescore(results: Path) -> None:
-    """Every finished run's prompt fidelity read again, from its images, by the current judge."""
-    scorer = JudgeScorer()
-    for path in sorted(results.glob("*.json")):
-        try:
-            result = rescore_prompt_fidelity(json.loads(path.read_text()), scorer)
-        except DataError as error:
-            raise DataError(f"--rescore {path.name}: {error}") from None
-        write_text_atomic(path, json.dumps(result, indent=2))
+def rescore(result_file: Path, scorer: JudgeScorer) -> dict:
+    """A finished run scored again from the images it was scored on, with the current encoders, locator
+    and judge; what scoring does not give (training time, base model, recipe) is kept."""
+    result = json.loads(result_file.read_text())
+    images = Path(result["prompts"][0]["images"][0]).parents[1]  # <images>/<prompt folder>/<image>
+    subject = max((s.name for s in EXAMPLES.iterdir() if result_file.name.startswith(f"{s.name}-")), key=len)
+    if not images.is_dir():
+        raise DataError(f"{result_file}: its images in {images} are gone; delete the file to make the run again")
+    if result_file.stem not in images.parts:  # a result renamed by hand still names its old folder
+        raise DataError(f"{result_file}: it lists another run's images ({images}); delete the file to make the run again")
+    scores = evaluate(images, EXAMPLES / subject, class_noun=result["class_noun"], identifier=result["identifier"],
+                      encoders=encoders(), prompt_scorer=scorer)
+    result.update({key: value for key, value in scores.items() if key != "generation"})
+    write_text_atomic(result_file, json.dumps(result, indent=2))
+    return result
 
 
 def metric(result: dict, name: str, encoder: str, rows: str = "summary") -> float:
@@ -162,11 +184,17 @@ def metric(result: dict, name: str, encoder: str, rows: str = "summary") -> floa
 COLUMNS = {  # column title -> how to read it off a result
     "DINO (dino-imgfocus)": lambda r: metric(r, "DINO", "dino-imgfocus"),
     "fidelity (efficientnet-lite0)": lambda r: metric(r, "fidelity", "efficientnet-lite0"),
+    "DINO, object crops": lambda r: metric(r, "DINO", "dino-imgfocus, object crops"),
+    "fidelity, object crops": lambda r: metric(r, "fidelity", "efficientnet-lite0, object crops"),
     "prompt fidelity (judge)": lambda r: metric(r, "prompt fidelity", "toy-world-judge"),
     "PRES (dino-imgfocus) ↓": lambda r: metric(r, "PRES", "dino-imgfocus"),
+    "PRES, object crops ↓": lambda r: metric(r, "PRES", "dino-imgfocus, object crops"),
     "DIV (lpips-style)": lambda r: next(x["value"] for x in r["summary"] if x["metric"] == "DIV"),
     "train time (s)": lambda r: r["train_seconds"],
 }
+
+
+FIDELITY = ["DINO (dino-imgfocus)", "fidelity (efficientnet-lite0)", "DINO, object crops", "fidelity, object crops"]
 
 
 def cell(results: list[dict], column: str) -> str:
@@ -192,21 +220,18 @@ def paired(better: list[dict], worse: list[dict], column: str) -> str:
 
 def conclusions(results: dict[str, list[dict]]) -> str:
     """Each of the paper's claims as a paired comparison over the same subjects and seeds."""
-    claims = [  # (claim, better, worse, column)
-        ("DreamBooth beats the base model's best description", "dreambooth", "base", "DINO (dino-imgfocus)"),
-        ("DreamBooth beats the base model's best description", "dreambooth", "base", "fidelity (efficientnet-lite0)"),
-        ("prior preservation lowers PRES", "dreambooth", "no-prior", "PRES (dino-imgfocus) ↓"),
-        ("prior preservation raises DIV", "dreambooth", "no-prior", "DIV (lpips-style)"),
-        ("prior preservation costs a little fidelity", "no-prior", "dreambooth", "DINO (dino-imgfocus)"),
-        ("the correct class noun beats no noun", "no-prior", "no-noun", "DINO (dino-imgfocus)"),
-        ("the correct class noun beats no noun", "no-prior", "no-noun", "fidelity (efficientnet-lite0)"),
-        ("the correct class noun beats a wrong noun", "no-prior", "wrong-noun", "DINO (dino-imgfocus)"),
-        ("the correct class noun beats a wrong noun", "no-prior", "wrong-noun", "fidelity (efficientnet-lite0)"),
+    claims = [  # (claim, better, worse, columns)
+        ("DreamBooth beats the base model's best description", "dreambooth", "base", FIDELITY),
+        ("prior preservation lowers PRES", "dreambooth", "no-prior", ["PRES (dino-imgfocus) ↓", "PRES, object crops ↓"]),
+        ("prior preservation raises DIV", "dreambooth", "no-prior", ["DIV (lpips-style)"]),
+        ("prior preservation costs a little fidelity", "no-prior", "dreambooth", FIDELITY),
+        ("the correct class noun beats no noun", "no-prior", "no-noun", FIDELITY),
+        ("the correct class noun beats a wrong noun", "no-prior", "wrong-noun", FIDELITY),
     ]
     lines = ["### The paper's conclusions, paired by subject and seed", "",
              "| claim | metric | difference (> 0 agrees) | pairs that agree |", "|---|---|---|---|"]
     lines += [f"| {claim} | {column} | {paired(results[b], results[w], column)} |"
-              for claim, b, w, column in claims if b in results and w in results]
+              for claim, b, w, columns in claims if b in results and w in results for column in columns]
     return "\n".join(lines) + "\n"
 
 
@@ -247,7 +272,7 @@ def main() -> None:
     parser.add_argument("--frozen_text_encoder", action="store_true",
                         help="the recipe with the text encoder frozen (kept apart: <run>-frozen-text-encoder.json)")
     parser.add_argument("--rescore", action="store_true",
-                        help="first read every finished run's prompt fidelity again with the current judge")
+                        help="first score every finished run again from its images (after a new judge or locator)")
     parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -267,18 +292,19 @@ def main() -> None:
     settings = dataclasses.replace(DemoSettings.fast(), images_per_prompt=2) if args.fast else DemoSettings(steps=args.steps)
     settings = dataclasses.replace(settings, train_text_encoder=not args.frozen_text_encoder)
     if args.rescore:
-        rescore(args.results)
+        scorer = JudgeScorer()
+        for result_file in sorted(args.results.glob("*.json")):
+            rescore(result_file, scorer)
     results = {v: [] for v in variants}
     for seed in args.seeds:  # seed-major, so an interrupted invocation leaves whole subject x seed comparisons
         for subject in args.subjects:
             for v in variants:
                 results[v].append(run(args.results, work, args.model, subject, seed, v, settings))
-    fidelity = ["DINO (dino-imgfocus)", "fidelity (efficientnet-lite0)"]
     text = []
     if "1" in args.tables:
         text.append(table("Table 1 analog: subject and prompt fidelity", {
             "real images (ceiling)": real_ceiling(results["dreambooth"], len(args.subjects)), "DreamBooth": results["dreambooth"],
-            "base model, best description (no DreamBooth)": results["base"]}, fidelity)
+            "base model, best description (no DreamBooth)": results["base"]}, FIDELITY)
             + "\n" + table("Table 1 analog: prompt fidelity", {
                 "DreamBooth": results["dreambooth"], "base model, best description": results["base"]},
                 ["prompt fidelity (judge)"]))
@@ -286,15 +312,16 @@ def main() -> None:
         text.append(table("Table 3 analog: prior preservation", {
             "DreamBooth (with prior preservation)": results["dreambooth"], "without prior preservation": results["no-prior"],
             "base model, no fine-tuning (reference)": results["base"]},
-            ["PRES (dino-imgfocus) ↓", "DIV (lpips-style)", *fidelity, "prompt fidelity (judge)"]))
+            ["PRES (dino-imgfocus) ↓", "PRES, object crops ↓", "DIV (lpips-style)", *FIDELITY,
+             "prompt fidelity (judge)"]))
     if "4" in args.tables:
         text.append(table("Table 4 analog: the class noun (no prior preservation)", {
             "correct class noun": results["no-prior"], "no class noun": results["no-noun"],
-            "wrong class noun": results["wrong-noun"]}, fidelity))
+            "wrong class noun": results["wrong-noun"]}, FIDELITY))
     if "prior-mode" in args.tables:
         text.append(table("LoRA prior target: class images vs. the frozen model's prediction", {
             "--prior_mode images": results["lora-images"], "--prior_mode prediction": results["lora-prediction"]},
-            ["PRES (dino-imgfocus) ↓", *fidelity, "prompt fidelity (judge)", "train time (s)"]))
+            ["PRES (dino-imgfocus) ↓", "PRES, object crops ↓", *FIDELITY, "prompt fidelity (judge)", "train time (s)"]))
     if {"1", "3", "4"} & set(args.tables):
         text.append(conclusions(results))
     n = f"{len(args.subjects)} subjects x {len(args.seeds)} seeds"

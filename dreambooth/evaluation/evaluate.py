@@ -138,19 +138,6 @@ def scored_images(prompt_result: dict[str, Any]) -> list[Image.Image]:
     return open_images([Path(i) for i in prompt_result["images"]])
 
 
-def rescore_prompt_fidelity(result: dict[str, Any], prompt_scorer: PromptScorer) -> dict[str, Any]:
-    """`result` (of `evaluate`) with prompt fidelity recomputed from the images it lists, the other
-    metrics kept: when the scorer changes (a retrained judge), nothing needs generating again."""
-    per_prompt = []
-    for p in result["prompts"]:
-        value = prompt_scorer(scored_images(p), without_identifier(p["prompt"], result["identifier"]))
-        rows = p["metrics"]
-        at = next((i for i, r in enumerate(rows) if r["metric"] == "prompt fidelity"), len(rows))  # kept in place
-        per_prompt.append({**p, "metrics": [*rows[:at], row("prompt fidelity", prompt_scorer.name, value), *rows[at + 1:]]})
-    pres_rows = [r for r in result["summary"] if r["metric"] == "PRES"]
-    return {**result, "summary": means(per_prompt) + pres_rows, "prompts": per_prompt}
-
-
 def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence[Image.Image], *,
              class_noun: str | None = None, identifier: str | None = None,
              prompts: str | Path | Sequence[str] | None = None,

@@ -11,21 +11,19 @@ tolerates generated images; evaluated on renders of held-out *test* items.
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
-from safetensors.torch import load_file
+from PIL import Image
 from torch import nn
 
-from dreambooth.atomic import save_file_atomic, write_text_atomic
+from dreambooth.atomic import write_text_atomic
 from dreambooth.errors import positive_int, run_command
 from dreambooth.toyworld import fashion_mnist, world
+from dreambooth.toyworld.readers import command_line, degrade, fit, load_weights, random_scenes, save_weights, to_pixels
 
 JUDGE_DIR = Path(__file__).resolve().parents[1] / "assets" / "judge"
 WIDTH = 64  # channels of the first stage; the shipped judge's
@@ -51,34 +49,11 @@ class Judge(nn.Module):
         return {name: head(h) for name, head in self.heads.items()}
 
 
-def to_pixels(images: list[Image.Image]) -> torch.Tensor:
-    arrays = [np.asarray(im.convert("RGB").resize((world.SIZE, world.SIZE), Image.BICUBIC)) for im in images]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Blur, noise and JPEG artifacts like those of small generated images."""
-    if rng.random() < 0.5:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    if rng.random() < 0.5:
-        noisy = np.asarray(image, np.float32) + rng.normal(0, rng.uniform(2, 12), (world.SIZE, world.SIZE, 3))
-        image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-    if rng.random() < 0.5:
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=int(rng.integers(30, 90)))
-        image = Image.open(buffer).convert("RGB")
-    return image
-
-
 def rendered_batch(split: str, n: int, rng: np.random.Generator, augment: bool, two_tone_fraction: float = 0.0):
-    """n random renders of `split` items, with their attribute indices. A `two_tone_fraction` of the
-    objects are two-toned, like the subjects DreamBooth learns; they have no one color (IGNORED)."""
-    items, labels = fashion_mnist.load(split)
+    """n random renders of `split` items, with their attribute indices (two-toned objects have no one
+    color: IGNORED)."""
     images, targets = [], {name: [] for name in HEADS}
-    for i in rng.integers(0, len(items), n):
-        scene = world.sample_scene(rng, items[i], fashion_mnist.CLASS_NOUNS[labels[i]])
-        if two_tone_fraction and rng.random() < two_tone_fraction:
-            scene = world.two_toned(scene, rng)
+    for scene in random_scenes(split, n, rng, two_tone_fraction):
         image = Image.fromarray(world.render(scene))
         images.append(degrade(image, rng) if augment else image)
         for name, value in (("class", scene.class_noun), ("context", scene.context), ("color", scene.color)):
@@ -104,37 +79,25 @@ class RenderedBatches(torch.utils.data.IterableDataset):
 def train(out: Path, steps: int = 9000, batch: int = 64, width: int = WIDTH, seed: int = 0, workers: int = 1,
           two_tone_fraction: float = TWO_TONE_FRACTION) -> Judge:
     torch.manual_seed(seed)
-    judge = Judge(width)
-    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     data = RenderedBatches(batch, seed, two_tone_fraction)
     batches = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers)
-    for step, (pixels, targets) in zip(range(steps), batches):
+
+    def loss(judge: Judge, pixels: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = judge(pixels)
-        loss = sum(nn.functional.cross_entropy(logits[k], targets[k], label_smoothing=0.1) for k in HEADS)
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if (step + 1) % 100 == 0:
-            print(f"step {step + 1}/{steps} loss {loss.item():.4f}", flush=True)
+        return sum(nn.functional.cross_entropy(logits[k], targets[k], label_smoothing=0.1) for k in HEADS)
+
+    judge = fit(Judge(width), batches, loss, steps, lr=2e-3)
     save(judge, out, steps=steps, batch=batch, width=width, seed=seed, two_tone_fraction=two_tone_fraction)
     return judge
 
 
 def save(judge: Judge, out: Path, **recipe: float) -> None:
     """judge.safetensors in `out`, written whole or not at all, with its training recipe as metadata."""
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / "judge.safetensors"
-    metadata = {k: str(v) for k, v in recipe.items()}
-    save_file_atomic({k: v.contiguous() for k, v in judge.state_dict().items()}, weights, metadata)
+    save_weights(judge, out / "judge.safetensors", recipe)
 
 
 def load(path: Path = JUDGE_DIR) -> Judge:
-    state = load_file(path / "judge.safetensors")
-    judge = Judge(width=state["features.0.weight"].shape[0])  # the first conv's channels
-    judge.load_state_dict(state)
-    return judge.eval()
+    return load_weights(Judge, path / "judge.safetensors", first_conv="features.0.weight")
 
 
 @torch.no_grad()
@@ -186,16 +149,8 @@ class JudgeScorer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train")
-    t.add_argument("--out", type=Path, default=JUDGE_DIR)
-    t.add_argument("--steps", type=positive_int, default=9000)
+    parser, t, _ = command_line(__doc__, "judge", JUDGE_DIR, steps=9000)
     t.add_argument("--width", type=positive_int, default=WIDTH, help="channels of the first stage (x2, x2, x4 after)")
-    a = sub.add_parser("accuracy")
-    a.add_argument("--judge", type=Path, default=JUDGE_DIR)
-    for command in (t, a):
-        command.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.out if args.command == "train" else args.judge

@@ -31,6 +31,7 @@ from dreambooth.generate import make_grid
 from dreambooth.models import check_model_folder, load_pipeline
 from dreambooth.toyworld import fashion_mnist, judge, world
 from dreambooth.toyworld.captions import describe
+from dreambooth.toyworld.readers import to_pixels
 from dreambooth.toyworld.model_card import (GENERATED, PER_CLASS, QUALITY_FILE, READ_AS, RECONSTRUCTION, RENDERED, ROUND_TRIP,
                                              write_model_card)
 from dreambooth.toyworld.subjects import EXAMPLES
@@ -81,7 +82,7 @@ def vae_round_trip(vae: AutoencoderKL, images: list[Image.Image], batch: int = 8
     its samples one."""
     out = []
     for start in range(0, len(images), batch):
-        out += VaeImageProcessor().postprocess(_round_trip(vae, judge.to_pixels(images[start:start + batch])), "pil")
+        out += VaeImageProcessor().postprocess(_round_trip(vae, to_pixels(images[start:start + batch])), "pil")
     return out
 
 
@@ -91,7 +92,7 @@ def reconstruction_psnr(vae: AutoencoderKL, subjects: Path = EXAMPLES) -> dict[s
     look any fine-tuning of the UNet can bring back, since every sample passes through this decoder."""
     out = {}
     for folder in sorted(p.parent for p in subjects.glob("*/subject.json")):
-        x = judge.to_pixels([Image.open(f) for f in sorted(folder.glob("*.png"))])
+        x = to_pixels([Image.open(f) for f in sorted(folder.glob("*.png"))])
         out[folder.name] = float(10 * torch.log10(4 / (_round_trip(vae, x) - x).pow(2).mean()))  # peak-to-peak 2
     return out
 

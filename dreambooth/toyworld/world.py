@@ -175,12 +175,29 @@ def _tint(scene: Scene) -> np.ndarray:
     return tint
 
 
+def _shade(scene: Scene) -> np.ndarray:
+    """(size, size, 1) in [0, 1]: the Fashion-MNIST intensity at the object's size, used as shading."""
+    item = Image.fromarray(scene.item).resize((scene.size, scene.size), Image.BILINEAR)
+    return np.asarray(item, np.float32)[..., None] / 255
+
+
+def _alpha(shade: np.ndarray) -> np.ndarray:
+    """How opaque the object is: its faint edges blend into the context."""
+    return np.clip(shade * 4, 0, 1)
+
+
+def object_mask(scene: Scene) -> np.ndarray:
+    """float32 (SIZE, SIZE) in [0, 1]: how much of each pixel of the render is the object."""
+    mask = np.zeros((SIZE, SIZE), np.float32)
+    mask[scene.y:scene.y + scene.size, scene.x:scene.x + scene.size] = _alpha(_shade(scene))[..., 0]
+    return mask
+
+
 def render(scene: Scene) -> np.ndarray:
     """The scene as uint8 (SIZE, SIZE, 3)."""
     img = background(scene.context, scene.context_seed)
-    item = Image.fromarray(scene.item).resize((scene.size, scene.size), Image.BILINEAR)
-    shade = np.asarray(item, np.float32)[..., None] / 255  # (s, s, 1): Fashion-MNIST intensity as shading
-    alpha = np.clip(shade * 4, 0, 1)
+    shade = _shade(scene)
+    alpha = _alpha(shade)
     obj = _tint(scene) * (0.45 + 0.55 * shade)
     box = img[scene.y:scene.y + scene.size, scene.x:scene.x + scene.size]
     img[scene.y:scene.y + scene.size, scene.x:scene.x + scene.size] = alpha * obj + (1 - alpha) * box

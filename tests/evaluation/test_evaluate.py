@@ -1,8 +1,7 @@
 import pytest
 
 from dreambooth.errors import ConfigError, DataError
-from dreambooth.evaluation.evaluate import (PromptImages, evaluate, load_image_folder, rescore_prompt_fidelity,
-                                           without_identifier)
+from dreambooth.evaluation.evaluate import PromptImages, evaluate, load_image_folder, scored_images, without_identifier
 from tests.evaluation.fakes import PixelEncoder, PixelMaps, RecordingScorer, noise_image
 
 REAL = [noise_image(0), noise_image(0)]
@@ -48,36 +47,13 @@ def test_evaluate_image_folder(image_folder):
     assert result["generation"] is None
 
 
-class SnowScorer:
-    """A judge that sees only snow."""
-
-    name = "fake-judge"
-
-    def __call__(self, images, prompt):
-        return 1.0 if "snow" in prompt else 0.0
-
-
-def test_rescoring_replaces_prompt_fidelity_and_keeps_the_rest(image_folder):
+def test_a_scored_prompt_whose_images_are_gone_names_the_file(image_folder):
     result = evaluate(image_folder, REAL, class_noun="dog", identifier="zwx", encoders=[PixelEncoder()],
                       prompt_scorer=RecordingScorer(), div_features=None)
-    rescored = rescore_prompt_fidelity(result, SnowScorer())
-    fidelity = [[r["value"] for r in p["metrics"] if r["metric"] == "prompt fidelity"] for p in rescored["prompts"]]
-    assert fidelity == [[0.0], [1.0]]  # one row per prompt, read again from its images
-    assert [[r["metric"] for r in p["metrics"]] for p in rescored["prompts"]] == [
-        [r["metric"] for r in p["metrics"]] for p in result["prompts"]]  # in its old place
-    summary = {(r["metric"], r["encoder"]): r["value"] for r in rescored["summary"]}
-    assert summary[("prompt fidelity", "fake-judge")] == 0.5
-    old = {(r["metric"], r["encoder"]): r["value"] for r in result["summary"]}
-    assert {k: v for k, v in summary.items() if k[0] != "prompt fidelity"} == {
-        k: v for k, v in old.items() if k[0] != "prompt fidelity"}  # DINO and PRES untouched
-
-
-def test_rescoring_a_result_whose_images_are_gone_names_the_file(image_folder):
-    result = evaluate(image_folder, REAL, class_noun="dog", identifier="zwx", encoders=[PixelEncoder()],
-                      prompt_scorer=RecordingScorer(), div_features=None)
+    assert len(scored_images(result["prompts"][1])) == 2
     (image_folder / "01-snow" / "000001.png").unlink()
     with pytest.raises(DataError, match="01-snow/000001.png"):
-        rescore_prompt_fidelity(result, SnowScorer())
+        scored_images(result["prompts"][1])
 
 
 def test_evaluate_in_memory_without_class_prompt_has_no_pres():
