@@ -38,6 +38,7 @@ from dreambooth.demo import BASE_MODEL, DemoSettings, labelled_sheet
 from dreambooth.errors import DataError, positive_int, run_command
 from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, ImageEncoder, load_encoder
 from dreambooth.evaluation.evaluate import evaluate, generate_images
+from dreambooth.evaluation.metrics.prompt_fidelity import PromptScorer
 from dreambooth.evaluation.prompts import load_prompts
 from dreambooth.generate import training_record
 from dreambooth.toyworld import locator
@@ -58,7 +59,7 @@ VARIANTS = {  # TrainConfig changes from the demo recipe
     "lora-prediction": {**LORA, "prior_mode": "prediction"},
 }
 GUIDANCE = 7.5
-ENCODER_NAMES = (*DEFAULT_ENCODERS, *(f"{name}, object crops" for name in DEFAULT_ENCODERS))
+ENCODER_NAMES = (*DEFAULT_ENCODERS, *map(locator.crop_name, DEFAULT_ENCODERS))
 
 
 @functools.cache
@@ -160,18 +161,23 @@ def run(results: Path, work: Path, base: Path, subject: str, seed: int, variant:
     return result
 
 
-def rescore(result_file: Path, scorer: JudgeScorer) -> dict:
+def rescore(result_file: Path, scorer: PromptScorer) -> dict:
     """A finished run scored again from the images it was scored on, with the current encoders, locator
     and judge; what scoring does not give (training time, base model, recipe) is kept."""
     result = json.loads(result_file.read_text())
+    subjects = [s.name for s in EXAMPLES.iterdir() if result_file.name.startswith(f"{s.name}-")]
+    if not subjects or not result.get("prompts"):
+        raise DataError(f"{result_file}: not a finished run of a subject in {EXAMPLES}; move it out of --results")
     images = Path(result["prompts"][0]["images"][0]).parents[1]  # <images>/<prompt folder>/<image>
-    subject = max((s.name for s in EXAMPLES.iterdir() if result_file.name.startswith(f"{s.name}-")), key=len)
     if not images.is_dir():
         raise DataError(f"{result_file}: its images in {images} are gone; delete the file to make the run again")
     if result_file.stem not in images.parts:  # a result renamed by hand still names its old folder
         raise DataError(f"{result_file}: it lists another run's images ({images}); delete the file to make the run again")
-    scores = evaluate(images, EXAMPLES / subject, class_noun=result["class_noun"], identifier=result["identifier"],
-                      encoders=encoders(), prompt_scorer=scorer)
+    scores = evaluate(images, EXAMPLES / max(subjects, key=len), class_noun=result["class_noun"],
+                      identifier=result["identifier"], encoders=encoders(), prompt_scorer=scorer)
+    if [p["images"] for p in scores["prompts"]] != [p["images"] for p in result["prompts"]]:
+        raise DataError(f"{result_file}: the images in {images} are no longer the ones it was scored on; "
+                        "delete the file to make the run again")
     result.update({key: value for key, value in scores.items() if key != "generation"})
     write_text_atomic(result_file, json.dumps(result, indent=2))
     return result
@@ -184,11 +190,11 @@ def metric(result: dict, name: str, encoder: str, rows: str = "summary") -> floa
 COLUMNS = {  # column title -> how to read it off a result
     "DINO (dino-imgfocus)": lambda r: metric(r, "DINO", "dino-imgfocus"),
     "fidelity (efficientnet-lite0)": lambda r: metric(r, "fidelity", "efficientnet-lite0"),
-    "DINO, object crops": lambda r: metric(r, "DINO", "dino-imgfocus, object crops"),
-    "fidelity, object crops": lambda r: metric(r, "fidelity", "efficientnet-lite0, object crops"),
+    "DINO, object crops": lambda r: metric(r, "DINO", locator.crop_name("dino-imgfocus")),
+    "fidelity, object crops": lambda r: metric(r, "fidelity", locator.crop_name("efficientnet-lite0")),
     "prompt fidelity (judge)": lambda r: metric(r, "prompt fidelity", "toy-world-judge"),
     "PRES (dino-imgfocus) ↓": lambda r: metric(r, "PRES", "dino-imgfocus"),
-    "PRES, object crops ↓": lambda r: metric(r, "PRES", "dino-imgfocus, object crops"),
+    "PRES, object crops ↓": lambda r: metric(r, "PRES", locator.crop_name("dino-imgfocus")),
     "DIV (lpips-style)": lambda r: next(x["value"] for x in r["summary"] if x["metric"] == "DIV"),
     "train time (s)": lambda r: r["train_seconds"],
 }

@@ -89,7 +89,9 @@ def test_rescoring_reads_the_run_again_from_its_images_and_keeps_what_scoring_do
             noise_image(seed).save(folder / f"{seed:06d}.png")
         (folder / "prompt.txt").write_text(prompt)
     result_file = tmp_path / "striped-bag-dreambooth-seed0.json"
-    old = {"class_noun": "bag", "identifier": "zwx", "summary": [], "prompts": [{"images": [str(images / "00" / "000000.png")]}],
+    listed = [str(images / "00" / f"{seed:06d}.png") for seed in (0, 1)]
+    stale = {"metric": "DINO", "encoder": "an encoder since replaced", "value": 0.1}
+    old = {"class_noun": "bag", "identifier": "zwx", "summary": [stale], "prompts": [{"images": listed}],
            "train_seconds": 12.5, "base_model": "abc"}
     result_file.write_text(json.dumps(old))
     monkeypatch.setattr(paper_tables, "encoders", lambda: [PixelEncoder()])
@@ -100,6 +102,9 @@ def test_rescoring_reads_the_run_again_from_its_images_and_keeps_what_scoring_do
         ("DINO", "fake-pixels"), ("prompt fidelity", "fake-judge"), ("DIV", "lpips-style[efficientnet-lite0]"),
         ("PRES", "fake-pixels")}
     assert [p["prompt"] for p in result["prompts"]] == ["a zwx bag in the snow"]  # "a bag" is PRES
+    noise_image(2).save(images / "00" / "000002.png")  # the folder no longer holds what was scored
+    with pytest.raises(DataError, match="no longer the ones it was scored on"):
+        paper_tables.rescore(result_file, RecordingScorer())
 
 
 def test_rescoring_a_run_whose_images_are_gone_says_what_to_do(tmp_path):

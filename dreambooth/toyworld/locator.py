@@ -12,6 +12,7 @@ held-out items; generated images are only like renders, so look at its crops of 
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ GROUND = 128  # the gray an object crop is set on
 
 
 def block(channels_in: int, channels_out: int, stride: int = 1) -> nn.Sequential:
+    """Two 3x3 convolutions with batch norm; the first one halves the resolution at stride 2."""
     return nn.Sequential(nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1),
                          nn.BatchNorm2d(channels_out), nn.ReLU(),
                          nn.Conv2d(channels_out, channels_out, 3, padding=1), nn.BatchNorm2d(channels_out), nn.ReLU())
@@ -81,7 +83,7 @@ def train(out: Path, steps: int = 3000, batch: int = 32, width: int = WIDTH, see
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     batches = (rendered_batch("train", batch, rng, augment=True, two_tone_fraction=TWO_TONE_FRACTION)
-               for _ in iter(int, 1))  # endless
+               for _ in itertools.repeat(None))
 
     def loss(locator: Locator, pixels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(locator(pixels), masks)
@@ -93,6 +95,7 @@ def train(out: Path, steps: int = 3000, batch: int = 32, width: int = WIDTH, see
 
 
 def load(path: Path = LOCATOR_DIR) -> Locator:
+    """The locator `train` wrote to `path` (default: the shipped one)."""
     return load_weights(Locator, path / "locator.safetensors", first_conv="down.0.0.weight")
 
 
@@ -118,8 +121,9 @@ def main_blob(mask: np.ndarray) -> np.ndarray:
     found = torch.from_numpy(mask > 0.5).float()[None, None]  # (1, 1, 64, 64)
     if not found.any():
         return mask
-    density = nn.functional.avg_pool2d(found, 9, stride=1, padding=4) * found
-    blob = (density == density.max()).float()
+    density = nn.functional.avg_pool2d(found, 9, stride=1, padding=4, count_include_pad=False) * found
+    blob = torch.zeros_like(found)
+    blob.view(-1)[density.argmax()] = 1  # one seed: two equally dense blobs must not both be kept
     while not torch.equal(grown := nn.functional.max_pool2d(blob, 3, stride=1, padding=1) * found, blob):
         blob = grown
     rim = nn.functional.max_pool2d(blob, 3, stride=1, padding=1)  # the soft edge just outside
@@ -133,14 +137,14 @@ def object_crop(image: Image.Image, mask: np.ndarray) -> Image.Image:
     sees what little the locator found, as for any other image."""
     mask = main_blob(mask)
     pixels = np.asarray(image.convert("RGB").resize((world.SIZE, world.SIZE), Image.BICUBIC), np.float32)
-    kept = mask[..., None] * pixels + (1 - mask[..., None]) * GROUND
+    kept = (mask[..., None] * pixels + (1 - mask[..., None]) * GROUND).round().astype(np.uint8)
     ys, xs = np.nonzero(mask > 0.5)
     if len(ys) == 0:
-        return Image.fromarray(kept.astype(np.uint8))
+        return Image.fromarray(kept)
     side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
     top = int(np.clip((ys.min() + ys.max() + 1 - side) // 2, 0, world.SIZE - side))
     left = int(np.clip((xs.min() + xs.max() + 1 - side) // 2, 0, world.SIZE - side))
-    return Image.fromarray(kept[top:top + side, left:left + side].round().astype(np.uint8))
+    return Image.fromarray(kept[top:top + side, left:left + side])
 
 
 def object_crops(locator: Locator, images: list[Image.Image]) -> list[Image.Image]:
@@ -148,14 +152,20 @@ def object_crops(locator: Locator, images: list[Image.Image]) -> list[Image.Imag
     return [object_crop(image, mask) for image, mask in zip(images, object_masks(locator, images).numpy())]
 
 
+def crop_name(encoder_name: str) -> str:
+    """The name results carry for an encoder read on object crops."""
+    return f"{encoder_name}, object crops"
+
+
 class ObjectCrops:
     """An image encoder that sees only the object: `encoder` on each image's object crop."""
 
     def __init__(self, encoder: ImageEncoder, locator: Locator | None = None) -> None:
-        self.encoder, self.locator = encoder, locator or load()
-        self.name, self.family = f"{encoder.name}, object crops", encoder.family
+        self.encoder, self.locator = encoder, load() if locator is None else locator
+        self.name, self.family = crop_name(encoder.name), encoder.family
 
     def embed(self, images: list[Image.Image]) -> torch.Tensor:
+        """(N, D) unit embeddings of the images' object crops."""
         return self.encoder.embed(object_crops(self.locator, images))
 
 
@@ -179,11 +189,12 @@ def main() -> None:
     a.add_argument("--sheet", type=Path, help="also draw images and their object crops here (PNG)")
     a.add_argument("--images", type=Path, nargs="+", help="folders of images for --sheet (e.g. generated ones)")
     args = parser.parse_args()
-    if args.command == "accuracy" and bool(args.sheet) != bool(args.images):
-        parser.error("--sheet and --images go together: --sheet OUT.png --images FOLDER [FOLDER ...]")
-    for folder in args.images or []:
-        if not folder.is_dir():
-            parser.error(f"--images {folder}: not a folder; pass folders of images")
+    if args.command == "accuracy":
+        if bool(args.sheet) != bool(args.images):
+            parser.error("--sheet and --images go together: --sheet OUT.png --images FOLDER [FOLDER ...]")
+        for images in args.images or []:
+            if not images.is_dir():
+                parser.error(f"--images {images}: not a folder; pass folders of images")
     torch.set_num_threads(args.threads)
     folder = args.out if args.command == "train" else args.locator
     locator = train(folder, args.steps) if args.command == "train" else load(folder)
@@ -191,8 +202,9 @@ def main() -> None:
         crop_sheet(locator, args.images, args.sheet)
     result = {"clean": accuracy(locator), "degraded": accuracy(locator, augment=True),
               "two-toned (like the subjects)": accuracy(locator, two_toned=True)}
-    print(json.dumps({"mean IoU on held-out renders": result}, indent=2))
-    write_text_atomic(folder / "accuracy.json", json.dumps({"mean IoU on held-out renders": result}, indent=2) + "\n")
+    text = json.dumps({"mean IoU on held-out renders": result}, indent=2)
+    print(text)
+    write_text_atomic(folder / "accuracy.json", text + "\n")
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ from dreambooth.generate import make_grid
 from dreambooth.models import check_model_folder, load_pipeline
 from dreambooth.toyworld import fashion_mnist, judge, world
 from dreambooth.toyworld.captions import describe
-from dreambooth.toyworld.readers import to_pixels
 from dreambooth.toyworld.model_card import (GENERATED, PER_CLASS, QUALITY_FILE, READ_AS, RECONSTRUCTION, RENDERED, ROUND_TRIP,
                                              write_model_card)
+from dreambooth.toyworld.readers import to_pixels
 from dreambooth.toyworld.subjects import EXAMPLES
 
 STEPS, GUIDANCE = 20, 7.5  # the demo's and the model card's sampler settings

@@ -1,5 +1,6 @@
 """What the world's two small readers of images, the judge and the locator, share: renders of random
-scenes to learn from, degraded like generated images, and one training loop.
+scenes to learn from, degraded like generated images, one training loop, their weights on disk and
+their command line.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dreambooth.atomic import save_file_atomic
-from dreambooth.errors import positive_int
+from dreambooth.errors import ModelError, positive_int
 from dreambooth.toyworld import fashion_mnist, world
 
 
@@ -75,6 +76,8 @@ def save_weights(model: nn.Module, file: Path, recipe: dict) -> None:
 
 def load_weights(build: Callable[[int], nn.Module], file: Path, first_conv: str) -> nn.Module:
     """A model saved by `save_weights`, built at the width it was trained at (its `first_conv`'s channels)."""
+    if not file.is_file():
+        raise ModelError(f"{file} not found; pass a folder that `train --out` wrote")
     state = load_file(file)
     model = build(state[first_conv].shape[0])
     model.load_state_dict(state)

@@ -1,10 +1,14 @@
 """The locator marks the object's pixels, and object crops keep just those, on gray."""
 
+import json
+import sys
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from dreambooth.errors import ModelError
 from dreambooth.toyworld import locator, world
 from tests.evaluation.fakes import PixelEncoder
 
@@ -45,6 +49,20 @@ def test_object_crop_leaves_out_stray_marks_away_from_the_object():
     assert np.array_equal(locator.main_blob(mask)[20:41], mask[20:41])  # the object and its rim kept
 
 
+def test_of_two_equal_blobs_the_crop_keeps_one():
+    mask = np.zeros((64, 64), np.float32)
+    mask[2:14, 2:14] = mask[40:52, 40:52] = 1
+    assert locator.object_crop(Image.new("RGB", (64, 64)), mask).size == (12, 12)
+
+
+def test_an_object_at_the_border_is_cropped_whole():
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[0:10, 54:64] = 255
+    mask = (pixels[..., 0] > 0).astype(np.float32)
+    crop = np.asarray(locator.object_crop(Image.fromarray(pixels), mask))
+    assert crop.shape == (10, 10, 3) and (crop == 255).all()
+
+
 def test_an_image_where_nothing_is_found_comes_back_whole_and_gray():
     crop = locator.object_crop(Image.new("RGB", (64, 64), (10, 200, 10)), np.zeros((64, 64), np.float32))
     assert crop.size == (64, 64) and (np.asarray(crop) == locator.GROUND).all()
@@ -75,6 +93,20 @@ def test_saved_locator_loads_at_its_own_width(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(trained(pixels), loaded(pixels))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_train_command_trains_saves_and_scores(tmp_path, monkeypatch):
+    monkeypatch.setattr(locator, "rendered_batch", lambda *a, **k: (torch.zeros(2, 3, 64, 64), torch.zeros(2, 64, 64)))
+    monkeypatch.setattr(locator, "accuracy", lambda *a, **k: 0.5)
+    monkeypatch.setattr(sys, "argv", ["locator", "train", "--out", str(tmp_path), "--steps", "1"])
+    locator.main()
+    assert (tmp_path / "locator.safetensors").is_file()
+    assert json.loads((tmp_path / "accuracy.json").read_text())["mean IoU on held-out renders"]["clean"] == 0.5
+
+
+def test_a_folder_without_weights_is_a_one_line_model_error(tmp_path):
+    with pytest.raises(ModelError, match="locator.safetensors not found; pass a folder that `train --out` wrote"):
+        locator.load(tmp_path)
 
 
 @pytest.mark.parametrize("context", world.CONTEXTS)
