@@ -80,9 +80,9 @@ def _round_trip(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
 def vae_round_trip(vae: AutoencoderKL, images: list[Image.Image], batch: int = 88) -> list[Image.Image]:
     """Each image encoded and decoded by the model's VAE, and made an image the way the pipeline makes
     its samples one."""
-    out = []
+    processor, out = VaeImageProcessor(), []
     for start in range(0, len(images), batch):
-        out += VaeImageProcessor().postprocess(_round_trip(vae, to_pixels(images[start:start + batch])), "pil")
+        out += processor.postprocess(_round_trip(vae, to_pixels(images[start:start + batch])), "pil")
     return out
 
 
