@@ -124,10 +124,10 @@ def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int,
         return user_images[:num_images]
     folder = cache_folder(spec, Path(cache_root))
     paths = [folder / f"{i:06d}.png" for i in range(num_images - len(user_images))]
+    # a file that does not decode (damaged by something else: ours are written whole) is replaced, never
+    # deleted first: another process sharing the cache may be about to read it
     missing = [i for i, path in enumerate(paths) if not _decodes(path)]
     if missing:
-        for i in missing:
-            paths[i].unlink(missing_ok=True)  # a truncated or garbage file from an interrupted run
         _generate(spec, load_pipeline(), missing, folder, batch_size, progress)
     return user_images + paths
 

@@ -1,6 +1,7 @@
 """The `dreambooth` command: parses arguments, builds configs, calls the library. Nothing else.
 
     dreambooth train --pretrained_model_name_or_path base --instance_data_dir photos --class_noun dog
+    dreambooth batch runs.yaml
     dreambooth identifier --model base
     dreambooth generate --model out --prompt "a {identifier} {class_noun} on the beach" -n 4
 """
@@ -81,6 +82,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     out = train(cfg)
     print(f"saved the personalized pipeline to {out}")
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    from dreambooth.batch import run_batch
+
+    outputs = run_batch(args.file, args.shard, check_only=args.check)
+    if not args.check:
+        print(f"saved {len(outputs)} personalized model(s)" + "".join(f"\n  {out}" for out in outputs))
 
 
 def checked_model(path: str | Path) -> Path:
@@ -178,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--check", action="store_true", help="validate everything, report, and stop")
     add_train_options(train)
     train.set_defaults(run=cmd_train)
+
+    batch = sub.add_parser("batch", help="many personalizations from one YAML/TOML/JSON file of runs",
+                           description="Train every run of FILE: `defaults:` (options shared by all runs) and "
+                                       "`runs:` (a list of option mappings, each with its own output_dir). All "
+                                       "runs are checked first; finished runs are skipped, interrupted ones "
+                                       "resumed; a failed run is reported at the end while the others go on.")
+    batch.add_argument("file", help="the runs file")
+    batch.add_argument("--check", action="store_true", help="check every run, print the plan, and stop")
+    batch.add_argument("--shard", metavar="K/N", help="only runs K, K+N, K+2N, ... (one share of N side by side)")
+    batch.set_defaults(run=cmd_batch)
 
     ident = sub.add_parser("identifier", help="list rare-token identifiers of a model's tokenizer")
     ident.add_argument("--model", required=True, help="diffusers pipeline folder")

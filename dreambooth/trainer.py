@@ -232,8 +232,7 @@ class Trainer:
     def _save_and_stop(self) -> None:
         path = checkpoints.save(self.accelerator, self.output_dir, self.step, self.cfg.checkpoints_total_limit)
         number = self.stop_signal or signal.SIGTERM  # another process may have been the one signalled
-        raise Interrupted(f"stopped by {signal.Signals(number).name} at step {self.step}; saved {path}; "
-                          "resume with the same command plus --resume_from_checkpoint latest", number)
+        raise Interrupted(f"stopped by {signal.Signals(number).name} at step {self.step}; saved {path}", number)
 
     def training_step(self, micro_step: int) -> LossParts:
         """One forward/backward pass on a concatenated [instance; prior] batch (paper, Eq. 2)."""
@@ -391,8 +390,10 @@ class Trainer:
 class Interrupted(DreamBoothError):
     """SIGINT/SIGTERM during training: a checkpoint was saved; the message says how to resume."""
 
-    def __init__(self, message: str, signal_number: int) -> None:
-        super().__init__(message)
+    def __init__(self, what: str, signal_number: int,
+                 resume: str = "resume with the same command plus --resume_from_checkpoint latest") -> None:
+        super().__init__(f"{what}; {resume}")
+        self.what, self.signal_number = what, signal_number
         self.exit_code = 128 + signal_number
 
 

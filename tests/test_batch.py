@@ -1,0 +1,86 @@
+"""`dreambooth batch`: every run checked first, finished runs skipped, interrupted ones resumed, a
+failed run reported while the others go on."""
+
+import signal
+
+import pytest
+import yaml
+
+from dreambooth import runlog
+from dreambooth.batch import plan, read_runs, run_batch, shard
+from dreambooth.cli import main
+from dreambooth.errors import ConfigError, DreamBoothError
+from dreambooth.trainer import Interrupted, Trainer
+
+
+def write_runs(tmp_path, tiny_sd, subject_dir, *runs, **defaults):
+    shared = dict(pretrained_model_name_or_path=str(tiny_sd), instance_data_dir=str(subject_dir), class_noun="dog",
+                  class_cache_dir=str(tmp_path / "cache"), num_class_images=2, class_inference_steps=2,
+                  max_train_steps=2, learning_rate=1e-3, report_to="none", center_crop=True)
+    path = tmp_path / "runs.yaml"
+    path.write_text(yaml.safe_dump({"defaults": {**shared, **defaults},
+                                    "runs": [{"output_dir": str(tmp_path / name), **extra} for name, extra in runs]}))
+    return path
+
+
+def test_runs_train_once_and_a_changed_setting_is_refused(tiny_sd, subject_dir, tmp_path, capsys):
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"lora": True, "learning_rate": 1e-2}))
+    assert main(["batch", str(runs)]) == 0
+    assert [len(runlog.read(tmp_path / n)) for n in "ab"] == [2, 2]
+    assert (tmp_path / "b" / "pytorch_lora_weights.safetensors").is_file()
+    capsys.readouterr()
+    assert run_batch(runs) == []  # both finished: nothing trains again
+    assert "run 2 (" in plan(read_runs(runs)) and "finished, skipped" in plan(read_runs(runs))
+    changed = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"lora": True}))
+    with pytest.raises(ConfigError, match=r"run 2 .* finished with other settings \(learning_rate: trained with 0.01, now 0.001\)"):
+        run_batch(changed)
+
+
+def test_every_problem_of_every_run_is_reported_before_any_trains(tiny_sd, subject_dir, tmp_path):
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"instance_data_dir": str(tmp_path / "none")}),
+                      ("c", {"lora_rank": 0}))
+    with pytest.raises(ConfigError) as error:
+        run_batch(runs)
+    assert "run 3: invalid config" in str(error.value) and "lora_rank" in str(error.value)
+    fixed = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"instance_data_dir": str(tmp_path / "none")}),
+                       ("a", {"seed": 1}))
+    with pytest.raises(ConfigError, match="runs 1 and 3 both write"):
+        run_batch(fixed)
+    only_missing = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"instance_data_dir": str(tmp_path / "none")}))
+    with pytest.raises(ConfigError, match=r"1 problem\(s\) found before training:\n  run 2 \(.*none"):
+        run_batch(only_missing)
+    assert not (tmp_path / "a").exists()  # run 1 was fine, but nothing trained
+
+
+def test_a_failed_run_is_reported_after_the_others_ran(tiny_sd, subject_dir, tmp_path):
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("bad", {"learning_rate": 1e30, "max_grad_norm": 1e30,
+                                                               "max_train_steps": 20}), ("good", {}))
+    with pytest.raises(DreamBoothError, match=r"1 of 2 runs failed .*\n  run 1 .*the loss is not finite"):
+        run_batch(runs)
+    assert len(runlog.read(tmp_path / "good")) == 2
+
+
+def test_an_interrupted_batch_resumes_where_it_stopped(tiny_sd, subject_dir, tmp_path, monkeypatch):
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}), max_train_steps=4)
+    original = Trainer.training_step
+
+    def signalled_in_step_3(self, micro_step):
+        if micro_step == 2 and self.output_dir.name == "b":
+            self.stop_signal = signal.SIGTERM  # what the handler sets on SIGTERM
+        return original(self, micro_step)
+
+    monkeypatch.setattr(Trainer, "training_step", signalled_in_step_3)
+    with pytest.raises(Interrupted, match=r"run 2 .*at step 3.*the same `dreambooth batch` command resumes it"):
+        run_batch(runs)
+    monkeypatch.undo()
+    assert "run 1 (" in plan(read_runs(runs)) and "run 2 (" + str(tmp_path / "b") + "): to resume from checkpoint-3" in plan(read_runs(runs))
+    run_batch(runs)
+    assert [row["step"] for row in runlog.read(tmp_path / "b")] == [1, 2, 3, 4]
+
+
+def test_shards_split_the_runs_without_overlap(tiny_sd, subject_dir, tmp_path):
+    runs = read_runs(write_runs(tmp_path, tiny_sd, subject_dir, *[(str(i), {}) for i in range(5)]))
+    shares = [[run.number for run in shard(runs, f"{k}/2")] for k in (1, 2)]
+    assert shares == [[1, 3, 5], [2, 4]]
+    with pytest.raises(ConfigError, match="--shard: expected K/N"):
+        shard(runs, "0/2")
