@@ -9,27 +9,39 @@
     dreambooth batch runs.yaml [--check] [--shard K/N]
 
 Every run is checked before any trains. Running the same file again skips the finished runs and
-resumes an interrupted one from its last checkpoint, so a batch survives crashes and restarts. A run
-that fails is reported at the end and the others go on. Runs of one class share their class images
-through the class-image cache, so each class is generated once.
+resumes an interrupted one from its last checkpoint, so a batch survives crashes and restarts; a run
+whose options the file has changed since it started is refused, not mixed. A run that fails is
+reported at the end and the others go on. Runs whose class images are the same (class prompt, base
+model, seed, sampler settings) find them in the class-image cache, so they are generated once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from dreambooth import checkpoints
+from dreambooth.atomic import write_text_atomic
 from dreambooth.config import TrainConfig, from_dict, read_config_file
 from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.export import CONFIG_FILE
 
 log = logging.getLogger("dreambooth")
+STARTED_FILE = "dreambooth_batch_run.yaml"  # the options a run started with, until its model is saved
 RESOLVED_AT_SETUP = ("identifier", "resolution")  # None asks the trainer to choose; the saved config has its choice
+PATHS = ("pretrained_model_name_or_path", "instance_data_dir", "output_dir", "class_data_dir", "class_cache_dir")
+# options that change how a run is watched, logged or checkpointed, not the model it trains
+NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
+                 "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
+                 "inference_steps", "guidance_scale", "eval_every", "eval_encoder", "eval_prompt_scorer", "keep_best",
+                 "allow_pickle")
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,8 @@ def read_runs(path: str | Path) -> list[Run]:
         try:
             runs.append(Run(number, from_dict({**defaults, **entry}, source=f"run {number}")))
         except ConfigError as error:
-            problems.append(f"run {number}: {error}".replace("\n", "\n  "))
+            message = str(error) if str(error).startswith(f"run {number}:") else f"run {number}: {error}"
+            problems.append(message.replace("\n", "\n  "))
     writers: dict[Path, int] = {}
     for run in runs:
         first = writers.setdefault(run.output_dir.resolve(), run.number)
@@ -98,31 +111,50 @@ def shard(runs: list[Run], spec: str | None) -> list[Run]:
     return [run for run in runs if (run.number - 1) % n == k - 1]
 
 
-def changed_settings(run: Run) -> list[str]:
-    """Options of a finished run's saved config that the file now sets differently."""
-    saved = yaml.safe_load((run.output_dir / CONFIG_FILE).read_text()) or {}
-    saved_cfg = from_dict({k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+def recorded_options(run: Run) -> Path | None:
+    """The options file of a finished run (its saved config) or of an interrupted one (what it started with)."""
+    status = run.status()
+    record = run.output_dir / (CONFIG_FILE if status == "done" else STARTED_FILE)
+    return record if status != "new" and record.is_file() else None
+
+
+def changed_settings(run: Run, record: Path) -> list[str]:
+    """Options that shape the model and that the file now sets otherwise than `record` does."""
+    try:
+        saved = read_config_file(record)
+        had = from_dict({k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}, source=str(record))
+    except ConfigError as error:
+        raise ConfigError(f"{run.name}: {record} is unreadable ({str(error).splitlines()[-1].strip()}); "
+                          "delete the output_dir to train the run again") from None
     changed = []
-    for field in dataclasses.fields(TrainConfig):
-        asked, had = getattr(run.cfg, field.name), getattr(saved_cfg, field.name)
-        if field.name == "resume_from_checkpoint" or (asked is None and field.name in RESOLVED_AT_SETUP):
+    for name in sorted(set(saved) & set(TrainConfig.__dataclass_fields__) - set(NOT_THE_MODEL)):
+        asked, was = getattr(run.cfg, name), getattr(had, name)
+        if asked is None and name in RESOLVED_AT_SETUP:
             continue
-        if asked != had:
-            changed.append(f"{field.name}: trained with {had!r}, now {asked!r}")
+        if name in PATHS and asked and was:
+            asked, was = (str(Path(v).expanduser().resolve()) for v in (asked, was))
+        if asked != was:
+            changed.append(f"{name}: trained with {was!r}, now {asked!r}")
     return changed
 
 
 def check(runs: list[Run]) -> list[str]:
-    """Every problem of the runs still to train, and of finished runs the file now describes otherwise."""
+    """Every problem of the runs still to train, and of started runs the file now describes otherwise."""
     from dreambooth.preflight import preflight
 
     problems = []
     for run in runs:
+        record = recorded_options(run)
+        try:
+            changed = changed_settings(run, record) if record else []
+        except ConfigError as error:
+            problems.append(str(error))
+            continue
+        if changed:
+            state = "finished" if run.status() == "done" else "started"
+            problems.append(f"{run.name} was {state} with other settings ({'; '.join(changed)}); "
+                            "delete its output_dir to train it again, or give it another one")
         if run.status() == "done":
-            changed = changed_settings(run)
-            if changed:
-                problems.append(f"{run.name} is finished with other settings ({'; '.join(changed)}); "
-                                "delete its output_dir to train it again, or give it another one")
             continue
         report = preflight(run.cfg)
         problems += [f"{run.name}: {p}" for p in report.problems]
@@ -148,7 +180,12 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
     Returns the trained runs' output folders; raises listing the runs that failed, after the rest ran."""
     from dreambooth.trainer import Interrupted, train
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("dreambooth batch runs as one process; for several GPUs start one command per GPU "
+                          "with --shard K/N instead of `accelerate launch`")
     runs = shard(read_runs(path), shard_spec)
+    if not runs:
+        log.warning("warning: --shard %s holds no run of %s", shard_spec, path)
     log.info("%s", plan(runs))
     problems = check(runs)
     if problems:
@@ -158,14 +195,25 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
     trained, failed = [], []
     pending = [run for run in runs if run.status() != "done"]
     for i, run in enumerate(pending, 1):
-        resume = "latest" if run.status() == "resume" else None
         log.info("[%d/%d] %s", i, len(pending), run.name)
+        resume = None
+        if run.status() == "resume":
+            resume = "latest"
+        else:
+            run.output_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run.output_dir / STARTED_FILE, yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
         try:
             trained.append(train(dataclasses.replace(run.cfg, resume_from_checkpoint=resume)))
+            (run.output_dir / STARTED_FILE).unlink(missing_ok=True)
         except Interrupted as stop:
+            earlier = "".join(f"\n  earlier: {f}" for f in failed)
             raise Interrupted(f"{run.name}: {stop.what}", stop.signal_number,
-                              "the same `dreambooth batch` command resumes it and the runs after it") from None
-        except DreamBoothError as error:
+                              "the same `dreambooth batch` command goes on from there" + earlier) from None
+        except (DreamBoothError, torch.OutOfMemoryError) as error:
+            if isinstance(error, torch.OutOfMemoryError):
+                error = "out of device memory; try --gradient_checkpointing, --mixed_precision bf16 or --lora"
+                gc.collect()
+                torch.cuda.empty_cache()
             failed.append(f"{run.name}: {error}")
             log.error("error: %s", failed[-1])
     log.info("%d trained, %d already finished, %d failed", len(trained), len(runs) - len(pending), len(failed))

@@ -41,13 +41,13 @@ def scalar_config(cfg: TrainConfig) -> dict[str, Any]:
 
 def publish(staging: Path, out: Path) -> None:
     """Move a fully written model from `staging` into `out` so that a crash never leaves a folder that
-    looks complete: the files loaders look for first (model_index.json, the config) go out first and
-    come back last."""
+    looks complete: the files loaders look for first go out first and come back last, the config
+    (what `dreambooth batch` takes as "finished") the very last."""
     markers = ("model_index.json", CONFIG_FILE)
     fsync_tree(staging)
     for name in markers:
         (out / name).unlink(missing_ok=True)
-    entries = sorted(staging.iterdir(), key=lambda p: p.name in markers)
+    entries = sorted(staging.iterdir(), key=lambda p: markers.index(p.name) + 1 if p.name in markers else 0)
     for entry in entries:
         target = out / entry.name
         if target.is_dir():

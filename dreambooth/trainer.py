@@ -400,7 +400,8 @@ class Interrupted(DreamBoothError):
 def train(cfg: TrainConfig) -> Path:
     """Personalize `cfg.pretrained_model_name_or_path` on `cfg.instance_data_dir`; return the output folder.
 
-    SIGINT/SIGTERM during the loop finish the current step, save a checkpoint and raise `Interrupted`.
+    SIGINT/SIGTERM during the loop finish the current step, save a checkpoint and raise `Interrupted`;
+    during the final save, they let it finish and then raise `Interrupted`, so no signal goes unheard.
     """
     trainer = Trainer(cfg)
     trainer.setup()
@@ -415,7 +416,11 @@ def train(cfg: TrainConfig) -> Path:
     for s in previous:
         signal.signal(s, stop_after_this_step)
     try:
-        return trainer.train()
+        out = trainer.train()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if trainer.stop_signal is not None:
+        raise Interrupted(f"stopped by {signal.Signals(trainer.stop_signal).name} after saving {out}",
+                          trainer.stop_signal, "nothing is left to resume")
+    return out

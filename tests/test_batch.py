@@ -2,12 +2,13 @@
 failed run reported while the others go on."""
 
 import signal
+from pathlib import Path
 
 import pytest
 import yaml
 
 from dreambooth import runlog
-from dreambooth.batch import plan, read_runs, run_batch, shard
+from dreambooth.batch import STARTED_FILE, plan, read_runs, run_batch, shard
 from dreambooth.cli import main
 from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.trainer import Interrupted, Trainer
@@ -28,11 +29,16 @@ def test_runs_train_once_and_a_changed_setting_is_refused(tiny_sd, subject_dir, 
     assert main(["batch", str(runs)]) == 0
     assert [len(runlog.read(tmp_path / n)) for n in "ab"] == [2, 2]
     assert (tmp_path / "b" / "pytorch_lora_weights.safetensors").is_file()
+    assert not (tmp_path / "a" / STARTED_FILE).exists()  # the start record goes once the model is saved
     capsys.readouterr()
     assert run_batch(runs) == []  # both finished: nothing trains again
+    # options that do not shape the model, and another spelling of a path, are no change
+    respelled = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {"report_to": "tensorboard", "checkpointing_steps": 7}),
+                           ("b", {"lora": True, "learning_rate": 1e-2, "instance_data_dir": f"{subject_dir}/"}))
+    assert run_batch(respelled) == []
     assert "run 2 (" in plan(read_runs(runs)) and "finished, skipped" in plan(read_runs(runs))
     changed = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"lora": True}))
-    with pytest.raises(ConfigError, match=r"run 2 .* finished with other settings \(learning_rate: trained with 0.01, now 0.001\)"):
+    with pytest.raises(ConfigError, match=r"run 2 .* was finished with other settings \(learning_rate: trained with 0.01, now 0.001\)"):
         run_batch(changed)
 
 
@@ -70,11 +76,14 @@ def test_an_interrupted_batch_resumes_where_it_stopped(tiny_sd, subject_dir, tmp
         return original(self, micro_step)
 
     monkeypatch.setattr(Trainer, "training_step", signalled_in_step_3)
-    with pytest.raises(Interrupted, match=r"run 2 .*at step 3.*the same `dreambooth batch` command resumes it"):
+    with pytest.raises(Interrupted, match=r"run 2 .*at step 3.*the same `dreambooth batch` command goes on from there"):
         run_batch(runs)
     monkeypatch.undo()
-    assert "run 1 (" in plan(read_runs(runs)) and "run 2 (" + str(tmp_path / "b") + "): to resume from checkpoint-3" in plan(read_runs(runs))
-    run_batch(runs)
+    assert f"run 2 ({tmp_path / 'b'}): to resume from checkpoint-3" in plan(read_runs(runs))
+    changed = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"seed": 1}), max_train_steps=4)
+    with pytest.raises(ConfigError, match=r"run 2 .* was started with other settings \(seed: trained with 0, now 1\)"):
+        run_batch(changed)  # not resumed into a mix of two configurations
+    run_batch(write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}), max_train_steps=4))
     assert [row["step"] for row in runlog.read(tmp_path / "b")] == [1, 2, 3, 4]
 
 
@@ -84,3 +93,32 @@ def test_shards_split_the_runs_without_overlap(tiny_sd, subject_dir, tmp_path):
     assert shares == [[1, 3, 5], [2, 4]]
     with pytest.raises(ConfigError, match="--shard: expected K/N"):
         shard(runs, "0/2")
+
+
+def test_a_signal_during_the_final_save_stops_the_batch_after_it(tiny_sd, subject_dir, tmp_path, monkeypatch):
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}))
+    original = Trainer.save
+
+    def signalled_while_saving(self):
+        self.stop_signal = signal.SIGTERM
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "save", signalled_while_saving)
+    with pytest.raises(Interrupted, match=r"run 1 .*stopped by SIGTERM after saving"):
+        run_batch(runs)
+    assert (tmp_path / "a" / "dreambooth_config.yaml").is_file() and not (tmp_path / "b").exists()
+
+
+def test_publish_moves_the_config_last(tmp_path, monkeypatch):
+    """`dreambooth batch` takes a folder with the config as finished: it must be the last file in place."""
+    from dreambooth import export
+
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    staging.mkdir()
+    out.mkdir()
+    for name in (export.CONFIG_FILE, "model_index.json", "README.md", "unet"):
+        (staging / name).write_text("x")
+    moved, replace = [], export.os.replace
+    monkeypatch.setattr(export.os, "replace", lambda a, b: (moved.append(Path(b).name), replace(a, b)))
+    export.publish(staging, out)
+    assert moved[-2:] == ["model_index.json", export.CONFIG_FILE]
