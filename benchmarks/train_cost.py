@@ -132,32 +132,42 @@ def table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, resolution and precision options, shared with profile_step.py."""
     model_choice = parser.add_mutually_exclusive_group()
     model_choice.add_argument("--model", type=Path)
     model_choice.add_argument("--sd15", action="store_true", help="a random-weight model of SD 1.5's architecture")
-    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--resolution", type=int, help="default: the model's native size")
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--diffusers_examples", type=Path, help="a diffusers checkout's examples/dreambooth")
-    args = parser.parse_args()
-    if args.steps < 4:
-        parser.error(f"--steps must be at least 4 (three warm-up steps, then timed ones), got {args.steps}")
+
+
+def model_and_data(args: argparse.Namespace, parser: argparse.ArgumentParser, tmp: Path) -> list[str]:
+    """The model (given, or built in `tmp`) and the images, as the flags every trainer here shares."""
     if args.model:
         try:
             check_model_folder(args.model, option="--model")
         except ModelError as error:
             parser.error(str(error))
+    model = args.model or (sd15_sized_model if args.sd15 else toy_sized_model)(tmp / "model")
+    resolution = args.resolution or native_resolution(model)
+    instance, classes = image_folders(tmp, resolution)
+    return ["--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(instance),
+            "--class_data_dir", str(classes), "--num_class_images", str(NUM_CLASS_IMAGES),
+            "--resolution", str(resolution), "--train_batch_size", "1", "--center_crop",
+            "--mixed_precision", args.mixed_precision]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--diffusers_examples", type=Path, help="a diffusers checkout's examples/dreambooth")
+    args = parser.parse_args()
+    if args.steps < 4:
+        parser.error(f"--steps must be at least 4 (three warm-up steps, then timed ones), got {args.steps}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = args.model or (sd15_sized_model if args.sd15 else toy_sized_model)(tmp / "model")
-        args.resolution = args.resolution or native_resolution(model)
-        instance, classes = image_folders(tmp, args.resolution)
-        common = ["--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(instance),
-                  "--class_data_dir", str(classes), "--num_class_images", str(NUM_CLASS_IMAGES),
-                  "--resolution", str(args.resolution), "--train_batch_size", "1", "--center_crop",
-                  "--max_train_steps", str(args.steps), "--mixed_precision", args.mixed_precision,
+        common = [*model_and_data(args, parser, tmp), "--max_train_steps", str(args.steps),
                   "--report_to", "tensorboard"]
         rows = []
         for i, (name, extra) in enumerate(OURS.items()):

@@ -92,7 +92,8 @@ def read_runs(path: str | Path) -> list[Run]:
     for run in runs:
         first = writers.setdefault(run.output_dir.resolve(), run.number)
         if first != run.number:
-            problems.append(f"runs {first} and {run.number} both write {run.cfg.output_dir}; give each its own output_dir")
+            problems.append(f"runs {first} and {run.number} both write {run.cfg.output_dir}; "
+                            "give each its own output_dir")
     if problems:
         raise ConfigError(f"{path}:\n  " + "\n  ".join(problems))
     return runs
@@ -111,9 +112,8 @@ def shard(runs: list[Run], spec: str | None) -> list[Run]:
     return [run for run in runs if (run.number - 1) % n == k - 1]
 
 
-def recorded_options(run: Run) -> Path | None:
+def recorded_options(run: Run, status: str) -> Path | None:
     """The options file of a finished run (its saved config) or of an interrupted one (what it started with)."""
-    status = run.status()
     record = run.output_dir / (CONFIG_FILE if status == "done" else STARTED_FILE)
     return record if status != "new" and record.is_file() else None
 
@@ -144,17 +144,18 @@ def check(runs: list[Run]) -> list[str]:
 
     problems = []
     for run in runs:
-        record = recorded_options(run)
+        status = run.status()
+        record = recorded_options(run, status)
         try:
             changed = changed_settings(run, record) if record else []
         except ConfigError as error:
             problems.append(str(error))
             continue
         if changed:
-            state = "finished" if run.status() == "done" else "started"
+            state = "finished" if status == "done" else "started"
             problems.append(f"{run.name} was {state} with other settings ({'; '.join(changed)}); "
                             "delete its output_dir to train it again, or give it another one")
-        if run.status() == "done":
+        if status == "done":
             continue
         report = preflight(run.cfg)
         problems += [f"{run.name}: {p}" for p in report.problems]
