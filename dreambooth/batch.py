@@ -41,7 +41,7 @@ PATHS = ("pretrained_model_name_or_path", "instance_data_dir", "output_dir", "cl
 NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
                  "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
                  "inference_steps", "guidance_scale", "eval_every", "eval_encoder", "eval_prompt_scorer", "keep_best",
-                 "allow_pickle")
+                 "allow_pickle", "keep_checkpoints")
 
 
 @dataclass(frozen=True)
@@ -139,10 +139,11 @@ def changed_settings(run: Run, record: Path) -> list[str]:
 
 
 def check(runs: list[Run]) -> list[str]:
-    """Every problem of the runs still to train, and of started runs the file now describes otherwise."""
-    from dreambooth.preflight import preflight
+    """Every problem of the runs still to train, and of started runs the file now describes otherwise.
+    Free disk is checked for all of them together: what the runs write adds up on each disk."""
+    from dreambooth.preflight import disk_problems, preflight
 
-    problems = []
+    problems, disk = [], []
     for run in runs:
         status = run.status()
         record = recorded_options(run, status)
@@ -157,11 +158,12 @@ def check(runs: list[Run]) -> list[str]:
                             "delete its output_dir to train it again, or give it another one")
         if status == "done":
             continue
-        report = preflight(run.cfg)
+        report = preflight(run.cfg, check_disk=False)
         problems += [f"{run.name}: {p}" for p in report.problems]
+        disk += report.disk
         for warning in report.warnings:
             log.warning("warning: %s: %s", run.name, warning)
-    return problems
+    return problems + [f"the runs together: {p}" for p in disk_problems(disk)]
 
 
 def plan(runs: list[Run]) -> str:

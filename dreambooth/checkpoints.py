@@ -58,6 +58,12 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
     return final
 
 
+def delete_all(output_dir: Path) -> None:
+    """Delete every checkpoint, complete or cut short (the final model no longer needs them)."""
+    for path in [*complete_checkpoints(output_dir), *output_dir.glob(".checkpoint-*.tmp")]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int:
     """Load the checkpoint named by `which` ('latest' or a folder) and return its step; 0 if None."""
     if which is None:

@@ -108,6 +108,8 @@ class TrainConfig:
     keep_best: bool = option(False, "with --eval_every: also save the best-scoring step to OUTPUT/best")
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps")
     checkpoints_total_limit: int | None = option(2, "keep only the newest K checkpoints")
+    keep_checkpoints: bool = option(True, "keep the checkpoints after the final model is saved; "
+                                    "--no_keep_checkpoints deletes them, freeing their disk")
     resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder", "--resume")
     logging_dir: str = option("logs", "TensorBoard folder, inside output_dir")
     report_to: Literal["tensorboard", "none"] = option("tensorboard", "where metrics are logged")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dreambooth import checkpoints
 from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
 from dreambooth.data.images import scan_images
 from dreambooth.errors import DreamBoothError
@@ -21,11 +22,25 @@ from dreambooth.models import check_model_folder, native_resolution
 GIB = 2**30
 
 
+@dataclass(frozen=True)
+class DiskNeed:
+    """Bytes a run will write under `folder`: `lasting` stays after the run; `passing` (checkpoints
+    deleted at the end) is freed, so runs one after another need only the largest. Needs with the same
+    `shared` key (one set of class images) are counted once."""
+
+    what: str
+    folder: str
+    lasting: int
+    passing: int = 0
+    shared: tuple | None = None
+
+
 @dataclass
 class Report:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    disk: list[DiskNeed] = field(default_factory=list)
 
     def text(self) -> str:
         lines = [f"problem: {p}" for p in self.problems] + [f"warning: {w}" for w in self.warnings]
@@ -80,32 +95,66 @@ def _check_runtime(cfg: TrainConfig, report: Report) -> None:
         report.problems.append("--use_8bit_adam needs a CUDA GPU (bitsandbytes); drop it on this machine")
 
 
-def _check_disk(cfg: TrainConfig, model: Path, num_user_class: int, report: Report) -> None:
+def _bytes_under(paths: list[Path]) -> int:
+    return sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
+
+
+def disk_needs(cfg: TrainConfig, model: Path, num_user_class: int) -> list[DiskNeed]:
     """Class images (~1 byte/pixel as PNG) and checkpoints must fit. A checkpoint holds the trained
-    models whole (LoRA: the adapters only) plus Adam's two moments of what trains."""
+    models whole (LoRA: the adapters only) plus Adam's two moments of what trains; checkpoints a
+    resumed run already wrote are counted as written."""
     trained = ("unet", "text_encoder", "text_encoder_2") if cfg.train_text_encoder else ("unet",)
     weights = _weights_bytes(model, trained)
     adapters = weights // 50  # LoRA adapters are a few percent of the weights at most
     per_checkpoint = 3 * (adapters if cfg.lora else weights)
     kept = cfg.checkpoints_total_limit or (1 + cfg.max_train_steps // cfg.checkpointing_steps)
+    written = _bytes_under(checkpoints.complete_checkpoints(Path(cfg.output_dir).expanduser()))
+    to_checkpoint = max(0, per_checkpoint * kept - written)
     final = adapters if cfg.lora else _weights_bytes(model, ("unet", "text_encoder", "text_encoder_2", "vae"))
-    need_out = per_checkpoint * kept + final
-    resolution = cfg.resolution or 512
-    need_cache = 0
+    needs = [DiskNeed("output", cfg.output_dir, final + to_checkpoint * cfg.keep_checkpoints,
+                      to_checkpoint * (not cfg.keep_checkpoints))]
     if cfg.with_prior_preservation and cfg.prior_mode == "images":
-        need_cache = max(0, cfg.num_class_images - num_user_class) * resolution * resolution * 3 // 2
-    for what, where, need in (("output", cfg.output_dir, need_out), ("class-image cache", cfg.class_cache_dir, need_cache)):
-        folder = Path(where).expanduser()
-        while not folder.exists():
-            folder = folder.parent
-        free = shutil.disk_usage(folder).free
-        if need > free:
-            report.problems.append(f"{where}: the {what} needs ~{need / GIB:.1f} GiB but {free / GIB:.1f} GiB is free; "
-                                   "free space or choose another folder")
+        resolution = cfg.resolution or 512
+        images = max(0, cfg.num_class_images - num_user_class) * resolution * resolution * 3 // 2
+        same_images = (str(Path(cfg.class_cache_dir).expanduser().resolve()), str(model.resolve()),
+                       cfg.class_prompt, cfg.class_noun, resolution, cfg.seed)
+        needs.append(DiskNeed("class-image cache", cfg.class_cache_dir, images, shared=same_images))
+    return needs
 
 
-def preflight(cfg: TrainConfig) -> Report:
-    """Check the model folder, images, prompts, options and free disk; collect everything found."""
+def _existing(folder: str) -> Path:
+    path = Path(folder).expanduser()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / GIB:.1f} GiB" if num_bytes >= GIB / 10 else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def disk_problems(needs: list[DiskNeed]) -> list[str]:
+    """One problem per disk whose free space is less than what the needs on it add up to."""
+    by_disk: dict[int, list[DiskNeed]] = {}
+    for need in needs:
+        by_disk.setdefault(_existing(need.folder).stat().st_dev, []).append(need)
+    problems = []
+    for group in by_disk.values():
+        counted = {need.shared or id(need): need for need in sorted(group, key=lambda n: n.lasting)}.values()
+        total = sum(n.lasting for n in counted) + max(n.passing for n in counted)
+        free = shutil.disk_usage(_existing(group[0].folder)).free
+        if total > free:
+            folders = ", ".join(dict.fromkeys(f"{n.folder} ({n.what})" for n in group))
+            hint = "; keep_checkpoints false (--no_keep_checkpoints) deletes checkpoints once a model is saved" if any(
+                n.what == "output" and n.passing == 0 for n in group) else ""
+            problems.append(f"{folders}: needs ~{_size(total)} but {_size(free)} is free; "
+                            f"free space or choose another folder{hint}")
+    return problems
+
+
+def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
+    """Check the model folder, images, prompts, options and free disk; collect everything found.
+    `report.disk` lists what the run will write, for a caller that sums several runs (check_disk=False)."""
     report = Report()
     model, resolution = None, cfg.resolution
     try:
@@ -123,5 +172,7 @@ def preflight(cfg: TrainConfig) -> Report:
     _check_runtime(cfg, report)
     if model is not None:
         _check_prompts(cfg, model, report)
-        _check_disk(cfg, model, num_user_class, report)
+        report.disk = disk_needs(cfg, model, num_user_class)
+        if check_disk:
+            report.problems += disk_problems(report.disk)
     return report

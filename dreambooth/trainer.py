@@ -383,6 +383,8 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             self.write_model(self.output_dir)
+            if not self.cfg.keep_checkpoints:  # only now: until the model is published, they are the run
+                checkpoints.delete_all(self.output_dir)
         acc.end_training()
         return self.output_dir
 

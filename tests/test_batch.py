@@ -122,3 +122,43 @@ def test_publish_moves_the_config_last(tmp_path, monkeypatch):
     monkeypatch.setattr(export.os, "replace", lambda a, b: (moved.append(Path(b).name), replace(a, b)))
     export.publish(staging, out)
     assert moved[-2:] == ["model_index.json", export.CONFIG_FILE]
+
+
+def test_free_disk_is_checked_for_the_runs_together(tmp_path, monkeypatch):
+    """What runs keep adds up on a disk; checkpoints deleted at a run's end count once; shared class
+    images count once."""
+    from collections import namedtuple
+
+    from dreambooth import preflight
+    from dreambooth.preflight import DiskNeed, disk_problems
+
+    free = {"bytes": 0}
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10**9, 0, free["bytes"]))
+    out_a, out_b, cache = (str(tmp_path / name) for name in ("a", "b", "cache"))
+    images = [DiskNeed("class-image cache", cache, 5 * preflight.GIB, shared=("dog",))] * 2
+    deleted = [DiskNeed("output", out, 10 * preflight.GIB, 30 * preflight.GIB) for out in (out_a, out_b)] + images
+    kept = [DiskNeed("output", out, 40 * preflight.GIB) for out in (out_a, out_b)] + images
+    free["bytes"] = 55 * preflight.GIB  # 10 + 10 kept, 5 of class images, 30 of checkpoints at a time
+    assert disk_problems(deleted) == []
+    [problem] = disk_problems(kept)  # one problem for the one disk, naming every folder on it
+    assert problem.startswith(f"{out_a} (output), {out_b} (output), {cache} (class-image cache): needs ~85.0 GiB "
+                              "but 55.0 GiB is free") and problem.endswith("(--no_keep_checkpoints) deletes checkpoints "
+                                                                           "once a model is saved")
+    free["bytes"] -= 1
+    assert len(disk_problems(deleted)) == 1
+
+
+def test_the_batch_reports_too_little_disk_once_for_all_runs(tiny_sd, subject_dir, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from dreambooth import preflight
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}))
+    with pytest.raises(ConfigError, match=r"1 problem\(s\) found before training:\n  the runs together: ") as error:
+        run_batch(runs)
+    for folder in ("a (output)", "b (output)", "cache (class-image cache)"):
+        assert f"{tmp_path / folder}" in str(error.value)
+    assert "MiB is free" in str(error.value)

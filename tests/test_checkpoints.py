@@ -49,3 +49,11 @@ def test_lora_checkpoints_hold_adapters_only_and_resume_exactly(tiny_sd, subject
     assert not any(name.startswith("model") for name in saved)  # no full model copies
     train(config(tiny_sd, subject_dir, part, **common, resume_from_checkpoint="latest"))
     assert [r["loss"] for r in losses(out)] == [r["loss"] for r in full]
+
+
+def test_no_keep_checkpoints_deletes_them_once_the_model_is_saved(tiny_sd, subject_dir, tmp_path):
+    out = train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=3, checkpointing_steps=1, keep_checkpoints=False))
+    assert (out / "model_index.json").is_file() and (out / "dreambooth_config.yaml").is_file()
+    assert not list(out.glob("checkpoint-*")) and not list(out.glob(".checkpoint-*"))
+    kept = train(config(tiny_sd, subject_dir, tmp_path / "kept", max_train_steps=3, checkpointing_steps=1))
+    assert [p.name for p in checkpoints.complete_checkpoints(kept)] == ["checkpoint-1", "checkpoint-2"]

@@ -86,7 +86,7 @@ def test_check_reports_too_little_disk(tiny_sd, subject_dir, tmp_path, monkeypat
                  str(subject_dir), "--class_noun", "dog", "--output_dir", str(tmp_path / "o"),
                  "--class_cache_dir", str(tmp_path / "c")])
     err = capsys.readouterr().err
-    assert code == 2 and "GiB is free; free space or choose another folder" in err
+    assert code == 2 and "is free; free space or choose another folder" in err
 
 
 def test_check_warns_about_a_weak_identifier(tiny_sd, subject_dir, capsys):
