@@ -57,24 +57,9 @@ def toy_sized_model(folder: Path) -> Path:
 
 def sd15_sized_model(folder: Path) -> Path:
     """Stable Diffusion 1.5's published architecture at random weights, with the real CLIP tokenizer."""
-    import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from dreambooth.toyworld.random_model import build_random_published
 
-    from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
-    from dreambooth.toyworld.pretrain import noise_scheduler
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD 1.x's UNet
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
-    text_encoder = CLIPTextModel(clip_text_config(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                  num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768))
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, unet=unet, scheduler=noise_scheduler(),
-                                   tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
+    return build_random_published("sd1", folder)
 
 
 def image_folders(tmp: Path, resolution: int) -> tuple[Path, Path]:

@@ -178,6 +178,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {out} (original Stable Diffusion key layout, for AUTOMATIC1111 / ComfyUI)")
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    from dreambooth.single_file_import import import_single_file
+
+    out = import_single_file(args.file, args.output, args.family, args.config, args.allow_pickle)
+    print(f"wrote {out}; train on it with --pretrained_model_name_or_path {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="dreambooth", description="DreamBooth personalization of diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
@@ -238,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="the .safetensors file to write")
     export.add_argument("--half", action="store_true", help="store weights in fp16 (half the size)")
     export.set_defaults(run=cmd_export)
+
+    imp = sub.add_parser("import", help="turn an A1111/ComfyUI single-file checkpoint into a base-model folder",
+                         description="Write a single-file SD 1.x, 2.x or SDXL checkpoint (original key layout) as "
+                                     "a diffusers pipeline folder, the base model `train` takes. The family is "
+                                     "told from the file's keys; SD 2.x is taken as 768-px v-prediction.")
+    imp.add_argument("file", help="the .safetensors checkpoint")
+    imp.add_argument("--output", required=True, help="the pipeline folder to write (new or empty)")
+    imp.add_argument("--family", choices=("sd1", "sd2-v", "sd2-base", "sdxl"),
+                     help="the file's architecture (default: from its keys; needed for SD 2.x base models)")
+    imp.add_argument("--config", help="a diffusers pipeline folder whose configs describe the file (other architectures)")
+    imp.add_argument("--allow_pickle", "--allow-pickle", action="store_true",
+                     help="load a pickled .ckpt (only from a source you trust)")
+    imp.set_defaults(run=cmd_import)
 
     demo = sub.add_parser("demo", help="run the whole method on the shipped toy-world model (CPU, minutes)")
     demo.add_argument("--output", type=Path, default=Path("dreambooth-demo"))

@@ -61,12 +61,15 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False,
     """
     folder = Path(path).expanduser()
     index = folder / "model_index.json"
+    if folder.is_file() and folder.suffix in (".safetensors", ".ckpt"):
+        raise ModelError(f"{option}: {folder} is a single-file checkpoint; convert it once with "
+                         f"`dreambooth import {folder} --output FOLDER` and pass FOLDER")
     if not folder.is_dir():
         raise ModelError(f"{option}: {folder} is not a folder; pass a local diffusers "
                          "pipeline folder (hub ids cannot be downloaded here)")
     if not index.is_file():
         raise ModelError(f"{folder}: no model_index.json; pass the folder written by `save_pretrained` "
-                         "(single .ckpt/.safetensors files are not supported as a base model)")
+                         "(or by `dreambooth import` from a single-file checkpoint)")
     try:
         listed = json.loads(index.read_text())
     except json.JSONDecodeError as exc:

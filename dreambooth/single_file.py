@@ -137,8 +137,21 @@ def open_clip_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def weight_files(folder: Path, component: str) -> list[Path]:
+    """The component's safetensors files: all shards of a large model (save_pretrained splits an SDXL
+    UNet in fp32), never the reduced-precision variants (`*.fp16.safetensors`) kept beside them."""
+    part = folder / component
+    index = next(part.glob("*.safetensors.index.json"), None)
+    if index is not None:
+        return [part / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    files = [f for f in sorted(part.glob("*.safetensors")) if "." not in f.stem]
+    if not files:
+        raise ModelError(f"{part}: no full-precision .safetensors weights")
+    return files
+
+
 def _weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
-    return load_file(next((folder / component).glob("*.safetensors")))
+    return {k: v for file in weight_files(folder, component) for k, v in load_file(file).items()}
 
 
 def convert(folder: Path) -> dict[str, torch.Tensor]:

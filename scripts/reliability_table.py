@@ -20,6 +20,8 @@ def main() -> None:
         print("| command | what the user sees |\n|---|---|")
         empty = Path(tmp) / "empty"
         empty.mkdir()
+        single_file = Path(tmp) / "model.safetensors"
+        single_file.write_bytes(b"")
         cases = [
             "train --pretrained_model_name_or_path nowhere --instance_data_dir nowhere --class_noun dog --check",
             "train --pretrained_model_name_or_path m --instance_data_dir d --max_train_steps many",
@@ -30,6 +32,9 @@ def main() -> None:
             "generate --model nowhere --prompt x",
             "generate --model m --prompt x -n 0",
             "class-images --model m --prompt x --batch_size -1",
+            f"train --pretrained_model_name_or_path {single_file} --instance_data_dir {d} --class_noun dog",
+            f"import {single_file} --output {empty}",
+            f"import {d / 'caption.txt'} --output {empty}",
         ]
         for command in cases:
             shown = command.replace(tmp, "/tmp/x")

@@ -49,3 +49,21 @@ def test_single_file_round_trips_through_diffusers(family, tiny_sd, tmp_path):
         want, got = load_file(next((folder / name).glob("*.safetensors"))), getattr(loaded, name).state_dict()
         assert want.keys() == got.keys()
         assert all(torch.equal(want[k], got[k]) for k in want), name
+
+
+def test_a_sharded_unet_is_exported_whole(tiny_sd, tmp_path):
+    """save_pretrained splits large weights (an SDXL UNet in fp32) into shards; all of them go out."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_sd, sharded)
+    shutil.rmtree(sharded / "unet")
+    UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet").save_pretrained(sharded / "unet", max_shard_size="200KB")
+    assert len(list((sharded / "unet").glob("*.safetensors"))) > 1
+    files = [tmp_path / f"{name}.safetensors" for name in ("whole", "sharded")]
+    for folder, file in zip((tiny_sd, sharded), files):
+        assert main(["export", "--model", str(folder), "--output", str(file)]) == 0
+    whole, from_shards = (load_file(f) for f in files)
+    assert whole.keys() == from_shards.keys() and all(torch.equal(whole[k], from_shards[k]) for k in whole)

@@ -72,3 +72,24 @@ def build_random_sdxl(path: Path, seed: int = 0) -> Path:
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_random_published(family: str, path: Path, seed: int = 0) -> Path:
+    """A published architecture (`single_file_import.ARCHITECTURES`: sd1, sd2-v, sd2-base, sdxl) at
+    random weights, saved as a pipeline folder: full-size runs (benchmarks, import checks) without
+    the real weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoConfig, CLIPTextModelWithProjection
+
+    from dreambooth.single_file_import import write_configs
+
+    write_configs(family, path)
+    torch.manual_seed(seed)
+    for name, model_class in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        model_class.from_config(model_class.load_config(path / name)).save_pretrained(path / name)
+    for name in ("text_encoder", "text_encoder_2"):
+        if (path / name).is_dir():
+            config = AutoConfig.from_pretrained(path / name)
+            model_class = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+            model_class(config).save_pretrained(path / name)
+    return path

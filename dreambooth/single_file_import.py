@@ -1,0 +1,188 @@
+"""Import a single-file Stable Diffusion checkpoint (the original layout that AUTOMATIC1111, ComfyUI
+and model sites share) as the diffusers pipeline folder that `train` takes as its base model.
+
+diffusers' `from_single_file` converts the keys, given the diffusers configs of the file's
+architecture, which it would otherwise download. They are written here instead, from the published
+configs of SD 1.5, SD 2.1 (768-v and base) and SDXL base 1.0; the family is told from the file's
+keys (SD 2.x's prediction type is not in its weights: 768-v is assumed, as diffusers does). A file
+of another architecture needs `config=`: a diffusers folder whose configs describe it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import CLIPTokenizer
+
+from dreambooth.atomic import fsync_tree
+from dreambooth.errors import ModelError
+from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
+from dreambooth.single_file import TEXT_ENCODERS
+
+log = logging.getLogger("dreambooth")
+FAMILIES = ("sd1", "sd2-v", "sd2-base", "sdxl")
+PICKLES = (".ckpt", ".pt", ".pth", ".bin")
+BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1)
+SD_BLOCKS = dict(block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
+                 down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3)
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              hidden_act="quick_gelu", projection_dim=768)
+# OpenCLIP's text towers; diffusers keeps 23 of ViT-H's 24 blocks (SD 2.x conditions on the penultimate)
+OPEN_CLIP_H = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                   hidden_act="gelu", projection_dim=512)
+OPEN_CLIP_BIG_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                       hidden_act="gelu", projection_dim=1280)
+
+
+def _sd2(sample_size: int, prediction_type: str) -> dict:
+    return dict(pipeline="StableDiffusionPipeline", resolution=8 * sample_size,
+                unet=dict(SD_BLOCKS, sample_size=sample_size, cross_attention_dim=1024,
+                          attention_head_dim=[5, 10, 20, 20], use_linear_projection=True),
+                vae={}, text_encoders=[("CLIPTextModel", OPEN_CLIP_H, "!")],
+                scheduler=("DDIMScheduler", dict(clip_sample=False, set_alpha_to_one=False,
+                                                 prediction_type=prediction_type)))
+
+
+# The published diffusers configs, as far as they differ from the classes' defaults.
+ARCHITECTURES = {
+    "sd1": dict(pipeline="StableDiffusionPipeline", resolution=512,
+                unet=dict(SD_BLOCKS, sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+                vae={}, text_encoders=[("CLIPTextModel", CLIP_L, "<|endoftext|>")],
+                scheduler=("PNDMScheduler", dict(skip_prk_steps=True, set_alpha_to_one=False))),
+    "sd2-v": _sd2(96, "v_prediction"),
+    "sd2-base": _sd2(64, "epsilon"),
+    "sdxl": dict(pipeline="StableDiffusionXLPipeline", resolution=1024,
+                 unet=dict(sample_size=128, block_out_channels=[320, 640, 1280], layers_per_block=2,
+                           down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                           up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                           attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10],
+                           cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+                           addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816),
+                 vae=dict(scaling_factor=0.13025, force_upcast=True),
+                 text_encoders=[("CLIPTextModel", CLIP_L, "<|endoftext|>"),
+                                ("CLIPTextModelWithProjection", OPEN_CLIP_BIG_G, "!")],
+                 scheduler=("EulerDiscreteScheduler", dict(timestep_spacing="leading", interpolation_type="linear"))),
+}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def write_configs(family: str, folder: Path) -> Path:
+    """A diffusers pipeline folder without weights: the family's configs and CLIP tokenizers."""
+    arch = ARCHITECTURES[family]
+    scheduler_class, scheduler = arch["scheduler"]
+    index = {"_class_name": arch["pipeline"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", scheduler_class]}
+    if arch["pipeline"] == "StableDiffusionPipeline":
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+    _write_json(folder / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **arch["unet"]})
+    _write_json(folder / "vae" / "config.json", {
+        "_class_name": "AutoencoderKL", "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "latent_channels": 4, "sample_size": arch["resolution"], **arch["vae"]})
+    _write_json(folder / "scheduler" / "scheduler_config.json", {"_class_name": scheduler_class, **BETAS, **scheduler})
+    for suffix, (model_class, sizes, pad_token) in zip(("", "_2"), arch["text_encoders"]):
+        index[f"text_encoder{suffix}"] = ["transformers", model_class]
+        index[f"tokenizer{suffix}"] = ["transformers", "CLIPTokenizer"]
+        config = clip_text_config(**sizes)
+        config.architectures = [model_class]
+        config.save_pretrained(folder / f"text_encoder{suffix}")
+        CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, pad_token=pad_token).save_pretrained(folder / f"tokenizer{suffix}")
+    _write_json(folder / "model_index.json", index)
+    return folder
+
+
+def read_keys(file: Path, allow_pickle: bool) -> list[str]:
+    """The file's tensor names, without loading the tensors where the format allows."""
+    if file.suffix == ".safetensors":
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                return list(handle.keys())
+        except Exception as exc:  # safetensors raises its own error types for a damaged header
+            raise ModelError(f"{file}: not a readable safetensors file ({exc})") from None
+    if file.suffix not in PICKLES:
+        raise ModelError(f"{file}: expected a .safetensors (or, with --allow_pickle, .ckpt) checkpoint")
+    if not allow_pickle:
+        raise ModelError(f"{file}: a pickled checkpoint can run code when loaded; convert it to safetensors, "
+                         "or pass --allow_pickle if you trust the source")
+    try:  # diffusers reads it the same way (weights only: no code runs)
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # an unpickling error names what the file holds besides tensors
+        raise ModelError(f"{file}: not a loadable checkpoint ({str(exc).splitlines()[0]})") from None
+    while "state_dict" in state:
+        state = state["state_dict"]
+    return list(state)
+
+
+def detect_family(file: Path, keys: list[str]) -> str:
+    """sd1, sd2-v or sdxl, from where the file keeps its text encoder(s)."""
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if not has("model.diffusion_model.") or not has("first_stage_model."):
+        raise ModelError(f"{file}: no UNet (model.diffusion_model.) or no VAE (first_stage_model.) weights; "
+                         "pass a full Stable Diffusion checkpoint, not a LoRA, VAE or UNet alone")
+    for layout, family in (("sdxl", "sdxl"), ("sd2", "sd2-v"), ("sd1", "sd1")):  # SDXL also has an sd1-like encoder
+        if all(has(prefix) for _, prefix, _ in TEXT_ENCODERS[layout]):
+            return family
+    raise ModelError(f"{file}: no text encoder of SD 1.x, 2.x or SDXL found; for another architecture pass "
+                     "--config with a diffusers folder that describes it")
+
+
+def import_single_file(file: str | Path, output: str | Path, family: str | None = None,
+                       config: str | Path | None = None, allow_pickle: bool = False) -> Path:
+    """Write `file` as a diffusers pipeline folder at `output` (fp32 safetensors); return the folder.
+    The folder appears whole or not at all."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    file, output = Path(file).expanduser(), Path(output).expanduser()
+    if not file.is_file():
+        raise ModelError(f"{file}: no such file; pass a single-file .safetensors checkpoint")
+    if output.exists() and any(output.iterdir()):
+        raise ModelError(f"--output {output}: exists and is not empty; choose a new folder")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    keys = read_keys(file, allow_pickle)
+    if config is None:
+        if family is None:
+            family = detect_family(file, keys)
+            if family == "sd2-v":
+                log.warning("warning: %s: an SD 2.x checkpoint, taken as 768-px v-prediction (SD 2.0/2.1); "
+                            "for a 2.x-base model pass --family sd2-base", file)
+        if family not in FAMILIES:
+            raise ModelError(f"--family {family!r}: expected one of {', '.join(FAMILIES)}")
+    elif family is not None:
+        raise ModelError("--family and --config: pass one; --config describes the file's architecture itself")
+    staging = output.parent / f".{output.name}.import.tmp"
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = Path(config).expanduser() if config else write_configs(family, Path(tmp) / "configs")
+        if not (configs / "model_index.json").is_file():
+            raise ModelError(f"--config {configs}: no model_index.json; pass a diffusers pipeline folder")
+        pipeline_class = StableDiffusionXLPipeline if (configs / "text_encoder_2").is_dir() else StableDiffusionPipeline
+        extra = {} if pipeline_class is StableDiffusionXLPipeline else dict(safety_checker=None, feature_extractor=None)
+        try:
+            pipe = pipeline_class.from_single_file(str(file), config=str(configs), local_files_only=True,
+                                                   torch_dtype=torch.float32, **extra)
+        except (KeyError, RuntimeError, ValueError) as exc:  # keys or shapes the architecture does not have
+            described = f"--config {configs}" if config else f"the {family} architecture"
+            raise ModelError(f"{file}: does not fit {described} ({str(exc).splitlines()[0][:200]}); "
+                             "check --family or --config") from None
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            pipe.save_pretrained(staging, safe_serialization=True)
+            fsync_tree(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    if output.exists():
+        output.rmdir()  # empty, checked above
+    os.replace(staging, output)
+    return output
