@@ -26,7 +26,37 @@ DIFFUSERS_NO_OPS = {
     "--enable_xformers_memory_efficient_attention": "PyTorch SDPA attention is used (same memory savings)",
     "--set_grads_to_none": "gradients are always set to None",
     "--pre_compute_text_embeddings": "frozen text embeddings are always precomputed",
+    "--local_rank": "accelerate tells each process its rank",
+    "--dataloader_num_workers": "images are encoded once and their latents cached, so loading is not the bottleneck",
 }
+# Flags of diffusers' script that cannot do here what they do there: refused, saying what to do instead.
+DIFFUSERS_REFUSED = {
+    "--push_to_hub": "nothing is uploaded from here; upload OUTPUT_DIR afterwards (e.g. `huggingface-cli upload`)",
+    "--hub_token": "nothing is uploaded from here; upload OUTPUT_DIR afterwards (e.g. `huggingface-cli upload`)",
+    "--hub_model_id": "nothing is uploaded from here; upload OUTPUT_DIR afterwards (e.g. `huggingface-cli upload`)",
+    "--revision": "models are never downloaded; pass the local folder of the revision you want",
+    "--variant": "pass a folder with full-precision weights; --mixed_precision sets the training precision",
+    "--tokenizer_name": "the tokenizer is the base model's own (its tokenizer/ folder)",
+    "--num_train_epochs": "pass --max_train_steps; one of diffusers' epochs is max(instance, class images) / "
+                          "train_batch_size steps",
+    "--prior_generation_precision": "class images are generated in the base model's precision (fp32)",
+    "--tokenizer_max_length": "an option for DeepFloyd IF, which this tool does not train",
+    "--text_encoder_use_attention_mask": "an option for DeepFloyd IF, which this tool does not train",
+    "--class_labels_conditioning": "an option for DeepFloyd IF, which this tool does not train",
+    "--validation_images": "an option for image-variation and upscaler pipelines, which this tool does not train",
+    "--validation_scheduler": "validation samples with the base model's own sampler",
+    "--skip_save_text_encoder": "an option for DeepFloyd IF, which this tool does not train",
+}
+
+
+class Refused(argparse.Action):
+    """A diffusers flag with no meaning here: a one-line error that says what to do instead."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {DIFFUSERS_REFUSED[option_string]}")
 # Flags of diffusers' script that map onto one of our options.
 DIFFUSERS_RENAMED = {"--offset_noise": ("noise_offset", 0.1)}
 
@@ -53,8 +83,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, dest=f.name, metavar=f.name.upper(), help=help_text)
     parser.add_argument("--no_prior_preservation", "--no-prior-preservation", dest="with_prior_preservation",
                         action="store_const", const=False, help="train without the prior term (lambda = 0)")
-    for flag, reason in DIFFUSERS_NO_OPS.items():
-        parser.add_argument(flag, action="store_true", dest=f"noop{flag}", help=f"accepted for diffusers recipes: {reason}")
+    for flag, reason in DIFFUSERS_NO_OPS.items():  # some take a value (--local_rank 0): it is read and unused
+        parser.add_argument(flag, nargs="?", const=True, dest=f"noop{flag}", metavar="IGNORED",
+                            help=f"accepted for diffusers recipes: {reason}")
+    for flag in DIFFUSERS_REFUSED:
+        parser.add_argument(flag, action=Refused)
     for flag, (name, value) in DIFFUSERS_RENAMED.items():
         parser.add_argument(flag, dest=name, action="store_const", const=value, help=f"same as --{name} {value}")
 
@@ -64,7 +97,7 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     values = read_config_file(args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if v is not None and k in config_types()}
     for k in vars(args):
-        if k.startswith("noop") and getattr(args, k):
+        if k.startswith("noop") and getattr(args, k) is not None:
             log.info("%s: %s", k[4:], DIFFUSERS_NO_OPS[k[4:]])
     return from_dict({**values, **given}, source=args.config or "command line")
 

@@ -96,7 +96,8 @@ class Trainer:
         # accelerate steps a prepared scheduler once per process for each optimizer step
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
                                           num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
-                                          num_training_steps=cfg.max_train_steps * acc.num_processes)
+                                          num_training_steps=cfg.max_train_steps * acc.num_processes,
+                                          num_cycles=cfg.lr_num_cycles, power=cfg.lr_power)
         # frozen text encoders are not prepared, so checkpoints don't carry copies of them
         trained_encoders = self.parts.text_encoders if cfg.train_text_encoder else []
         self.unet, *prepared = acc.prepare(self.parts.unet, *trained_encoders, self.optimizer, self.lr_scheduler)
@@ -176,10 +177,13 @@ class Trainer:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
-        groups = [{"params": trainable(self.parts.unet), "lr": cfg.learning_rate}]
+        # --scale_lr: the rates were tuned for one example per update (diffusers' rule)
+        scale = cfg.train_batch_size * cfg.gradient_accumulation_steps * self.accelerator.num_processes
+        scale = scale if cfg.scale_lr else 1
+        groups = [{"params": trainable(self.parts.unet), "lr": cfg.learning_rate * scale}]
         if cfg.train_text_encoder:
             groups.append({"params": [p for e in self.parts.text_encoders for p in trainable(e)],
-                           "lr": cfg.text_encoder_learning_rate})
+                           "lr": cfg.text_encoder_learning_rate * scale})
         optimizer_class = torch.optim.AdamW
         if cfg.use_8bit_adam:
             try:
@@ -187,8 +191,9 @@ class Trainer:
             except ImportError:
                 raise DreamBoothError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from None
             optimizer_class = bitsandbytes.optim.AdamW8bit
-        return optimizer_class(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
-                               eps=cfg.adam_epsilon)
+        # the default lr too: diffusers' polynomial schedule decays from it, not from each group's
+        return optimizer_class(groups, lr=groups[0]["lr"], betas=(cfg.adam_beta1, cfg.adam_beta2),
+                               weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
 
     def train(self) -> Path:
         cfg, acc = self.cfg, self.accelerator

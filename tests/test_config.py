@@ -46,11 +46,22 @@ def test_diffusers_flags_parse_unchanged(tmp_path):
             "--center_crop", "--train_text_encoder", "--mixed_precision", "no", "--gradient_checkpointing",
             "--seed", "3", "--output_dir", str(tmp_path), "--checkpointing_steps", "5",
             "--validation_prompt", "a photo of sks dog", "--enable_xformers_memory_efficient_attention",
-            "--offset_noise"]
+            "--offset_noise", "--local_rank", "0", "--dataloader_num_workers=2", "--scale_lr",
+            "--lr_scheduler", "cosine_with_restarts", "--lr_num_cycles", "3", "--lr_power", "2"]
     cfg = build_train_config(build_parser().parse_args(argv))
     assert (cfg.prior_loss_weight, cfg.num_class_images, cfg.max_train_steps, cfg.train_batch_size) == (0.5, 10, 7, 2)
     assert cfg.learning_rate == 2e-6 and cfg.center_crop and cfg.train_text_encoder and cfg.gradient_checkpointing
     assert cfg.validation_prompts == ("a photo of sks dog",) and cfg.noise_offset == 0.1 and cfg.class_data_dir == "c"
+    assert cfg.scale_lr and (cfg.lr_num_cycles, cfg.lr_power) == (3, 2.0)
+
+
+@pytest.mark.parametrize("flags", [["--push_to_hub"], ["--hub_model_id", "me/dog"], ["--revision", "fp16"],
+                                   ["--num_train_epochs", "3"], ["--prior_generation_precision=fp16"]])
+def test_diffusers_flags_that_cannot_apply_are_one_line_errors(flags, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["train", "--pretrained_model_name_or_path", "m", *flags])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith(f"error: {flags[0].split('=')[0]}: ") and "\n" not in err
 
 
 def test_config_file_with_cli_overrides(tmp_path):

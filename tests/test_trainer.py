@@ -105,3 +105,15 @@ def test_v_prediction_min_snr_offset_noise_checkpointing_bf16_and_accumulation(t
     # frozen parts ran in bf16 but are saved in full precision, unchanged
     base, saved = (load_file(m / "vae" / "diffusion_pytorch_model.safetensors") for m in (model, out))
     assert all(saved[k].dtype == torch.float32 and torch.equal(saved[k], base[k]) for k in base)
+
+
+def test_scale_lr_and_the_schedule_options_reach_the_optimizer(tiny_sd, subject_dir, tmp_path):
+    cfg = config(tiny_sd, subject_dir, tmp_path, with_prior_preservation=False, train_text_encoder=True,
+                 learning_rate=1e-4, text_encoder_lr=1e-5, scale_lr=True, train_batch_size=2,
+                 gradient_accumulation_steps=3, lr_scheduler="polynomial", lr_power=2.0, max_train_steps=10)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == pytest.approx([6e-4, 6e-5])  # x 2 x 3 x 1
+    for _ in range(5):  # half way; polynomial decay to 1e-7: (lr - 1e-7) * (1 - 1/2) ** power + 1e-7
+        trainer.lr_scheduler.step()
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx((6e-4 - 1e-7) * 0.25 + 1e-7)
