@@ -24,6 +24,16 @@ def fsync_tree(folder: Path) -> None:
         fsync(path)
 
 
+def _whole_or_nothing(write, tmp: Path, path: Path) -> None:
+    """`write(tmp)`, then rename it onto `path`; on any failure (a full disk) remove `tmp`."""
+    try:
+        write(tmp)
+        replace_durably(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def replace_durably(tmp: Path, path: Path) -> None:
     """Rename a fully written `tmp` onto `path`, with both the data and the rename on disk."""
     fsync(tmp)
@@ -33,13 +43,9 @@ def replace_durably(tmp: Path, path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `path` whole or not at all: a crash leaves the old file (or none), never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    replace_durably(tmp, path)
+    _whole_or_nothing(lambda tmp: tmp.write_text(text), path.with_name(path.name + ".tmp"), path)
 
 
 def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors' `save_file`, whole or not at all: a crash leaves the old file (or none)."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata=metadata)
-    replace_durably(tmp, path)
+    _whole_or_nothing(lambda tmp: save_file(tensors, tmp, metadata=metadata), path.with_name(path.name + ".tmp"), path)

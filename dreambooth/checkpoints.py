@@ -44,10 +44,15 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
         for leftover in output_dir.glob(".checkpoint-*.tmp"):  # writes that a crash cut short
             shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temp), safe_serialization=True)
+    try:
+        accelerator.save_state(str(temp), safe_serialization=True)
+        if accelerator.is_main_process:
+            (temp / STATE_FILE).write_text(json.dumps({"step": step}))
+            fsync_tree(temp)
+    except BaseException:  # a full disk: give its space back now, not at the next save
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        (temp / STATE_FILE).write_text(json.dumps({"step": step}))
-        fsync_tree(temp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temp, final)
         fsync_tree(output_dir)

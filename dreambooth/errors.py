@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Callable
 
@@ -33,6 +34,14 @@ def run_command(command: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: the disk is full{where}; free space and run the same command again (train: add "
+              "--resume_from_checkpoint latest). Files are written whole or not at all, so nothing half-written "
+              "is kept", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -198,41 +198,48 @@ class Trainer:
     def train(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
         self.step = self.start_step
-        bar = tqdm(total=cfg.max_train_steps, initial=self.step, desc="training", unit="step",
-                   disable=not acc.is_local_main_process)
-        while self.step < cfg.max_train_steps:
-            nonfinite = torch.zeros((), device=acc.device)  # in any micro-step: each adds to the same update
-            for micro in range(cfg.gradient_accumulation_steps):
-                with acc.accumulate(self.unet, *self.text_encoders):
-                    # each process draws its own examples; one process numbers micro-steps 0, 1, 2, ...
-                    micro_step = self.step * cfg.gradient_accumulation_steps + micro
-                    loss = self.training_step(micro_step * acc.num_processes + acc.process_index)
-                    nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss.total.detach())).float())
-            self.step += 1
-            # every process must agree to stop (signal) or fail (NaN), or the others hang in a collective
-            stopping = torch.tensor(float(self.stop_signal is not None), device=acc.device)
-            flags = acc.reduce(torch.stack([stopping, nonfinite]), "max")
-            if flags[1]:
-                self._fail_on_nan()
-            logs = {"loss": loss.total.item(), "loss/instance": loss.instance.item(),
-                    "lr": self.lr_scheduler.get_last_lr()[0]}
-            if loss.prior is not None:
-                logs["loss/prior"] = loss.prior.item()
-            acc.log(logs, step=self.step)
-            if acc.is_main_process:
-                runlog.append(self.output_dir, {"step": self.step, **logs})
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-            bar.update(1)
-            if flags[0]:
-                self._save_and_stop()
-            if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
-                checkpoints.save(acc, self.output_dir, self.step, cfg.checkpoints_total_limit)
-            if cfg.validation_prompts and self.step % cfg.validation_steps == 0:
-                self.validate()
-            if cfg.eval_every and self.step % cfg.eval_every == 0:
-                self.evaluate()
-        bar.close()
+        # a context, so that an error message starts its own line, not the end of the bar
+        with tqdm(total=cfg.max_train_steps, initial=self.step, desc="training", unit="step",
+                  disable=not acc.is_local_main_process) as bar:
+            while self.step < cfg.max_train_steps:
+                loss, nonfinite = self.optimizer_step()
+                self.step += 1
+                # every process must agree to stop (signal) or fail (NaN), or the others hang in a collective
+                stopping = torch.tensor(float(self.stop_signal is not None), device=acc.device)
+                flags = acc.reduce(torch.stack([stopping, nonfinite]), "max")
+                if flags[1]:
+                    self._fail_on_nan()
+                logs = {"loss": loss.total.item(), "loss/instance": loss.instance.item(),
+                        "lr": self.lr_scheduler.get_last_lr()[0]}
+                if loss.prior is not None:
+                    logs["loss/prior"] = loss.prior.item()
+                acc.log(logs, step=self.step)
+                if acc.is_main_process:
+                    runlog.append(self.output_dir, {"step": self.step, **logs})
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+                bar.update(1)
+                if flags[0]:
+                    self._save_and_stop()
+                if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
+                    checkpoints.save(acc, self.output_dir, self.step, cfg.checkpoints_total_limit)
+                if cfg.validation_prompts and self.step % cfg.validation_steps == 0:
+                    self.validate()
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self.evaluate()
         return self.save()
+
+    def optimizer_step(self) -> tuple[LossParts, torch.Tensor]:
+        """One update: gradient_accumulation_steps micro-steps. Returns the last micro-step's loss and
+        whether any micro-step's loss was not finite (each adds to the same update)."""
+        cfg, acc = self.cfg, self.accelerator
+        nonfinite = torch.zeros((), device=acc.device)
+        for micro in range(cfg.gradient_accumulation_steps):
+            with acc.accumulate(self.unet, *self.text_encoders):
+                # each process draws its own examples; one process numbers micro-steps 0, 1, 2, ...
+                micro_step = self.step * cfg.gradient_accumulation_steps + micro
+                loss = self.training_step(micro_step * acc.num_processes + acc.process_index)
+                nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss.total.detach())).float())
+        return loss, nonfinite
 
     def _save_and_stop(self) -> None:
         path = checkpoints.save(self.accelerator, self.output_dir, self.step, self.cfg.checkpoints_total_limit)
@@ -376,10 +383,14 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         staging = folder / ".final.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
-        export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
+        try:
+            self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
+            export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text)
+        except BaseException:  # a full disk: give its space back; the checkpoints still hold the run
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         export.publish(staging, folder)
 
     def save(self) -> Path:

@@ -57,3 +57,39 @@ def test_no_keep_checkpoints_deletes_them_once_the_model_is_saved(tiny_sd, subje
     assert not list(out.glob("checkpoint-*")) and not list(out.glob(".checkpoint-*"))
     kept = train(config(tiny_sd, subject_dir, tmp_path / "kept", max_train_steps=3, checkpointing_steps=1))
     assert [p.name for p in checkpoints.complete_checkpoints(kept)] == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(tiny_sd, subject_dir, tmp_path, monkeypatch, capsys):
+    import errno
+    from pathlib import Path
+
+    from accelerate import Accelerator
+
+    from dreambooth import runlog
+    from dreambooth.cli import main
+
+    original = Accelerator.save_state
+
+    def full_disk_at_step_2(self, output_dir, **kwargs):
+        if ".checkpoint-2." in output_dir:
+            Path(output_dir).mkdir(parents=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device", output_dir)
+        return original(self, output_dir, **kwargs)
+
+    out = tmp_path / "out"
+    argv = ["train", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
+            "--class_noun", "dog", "--output_dir", str(out), "--class_cache_dir", str(tmp_path / "cache"),
+            "--num_class_images", "2", "--class_inference_steps", "2", "--max_train_steps", "3",
+            "--checkpointing_steps", "1", "--learning_rate", "1e-3", "--report_to", "none", "--center_crop"]
+    monkeypatch.setattr(Accelerator, "save_state", full_disk_at_step_2)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: the disk is full writing") and "--resume_from_checkpoint latest" in line
+    assert "Traceback" not in err
+    assert [p.name for p in checkpoints.complete_checkpoints(out)] == ["checkpoint-1"]
+    assert not list(out.glob(".checkpoint-*"))  # the half-written one gave its space back at once
+    monkeypatch.undo()
+    assert main([*argv, "--resume_from_checkpoint", "latest"]) == 0
+    assert [row["step"] for row in runlog.read(out)] == [1, 2, 3]
