@@ -44,6 +44,10 @@ NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_
                  "allow_pickle", "keep_checkpoints")
 
 
+DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                   "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 @dataclass(frozen=True)
 class Run:
     number: int  # 1-based, as the file lists it
@@ -110,6 +114,23 @@ def shard(runs: list[Run], spec: str | None) -> list[Run]:
     except ValueError:
         raise ConfigError(f"--shard: expected K/N with 1 <= K <= N, e.g. 1/4; got {spec!r}") from None
     return [run for run in runs if (run.number - 1) % n == k - 1]
+
+
+def own_share(shard_spec: str | None) -> str | None:
+    """Under `accelerate launch` (or torchrun) process K of N takes shard K/N and trains it alone, on
+    its own GPU: the processes train different runs, so they share no process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return shard_spec
+    if shard_spec is not None:
+        raise ConfigError("--shard: each of the launched processes already takes its own share; "
+                          "drop --shard, or start one process per GPU with --shard K/N")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    for name in DISTRIBUTED_ENV:  # what accelerate reads to join a process group
+        os.environ.pop(name, None)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # accelerate's lone process uses the current device
+    return f"{rank + 1}/{world}"
 
 
 def recorded_options(run: Run, status: str) -> Path | None:
@@ -183,10 +204,7 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
     Returns the trained runs' output folders; raises listing the runs that failed, after the rest ran."""
     from dreambooth.trainer import Interrupted, train
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("dreambooth batch runs as one process; for several GPUs start one command per GPU "
-                          "with --shard K/N instead of `accelerate launch`")
-    runs = shard(read_runs(path), shard_spec)
+    runs = shard(read_runs(path), own_share(shard_spec))
     if not runs:
         log.warning("warning: --shard %s holds no run of %s", shard_spec, path)
     log.info("%s", plan(runs))

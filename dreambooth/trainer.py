@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -32,7 +33,7 @@ from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
 from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
-from dreambooth.errors import DreamBoothError
+from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.finetune import cast_frozen_weights, strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
@@ -62,6 +63,10 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir),
                                                 logging_dir=str(self.output_dir / cfg.logging_dir)),
         )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.accelerator.num_processes == 1:  # each would train alone, all into one folder
+            raise ConfigError(f"{launched} processes were launched, but accelerate found no process group to join "
+                              "them (on a CPU: `accelerate launch --cpu`, or set ACCELERATE_USE_CPU=true)")
 
     def setup(self) -> None:
         cfg, acc = self.cfg, self.accelerator

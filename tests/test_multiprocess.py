@@ -1,0 +1,56 @@
+"""Several processes (torchrun / `accelerate launch`, here on the CPU with gloo): `train` runs as one
+job across them; `batch` gives each process its own runs."""
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from dreambooth import checkpoints, runlog
+from tests.test_batch import write_runs
+
+
+def launch(argv, tmp_path, cpu=True):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true" if cpu else "false", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "dreambooth.cli", *argv], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+
+
+def train_args(tiny_sd, subject_dir, tmp_path, *extra):
+    return ["train", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
+            "--class_noun", "dog", "--output_dir", str(tmp_path / "out"), "--class_cache_dir", str(tmp_path / "cache"),
+            "--num_class_images", "2", "--class_inference_steps", "2", "--max_train_steps", "3",
+            "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--report_to", "none", "--center_crop", *extra]
+
+
+def test_two_processes_train_one_run_and_stop_together_on_a_bad_loss(tiny_sd, subject_dir, tmp_path):
+    done = launch(train_args(tiny_sd, subject_dir, tmp_path), tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "out"
+    assert [row["step"] for row in runlog.read(out)] == [1, 2, 3]  # one writer: the main process
+    assert [p.name for p in checkpoints.complete_checkpoints(out)] == ["checkpoint-2"]
+    assert (out / "model_index.json").is_file()
+    diverging = launch(train_args(tiny_sd, subject_dir, tmp_path / "nan", "--learning_rate", "1e30",
+                                  "--max_grad_norm", "1e30", "--max_train_steps", "20"), tmp_path)
+    assert diverging.returncode != 0 and diverging.stderr.count("the loss is not finite") == 2  # both, no hang
+
+
+def test_processes_that_cannot_form_a_group_are_refused(tiny_sd, subject_dir, tmp_path):
+    refused = launch(train_args(tiny_sd, subject_dir, tmp_path), tmp_path, cpu=False)
+    assert refused.returncode != 0
+    assert "2 processes were launched, but accelerate found no process group" in refused.stderr
+    assert not (tmp_path / "out" / "model_index.json").exists()
+
+
+def test_a_launched_batch_gives_each_process_its_own_runs(tiny_sd, subject_dir, tmp_path):
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}), ("c", {}))
+    done = launch(["batch", str(runs)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in "abc":  # each run trained once, by one process alone
+        assert [row["step"] for row in runlog.read(tmp_path / name)] == [1, 2]
+        assert yaml.safe_load((tmp_path / name / "dreambooth_config.yaml").read_text())["output_dir"].endswith(name)
+    assert "[1/2] run 1" in done.stderr and "[2/2] run 3" in done.stderr and "[1/1] run 2" in done.stderr
+    twice = launch(["batch", str(runs), "--shard", "1/2"], tmp_path)
+    assert twice.returncode != 0 and "--shard: each of the launched processes already takes its own share" in twice.stderr
