@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from dreambooth.errors import disk_full
+
 
 def fsync(path: Path) -> None:
     """Flush one file's or folder's contents (a folder's: its entries) to disk."""
@@ -29,9 +31,9 @@ def _whole_or_nothing(write, tmp: Path, path: Path) -> None:
     try:
         write(tmp)
         replace_durably(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        raise disk_full(exc, path) from exc
 
 
 def replace_durably(tmp: Path, path: Path) -> None:

@@ -204,9 +204,10 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
     Returns the trained runs' output folders; raises listing the runs that failed, after the rest ran."""
     from dreambooth.trainer import Interrupted, train
 
-    runs = shard(read_runs(path), own_share(shard_spec))
+    shard_spec = own_share(shard_spec)
+    runs = shard(read_runs(path), shard_spec)
     if not runs:
-        log.warning("warning: --shard %s holds no run of %s", shard_spec, path)
+        log.warning("warning: share %s holds no run of %s", shard_spec, path)
     log.info("%s", plan(runs))
     problems = check(runs)
     if problems:

@@ -17,7 +17,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from dreambooth.atomic import fsync_tree
-from dreambooth.errors import ConfigError
+from dreambooth.errors import ConfigError, disk_full
 
 STATE_FILE = "dreambooth_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -49,9 +49,10 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
         if accelerator.is_main_process:
             (temp / STATE_FILE).write_text(json.dumps({"step": step}))
             fsync_tree(temp)
-    except BaseException:  # a full disk: give its space back now, not at the next save
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    except BaseException as exc:  # a full disk: give its space back now, not at the next save
+        if accelerator.is_main_process:  # the others may still be writing into it
+            shutil.rmtree(temp, ignore_errors=True)
+        raise disk_full(exc, temp) from exc
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temp, final)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import get_origin
 
 from dreambooth.config import TrainConfig, config_types, default_of, from_dict, read_config_file
-from dreambooth.errors import positive_int, run_command
+from dreambooth.errors import ConfigError, positive_int, run_command
 
 log = logging.getLogger("dreambooth")
 
@@ -30,23 +30,21 @@ DIFFUSERS_NO_OPS = {
     "--dataloader_num_workers": "images are encoded once and their latents cached, so loading is not the bottleneck",
 }
 # Flags of diffusers' script that cannot do here what they do there: refused, saying what to do instead.
+_UPLOAD = "nothing is uploaded from here; upload OUTPUT_DIR afterwards (e.g. `huggingface-cli upload`)"
+_IF_ONLY = "an option for DeepFloyd IF, which this tool does not train"
 DIFFUSERS_REFUSED = {
-    "--push_to_hub": "nothing is uploaded from here; upload OUTPUT_DIR afterwards (e.g. `huggingface-cli upload`)",
-    "--hub_token": "nothing is uploaded from here; upload OUTPUT_DIR afterwards (e.g. `huggingface-cli upload`)",
-    "--hub_model_id": "nothing is uploaded from here; upload OUTPUT_DIR afterwards (e.g. `huggingface-cli upload`)",
+    "--push_to_hub": _UPLOAD, "--hub_token": _UPLOAD, "--hub_model_id": _UPLOAD,
     "--revision": "models are never downloaded; pass the local folder of the revision you want",
     "--variant": "pass a folder with full-precision weights; --mixed_precision sets the training precision",
     "--tokenizer_name": "the tokenizer is the base model's own (its tokenizer/ folder)",
-    "--num_train_epochs": "pass --max_train_steps; one of diffusers' epochs is max(instance, class images) / "
-                          "train_batch_size steps",
     "--prior_generation_precision": "class images are generated in the base model's precision (fp32)",
-    "--tokenizer_max_length": "an option for DeepFloyd IF, which this tool does not train",
-    "--text_encoder_use_attention_mask": "an option for DeepFloyd IF, which this tool does not train",
-    "--class_labels_conditioning": "an option for DeepFloyd IF, which this tool does not train",
+    "--tokenizer_max_length": _IF_ONLY, "--text_encoder_use_attention_mask": _IF_ONLY,
+    "--class_labels_conditioning": _IF_ONLY, "--skip_save_text_encoder": _IF_ONLY,
     "--validation_images": "an option for image-variation and upscaler pipelines, which this tool does not train",
     "--validation_scheduler": "validation samples with the base model's own sampler",
-    "--skip_save_text_encoder": "an option for DeepFloyd IF, which this tool does not train",
 }
+EPOCHS_REFUSED = ("--num_train_epochs: pass --max_train_steps (which diffusers lets win over epochs too); one of "
+                  "diffusers' epochs is max(instance, class images) / train_batch_size steps")
 
 
 class Refused(argparse.Action):
@@ -56,7 +54,7 @@ class Refused(argparse.Action):
         super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string}: {DIFFUSERS_REFUSED[option_string]}")
+        parser.error(f"{option_string}: {DIFFUSERS_REFUSED['--' + self.dest]}")
 # Flags of diffusers' script that map onto one of our options.
 DIFFUSERS_RENAMED = {"--offset_noise": ("noise_offset", 0.1)}
 
@@ -84,10 +82,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_prior_preservation", "--no-prior-preservation", dest="with_prior_preservation",
                         action="store_const", const=False, help="train without the prior term (lambda = 0)")
     for flag, reason in DIFFUSERS_NO_OPS.items():  # some take a value (--local_rank 0): it is read and unused
-        parser.add_argument(flag, nargs="?", const=True, dest=f"noop{flag}", metavar="IGNORED",
+        parser.add_argument(*_flags(flag[2:], ()), nargs="?", const=True, dest=f"noop{flag}", metavar="IGNORED",
                             help=f"accepted for diffusers recipes: {reason}")
     for flag in DIFFUSERS_REFUSED:
-        parser.add_argument(flag, action=Refused)
+        parser.add_argument(*_flags(flag[2:], ()), dest=flag[2:], action=Refused)
+    # diffusers ignores epochs when --max_train_steps is given; so do we, and refuse them alone
+    parser.add_argument(*_flags("num_train_epochs", ()), dest="epochs_ignored", help=argparse.SUPPRESS)
     for flag, (name, value) in DIFFUSERS_RENAMED.items():
         parser.add_argument(flag, dest=name, action="store_const", const=value, help=f"same as --{name} {value}")
 
@@ -96,6 +96,8 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     """Config file values, overridden by the flags given on the command line."""
     values = read_config_file(args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if v is not None and k in config_types()}
+    if getattr(args, "epochs_ignored", None) is not None and "max_train_steps" not in {**values, **given}:
+        raise ConfigError(EPOCHS_REFUSED)
     for k in vars(args):
         if k.startswith("noop") and getattr(args, k) is not None:
             log.info("%s: %s", k[4:], DIFFUSERS_NO_OPS[k[4:]])

@@ -177,6 +177,8 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
     need(cfg.lr_num_cycles >= 1, "lr_num_cycles", f"must be >= 1, got {cfg.lr_num_cycles}")
     need(cfg.lr_power > 0, "lr_power", f"must be > 0, got {cfg.lr_power}")
+    need(cfg.lr_scheduler != "polynomial" or cfg.learning_rate > 1e-7, "learning_rate",
+         "the polynomial schedule decays to 1e-7, so the rate must be above it")
     need(cfg.max_grad_norm > 0, "max_grad_norm", "must be > 0")
     need(cfg.snr_gamma is None or cfg.snr_gamma > 0, "snr_gamma", f"must be > 0, got {cfg.snr_gamma}")
     need(cfg.noise_offset >= 0, "noise_offset", "must be >= 0")

@@ -24,6 +24,17 @@ class ModelError(DreamBoothError):
     """A model folder is missing, incomplete or not loadable."""
 
 
+def disk_full(exc: BaseException, path: object) -> BaseException:
+    """A full disk as OSError(ENOSPC) naming `path`: safetensors and torch.save report it as their own
+    error types, with the OS message inside. Other errors come back unchanged."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return exc
+    text = str(exc)
+    if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
+        return OSError(errno.ENOSPC, "No space left on device", str(path))
+    return exc
+
+
 def run_command(command: Callable[[], object]) -> int:
     """The exit code of `command`: 0, or 2 with `error: <message>` on stderr for a user mistake."""
     try:

@@ -18,6 +18,7 @@ from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
 from dreambooth.data.images import scan_images
 from dreambooth.errors import DreamBoothError
 from dreambooth.models import check_model_folder, native_resolution
+from dreambooth.single_file import weight_files
 
 GIB = 2**30
 
@@ -54,7 +55,8 @@ class Report:
 
 
 def _weights_bytes(folder: Path, parts: tuple[str, ...]) -> int:
-    return sum(f.stat().st_size for part in parts for f in (folder / part).glob("*.safetensors"))
+    """Full-precision weights of the parts the folder has (shards summed, fp16 variant copies not)."""
+    return sum(f.stat().st_size for part in parts if (folder / part).is_dir() for f in weight_files(folder, part))
 
 
 def _check_images(folder: str, role: str, min_side: int | None, report: Report) -> int:
@@ -99,7 +101,7 @@ def _bytes_under(paths: list[Path]) -> int:
     return sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
 
 
-def disk_needs(cfg: TrainConfig, model: Path, num_user_class: int) -> list[DiskNeed]:
+def disk_needs(cfg: TrainConfig, model: Path, resolution: int, num_user_class: int) -> list[DiskNeed]:
     """Class images (~1 byte/pixel as PNG) and checkpoints must fit. A checkpoint holds the trained
     models whole (LoRA: the adapters only) plus Adam's two moments of what trains; checkpoints a
     resumed run already wrote are counted as written."""
@@ -107,18 +109,22 @@ def disk_needs(cfg: TrainConfig, model: Path, num_user_class: int) -> list[DiskN
     weights = _weights_bytes(model, trained)
     adapters = weights // 50  # LoRA adapters are a few percent of the weights at most
     per_checkpoint = 3 * (adapters if cfg.lora else weights)
-    kept = cfg.checkpoints_total_limit or (1 + cfg.max_train_steps // cfg.checkpointing_steps)
+    # a new checkpoint is written whole before the oldest is deleted: one more than the limit at a time
+    at_once = 1 + (cfg.checkpoints_total_limit or cfg.max_train_steps // cfg.checkpointing_steps)
     written = _bytes_under(checkpoints.complete_checkpoints(Path(cfg.output_dir).expanduser()))
-    to_checkpoint = max(0, per_checkpoint * kept - written)
+    to_checkpoint = max(0, per_checkpoint * at_once - written)
     final = adapters if cfg.lora else _weights_bytes(model, ("unet", "text_encoder", "text_encoder_2", "vae"))
-    needs = [DiskNeed("output", cfg.output_dir, final + to_checkpoint * cfg.keep_checkpoints,
-                      to_checkpoint * (not cfg.keep_checkpoints))]
+    if cfg.keep_checkpoints:
+        needs = [DiskNeed("output", cfg.output_dir, lasting=final + to_checkpoint)]
+    else:
+        needs = [DiskNeed("output", cfg.output_dir, lasting=final, passing=to_checkpoint)]
     if cfg.with_prior_preservation and cfg.prior_mode == "images":
-        resolution = cfg.resolution or 512
         images = max(0, cfg.num_class_images - num_user_class) * resolution * resolution * 3 // 2
+        # what the cache keys its images by (ClassImageSpec), as far as the config tells it
         same_images = (str(Path(cfg.class_cache_dir).expanduser().resolve()), str(model.resolve()),
-                       cfg.class_prompt, cfg.class_noun, resolution, cfg.seed)
-        needs.append(DiskNeed("class-image cache", cfg.class_cache_dir, images, shared=same_images))
+                       fill_prompt(cfg.class_prompt, cfg.identifier, cfg.class_noun), resolution, cfg.seed,
+                       cfg.class_inference_steps, cfg.class_guidance_scale)
+        needs.append(DiskNeed("class-image cache", cfg.class_cache_dir, lasting=images, shared=same_images))
     return needs
 
 
@@ -140,15 +146,17 @@ def disk_problems(needs: list[DiskNeed]) -> list[str]:
         by_disk.setdefault(_existing(need.folder).stat().st_dev, []).append(need)
     problems = []
     for group in by_disk.values():
-        counted = {need.shared or id(need): need for need in sorted(group, key=lambda n: n.lasting)}.values()
+        smallest_first = sorted(group, key=lambda n: n.lasting)  # of needs that share a key, the largest stays
+        counted = list({need.shared or id(need): need for need in smallest_first}.values())
         total = sum(n.lasting for n in counted) + max(n.passing for n in counted)
         free = shutil.disk_usage(_existing(group[0].folder)).free
-        if total > free:
-            folders = ", ".join(dict.fromkeys(f"{n.folder} ({n.what})" for n in group))
-            hint = "; keep_checkpoints false (--no_keep_checkpoints) deletes checkpoints once a model is saved" if any(
-                n.what == "output" and n.passing == 0 for n in group) else ""
-            problems.append(f"{folders}: needs ~{_size(total)} but {_size(free)} is free; "
-                            f"free space or choose another folder{hint}")
+        if total <= free:
+            continue
+        folders = ", ".join(dict.fromkeys(f"{n.folder} ({n.what})" for n in group))
+        keeping = any(n.what == "output" and n.passing == 0 for n in group)
+        hint = "; keep_checkpoints false (--no_keep_checkpoints) deletes checkpoints once a model is saved"
+        problems.append(f"{folders}: needs ~{_size(total)} but {_size(free)} is free; "
+                        f"free space or choose another folder{hint if keeping else ''}")
     return problems
 
 
@@ -172,7 +180,7 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
     _check_runtime(cfg, report)
     if model is not None:
         _check_prompts(cfg, model, report)
-        report.disk = disk_needs(cfg, model, num_user_class)
+        report.disk = disk_needs(cfg, model, resolution, num_user_class)
         if check_disk:
             report.problems += disk_problems(report.disk)
     return report

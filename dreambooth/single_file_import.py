@@ -45,7 +45,8 @@ OPEN_CLIP_BIG_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_laye
 def _sd2(sample_size: int, prediction_type: str) -> dict:
     return dict(pipeline="StableDiffusionPipeline", resolution=8 * sample_size,
                 unet=dict(SD_BLOCKS, sample_size=sample_size, cross_attention_dim=1024,
-                          attention_head_dim=[5, 10, 20, 20], use_linear_projection=True),
+                          attention_head_dim=[5, 10, 20, 20], use_linear_projection=True,
+                          upcast_attention=True),  # 2.1's attention overflows in fp16 otherwise; exact either way
                 vae={}, text_encoders=[("CLIPTextModel", OPEN_CLIP_H, "!")],
                 scheduler=("DDIMScheduler", dict(clip_sample=False, set_alpha_to_one=False,
                                                  prediction_type=prediction_type)))
@@ -131,6 +132,9 @@ def detect_family(file: Path, keys: list[str]) -> str:
     if not has("model.diffusion_model.") or not has("first_stage_model."):
         raise ModelError(f"{file}: no UNet (model.diffusion_model.) or no VAE (first_stage_model.) weights; "
                          "pass a full Stable Diffusion checkpoint, not a LoRA, VAE or UNet alone")
+    if "v_pred" in keys:  # the marker some SDXL fine-tunes carry; the written SDXL config predicts noise
+        raise ModelError(f"{file}: a v-prediction SDXL checkpoint; pass --config with a diffusers folder whose "
+                         "scheduler says prediction_type v_prediction")
     for layout, family in (("sdxl", "sdxl"), ("sd2", "sd2-v"), ("sd1", "sd1")):  # SDXL also has an sd1-like encoder
         if all(has(prefix) for _, prefix, _ in TEXT_ENCODERS[layout]):
             return family
@@ -147,7 +151,7 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
     file, output = Path(file).expanduser(), Path(output).expanduser()
     if not file.is_file():
         raise ModelError(f"{file}: no such file; pass a single-file .safetensors checkpoint")
-    if output.exists() and any(output.iterdir()):
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ModelError(f"--output {output}: exists and is not empty; choose a new folder")
     output.parent.mkdir(parents=True, exist_ok=True)
     keys = read_keys(file, allow_pickle)

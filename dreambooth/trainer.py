@@ -33,7 +33,7 @@ from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
 from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
-from dreambooth.errors import ConfigError, DreamBoothError
+from dreambooth.errors import ConfigError, DreamBoothError, disk_full
 from dreambooth.finetune import cast_frozen_weights, strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
@@ -393,9 +393,9 @@ class Trainer:
             export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
             for name, text in (extra_files or {}).items():
                 (staging / name).write_text(text)
-        except BaseException:  # a full disk: give its space back; the checkpoints still hold the run
+        except BaseException as exc:  # a full disk: give its space back; the checkpoints still hold the run
             shutil.rmtree(staging, ignore_errors=True)
-            raise
+            raise disk_full(exc, staging) from exc
         export.publish(staging, folder)
 
     def save(self) -> Path:

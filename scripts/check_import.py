@@ -46,6 +46,12 @@ def same_weights(a: Path, b: Path, part: str) -> tuple[int, list[str]]:
     return len(fa), [k for k in fa if not torch.equal(read(fa[k], k), read(fb[k], k))]
 
 
+def config(folder: Path, part: str) -> dict:
+    """A part's config without the bookkeeping keys (library versions, dtype)."""
+    values = json.loads((folder / part / "config.json").read_text())
+    return {k: v for k, v in values.items() if not k.startswith("_") and k not in ("transformers_version", "torch_dtype", "dtype")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=FAMILIES, default="sd1")
@@ -58,10 +64,8 @@ def main() -> None:
         imported = import_single_file(file, tmp / "imported", family=None if args.family != "sd2-base" else "sd2-base")
         results = {}
         for part in sorted(p.name for p in original.iterdir() if p.name.startswith(("unet", "vae", "text_encoder"))):
-            config = lambda f: {k: v for k, v in json.loads(next((f / part).glob("config.json")).read_text()).items()
-                                if not k.startswith("_") and k not in ("transformers_version", "torch_dtype", "dtype")}
             count, differ = same_weights(original, imported, part)
-            results[part] = {"tensors": count, "differ": differ[:5], "same_config": config(original) == config(imported)}
+            results[part] = {"tensors": count, "differ": differ[:5], "same_config": config(original, part) == config(imported, part)}
     ok = all(r["tensors"] and not r["differ"] and r["same_config"] for r in results.values())
     print(json.dumps({"family": args.family, "ok": ok, "parts": results, "seconds": round(time.time() - start),
                       "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 1)}, indent=1))

@@ -59,8 +59,26 @@ def test_no_keep_checkpoints_deletes_them_once_the_model_is_saved(tiny_sd, subje
     assert [p.name for p in checkpoints.complete_checkpoints(kept)] == ["checkpoint-1", "checkpoint-2"]
 
 
-def test_a_full_disk_is_one_line_and_the_run_resumes(tiny_sd, subject_dir, tmp_path, monkeypatch, capsys):
+def _enospc(path):
     import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", path)
+
+
+def _safetensors_full(path):  # what safetensors raises when its write fails for lack of space
+    from safetensors import SafetensorError
+
+    return SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                           "message: \"No space left on device\" })")
+
+
+def _torch_save_full(path):  # what torch.save raises (the optimizer's state) when the disk fills
+    return RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: "
+                        "No space left on device")
+
+
+@pytest.mark.parametrize("full", [_enospc, _safetensors_full, _torch_save_full])
+def test_a_full_disk_is_one_line_and_the_run_resumes(full, tiny_sd, subject_dir, tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
     from accelerate import Accelerator
@@ -74,7 +92,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tiny_sd, subject_dir, tmp_p
         if ".checkpoint-2." in output_dir:
             Path(output_dir).mkdir(parents=True)
             (Path(output_dir) / "model.safetensors").write_bytes(b"half")
-            raise OSError(errno.ENOSPC, "No space left on device", output_dir)
+            raise full(output_dir)
         return original(self, output_dir, **kwargs)
 
     out = tmp_path / "out"

@@ -46,7 +46,7 @@ def test_diffusers_flags_parse_unchanged(tmp_path):
             "--center_crop", "--train_text_encoder", "--mixed_precision", "no", "--gradient_checkpointing",
             "--seed", "3", "--output_dir", str(tmp_path), "--checkpointing_steps", "5",
             "--validation_prompt", "a photo of sks dog", "--enable_xformers_memory_efficient_attention",
-            "--offset_noise", "--local_rank", "0", "--dataloader_num_workers=2", "--scale_lr",
+            "--offset_noise", "--local-rank=0", "--dataloader_num_workers", "2", "--num_train_epochs", "5", "--scale_lr",
             "--lr_scheduler", "cosine_with_restarts", "--lr_num_cycles", "3", "--lr_power", "2"]
     cfg = build_train_config(build_parser().parse_args(argv))
     assert (cfg.prior_loss_weight, cfg.num_class_images, cfg.max_train_steps, cfg.train_batch_size) == (0.5, 10, 7, 2)
@@ -55,8 +55,8 @@ def test_diffusers_flags_parse_unchanged(tmp_path):
     assert cfg.scale_lr and (cfg.lr_num_cycles, cfg.lr_power) == (3, 2.0)
 
 
-@pytest.mark.parametrize("flags", [["--push_to_hub"], ["--hub_model_id", "me/dog"], ["--revision", "fp16"],
-                                   ["--num_train_epochs", "3"], ["--prior_generation_precision=fp16"]])
+@pytest.mark.parametrize("flags", [["--push_to_hub"], ["--hub-model-id", "me/dog"], ["--revision", "fp16"],
+                                   ["--prior_generation_precision=fp16"]])
 def test_diffusers_flags_that_cannot_apply_are_one_line_errors(flags, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["train", "--pretrained_model_name_or_path", "m", *flags])
@@ -92,3 +92,11 @@ def test_no_class_noun_needed_without_prior_preservation():
     assert cfg.class_noun is None
     with pytest.raises(ConfigError, match="--class_noun: required because --class_prompt"):
         TrainConfig(pretrained_model_name_or_path="m", instance_data_dir="d", instance_prompt="a {identifier}")
+
+
+def test_epochs_alone_are_refused_and_ignored_beside_max_train_steps():
+    parser = build_parser()
+    with pytest.raises(ConfigError, match=r"--num_train_epochs: pass --max_train_steps"):
+        build_train_config(parser.parse_args(["train", "--pretrained_model_name_or_path", "m",
+                                              "--instance_data_dir", "d", "--class_noun", "dog",
+                                              "--num_train_epochs", "3"]))

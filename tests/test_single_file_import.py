@@ -57,7 +57,13 @@ def test_the_written_configs_build_the_published_architectures(family, tmp_path)
     assert counts == PUBLISHED[family]
     tokenizer = CLIPTokenizer.from_pretrained(folder / ("tokenizer_2" if family == "sdxl" else "tokenizer"))
     assert tokenizer.pad_token == ("<|endoftext|>" if family == "sd1" else "!")
-    assert ARCHITECTURES["sd2-base"]["resolution"] == 512 and ARCHITECTURES["sd2-v"]["resolution"] == 768
+
+
+def test_sd2_base_differs_from_768_v_in_size_and_prediction():
+    v, base = ARCHITECTURES["sd2-v"], ARCHITECTURES["sd2-base"]
+    assert (v["resolution"], base["resolution"]) == (768, 512)
+    assert (v["scheduler"][1]["prediction_type"], base["scheduler"][1]["prediction_type"]) == ("v_prediction", "epsilon")
+    assert v["unet"]["upcast_attention"] and base["unet"]["upcast_attention"]  # fp16-safe attention, as 2.1 has
 
 
 def test_bad_files_are_one_line_errors(tiny_sd, tmp_path, capsys):
@@ -79,8 +85,9 @@ def test_bad_files_are_one_line_errors(tiny_sd, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["import", str(file), "--family", "sd3", "--output", str(tmp_path / "out")])
     assert "invalid choice: 'sd3'" in capsys.readouterr().err
-    assert main(["import", str(file), "--output", str(tmp_path / "taken")]) == 2
-    assert "exists and is not empty" in capsys.readouterr().err
+    for taken in (tmp_path / "taken", tmp_path / "taken" / "x"):  # a full folder, a file
+        assert main(["import", str(file), "--output", str(taken)]) == 2
+        assert "exists and is not empty" in capsys.readouterr().err
     assert main(["train", "--check", "--pretrained_model_name_or_path", str(file), "--instance_data_dir", str(tmp_path),
                  "--class_noun", "dog"]) == 2
     assert f"convert it once with `dreambooth import {file} --output FOLDER`" in capsys.readouterr().err
