@@ -162,3 +162,36 @@ def test_the_batch_reports_too_little_disk_once_for_all_runs(tiny_sd, subject_di
     for folder in ("a (output)", "b (output)", "cache (class-image cache)"):
         assert f"{tmp_path / folder}" in str(error.value)
     assert "MiB is free" in str(error.value)
+
+
+def test_needs_on_different_disks_are_checked_apart(tmp_path, monkeypatch):
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    from dreambooth import preflight
+    from dreambooth.preflight import DiskNeed, disk_problems
+
+    disks = {"fast": 1, "big": 2}  # the folder's name says its disk here
+    free = {1: 10 * preflight.GIB, 2: 100 * preflight.GIB}
+    monkeypatch.setattr(preflight, "_existing", lambda folder: SimpleNamespace(
+        stat=lambda: SimpleNamespace(st_dev=disks[folder]), name=folder))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(0, 0, free[disks[path.name]]))
+    needs = [DiskNeed("output", "fast", 8 * preflight.GIB), DiskNeed("class-image cache", "big", 50 * preflight.GIB)]
+    assert disk_problems(needs) == []  # 58 GiB in all, but 8 of them on the 10 GiB disk
+    [problem] = disk_problems(needs + [DiskNeed("output", "fast", 3 * preflight.GIB)])
+    assert problem.startswith("fast (output): needs ~11.0 GiB but 10.0 GiB is free")
+
+
+def test_checkpoints_already_written_count_as_written(tiny_sd, subject_dir, tmp_path):
+    from dreambooth import checkpoints
+    from dreambooth.preflight import disk_needs
+    from tests.test_trainer import config
+
+    cfg = config(tiny_sd, subject_dir, tmp_path)
+    before = disk_needs(cfg, tiny_sd, 32, 0)[0].lasting
+    written = tmp_path / "out" / "checkpoint-1"
+    written.mkdir(parents=True)
+    (written / checkpoints.STATE_FILE).write_text('{"step": 1}')
+    (written / "model.safetensors").write_bytes(bytes(1000))
+    assert disk_needs(cfg, tiny_sd, 32, 0)[0].lasting == before - 1000 - len('{"step": 1}')
