@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -26,14 +28,26 @@ def fsync_tree(folder: Path) -> None:
         fsync(path)
 
 
-def _whole_or_nothing(write, tmp: Path, path: Path) -> None:
-    """`write(tmp)`, then rename it onto `path`; on any failure (a full disk) remove `tmp`."""
+@contextlib.contextmanager
+def removed_on_failure(partial: Path, remove: bool = True, writing: Path | None = None):
+    """If the block fails, delete `partial` (a file or folder it was writing) at once, so a full disk gets
+    its space back, and re-raise a full disk as OSError(ENOSPC) naming `writing` (default: `partial`).
+    `remove=False` for a process that shares `partial` with others still writing into it."""
     try:
+        yield
+    except BaseException as exc:
+        if remove and partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        elif remove:
+            partial.unlink(missing_ok=True)
+        raise disk_full(exc, writing or partial) from exc
+
+
+def _whole_or_nothing(write, tmp: Path, path: Path) -> None:
+    """`write(tmp)`, then rename it onto `path`."""
+    with removed_on_failure(tmp, writing=path):
         write(tmp)
         replace_durably(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        raise disk_full(exc, path) from exc
 
 
 def replace_durably(tmp: Path, path: Path) -> None:

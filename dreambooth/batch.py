@@ -42,8 +42,7 @@ NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_
                  "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
                  "inference_steps", "guidance_scale", "eval_every", "eval_encoder", "eval_prompt_scorer", "keep_best",
                  "allow_pickle", "keep_checkpoints")
-
-
+# what accelerate reads to join a process group; a launched batch's processes train apart
 DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                    "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -126,7 +125,7 @@ def own_share(shard_spec: str | None) -> str | None:
         raise ConfigError("--shard: each of the launched processes already takes its own share; "
                           "drop --shard, or start one process per GPU with --shard K/N")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    for name in DISTRIBUTED_ENV:  # what accelerate reads to join a process group
+    for name in DISTRIBUTED_ENV:
         os.environ.pop(name, None)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # accelerate's lone process uses the current device

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from dreambooth.atomic import fsync_tree
-from dreambooth.errors import ConfigError, disk_full
+from dreambooth.atomic import fsync_tree, removed_on_failure
+from dreambooth.errors import ConfigError
 
 STATE_FILE = "dreambooth_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -44,15 +44,12 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
         for leftover in output_dir.glob(".checkpoint-*.tmp"):  # writes that a crash cut short
             shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
-    try:
+    # a full disk gives its space back now, not at the next save; the others may still be writing into it
+    with removed_on_failure(temp, remove=accelerator.is_main_process):
         accelerator.save_state(str(temp), safe_serialization=True)
         if accelerator.is_main_process:
             (temp / STATE_FILE).write_text(json.dumps({"step": step}))
             fsync_tree(temp)
-    except BaseException as exc:  # a full disk: give its space back now, not at the next save
-        if accelerator.is_main_process:  # the others may still be writing into it
-            shutil.rmtree(temp, ignore_errors=True)
-        raise disk_full(exc, temp) from exc
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temp, final)

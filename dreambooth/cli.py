@@ -45,6 +45,8 @@ DIFFUSERS_REFUSED = {
 }
 EPOCHS_REFUSED = ("--num_train_epochs: pass --max_train_steps (which diffusers lets win over epochs too); one of "
                   "diffusers' epochs is max(instance, class images) / train_batch_size steps")
+# Flags of diffusers' script that map onto one of our options.
+DIFFUSERS_RENAMED = {"--offset_noise": ("noise_offset", 0.1)}
 
 
 class Refused(argparse.Action):
@@ -55,8 +57,6 @@ class Refused(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         parser.error(f"{option_string}: {DIFFUSERS_REFUSED['--' + self.dest]}")
-# Flags of diffusers' script that map onto one of our options.
-DIFFUSERS_RENAMED = {"--offset_noise": ("noise_offset", 0.1)}
 
 
 def _flags(name: str, aliases: tuple[str, ...]) -> list[str]:

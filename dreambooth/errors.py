@@ -24,10 +24,13 @@ class ModelError(DreamBoothError):
     """A model folder is missing, incomplete or not loadable."""
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def disk_full(exc: BaseException, path: object) -> BaseException:
     """A full disk as OSError(ENOSPC) naming `path`: safetensors and torch.save report it as their own
     error types, with the OS message inside. Other errors come back unchanged."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return exc
     text = str(exc)
     if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
@@ -46,7 +49,7 @@ def run_command(command: Callable[[], object]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in DISK_FULL:
             raise
         where = f" writing {exc.filename}" if exc.filename else ""
         print(f"error: the disk is full{where}; free space and run the same command again (train: add "

@@ -16,7 +16,7 @@ import torch
 from dreambooth import checkpoints
 from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
 from dreambooth.data.images import scan_images
-from dreambooth.errors import DreamBoothError
+from dreambooth.errors import DreamBoothError, ModelError
 from dreambooth.models import check_model_folder, native_resolution
 from dreambooth.single_file import weight_files
 
@@ -55,8 +55,16 @@ class Report:
 
 
 def _weights_bytes(folder: Path, parts: tuple[str, ...]) -> int:
-    """Full-precision weights of the parts the folder has (shards summed, fp16 variant copies not)."""
-    return sum(f.stat().st_size for part in parts if (folder / part).is_dir() for f in weight_files(folder, part))
+    """Full-precision weights of the parts the folder has (shards summed, fp16 variant copies not);
+    a part with pickled weights only (let in by --allow_pickle) counts its .bin files."""
+    total = 0
+    for part in (p for p in parts if (folder / p).is_dir()):
+        try:
+            files = weight_files(folder, part)
+        except ModelError:
+            files = list((folder / part).glob("*.bin"))
+        total += sum(f.stat().st_size for f in files)
+    return total
 
 
 def _check_images(folder: str, role: str, min_side: int | None, report: Report) -> int:

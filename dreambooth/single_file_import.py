@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from transformers import CLIPTokenizer
 
-from dreambooth.atomic import fsync_tree
+from dreambooth.atomic import fsync_tree, removed_on_failure
 from dreambooth.errors import ModelError
 from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
 from dreambooth.single_file import TEXT_ENCODERS
@@ -104,19 +104,26 @@ def write_configs(family: str, folder: Path) -> Path:
     return folder
 
 
-def read_keys(file: Path, allow_pickle: bool) -> list[str]:
-    """The file's tensor names, without loading the tensors where the format allows."""
+def check_format(file: Path, allow_pickle: bool) -> None:
+    """A readable safetensors file, or a pickle only where the user allowed it: loading one can run code."""
+    if file.suffix == ".safetensors":
+        read_keys(file)  # the header alone: a damaged file is named here, not deep in diffusers
+        return
+    if file.suffix not in PICKLES:
+        raise ModelError(f"{file}: expected a .safetensors (or, with --allow_pickle, .ckpt) checkpoint")
+    if not allow_pickle:
+        raise ModelError(f"{file}: a pickled checkpoint can run code when loaded; convert it to safetensors, "
+                         "or pass --allow_pickle if you trust the source")
+
+
+def read_keys(file: Path) -> list[str]:
+    """The file's tensor names, without loading the tensors where the format allows (pickles: see check_format)."""
     if file.suffix == ".safetensors":
         try:
             with safe_open(str(file), framework="pt") as handle:
                 return list(handle.keys())
         except Exception as exc:  # safetensors raises its own error types for a damaged header
             raise ModelError(f"{file}: not a readable safetensors file ({exc})") from None
-    if file.suffix not in PICKLES:
-        raise ModelError(f"{file}: expected a .safetensors (or, with --allow_pickle, .ckpt) checkpoint")
-    if not allow_pickle:
-        raise ModelError(f"{file}: a pickled checkpoint can run code when loaded; convert it to safetensors, "
-                         "or pass --allow_pickle if you trust the source")
     try:  # diffusers reads it the same way (weights only: no code runs)
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # an unpickling error names what the file holds besides tensors
@@ -154,10 +161,10 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ModelError(f"--output {output}: exists and is not empty; choose a new folder")
     output.parent.mkdir(parents=True, exist_ok=True)
-    keys = read_keys(file, allow_pickle)
+    check_format(file, allow_pickle)
     if config is None:
         if family is None:
-            family = detect_family(file, keys)
+            family = detect_family(file, read_keys(file))
             if family == "sd2-v":
                 log.warning("warning: %s: an SD 2.x checkpoint, taken as 768-px v-prediction (SD 2.0/2.1); "
                             "for a 2.x-base model pass --family sd2-base", file)
@@ -179,13 +186,10 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
             described = f"--config {configs}" if config else f"the {family} architecture"
             raise ModelError(f"{file}: does not fit {described} ({str(exc).splitlines()[0][:200]}); "
                              "check --family or --config") from None
-        try:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        with removed_on_failure(staging):
             pipe.save_pretrained(staging, safe_serialization=True)
             fsync_tree(staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     if output.exists():
         output.rmdir()  # empty, checked above
     os.replace(staging, output)

@@ -28,12 +28,13 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from dreambooth import checkpoints, export, runlog
+from dreambooth.atomic import removed_on_failure
 from dreambooth.class_images import ClassImageSpec, ensure_class_images
 from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
 from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
-from dreambooth.errors import ConfigError, DreamBoothError, disk_full
+from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.finetune import cast_frozen_weights, strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
@@ -388,14 +389,11 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         staging = folder / ".final.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        try:
+        with removed_on_failure(staging):  # a full disk gets its space back; the checkpoints still hold the run
             self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
             export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
             for name, text in (extra_files or {}).items():
                 (staging / name).write_text(text)
-        except BaseException as exc:  # a full disk: give its space back; the checkpoints still hold the run
-            shutil.rmtree(staging, ignore_errors=True)
-            raise disk_full(exc, staging) from exc
         export.publish(staging, folder)
 
     def save(self) -> Path:

@@ -24,7 +24,7 @@ def exported(folder, tmp_path):
 def test_an_exported_file_imports_back_to_the_same_weights(family, tiny_sd, tmp_path, capsys):
     folder = BUILDERS[family](tmp_path / "model") if BUILDERS[family] else tiny_sd
     file = exported(folder, tmp_path)
-    assert detect_family(file, read_keys(file, allow_pickle=False)) == family
+    assert detect_family(file, read_keys(file)) == family
     out = tmp_path / "imported"
     assert main(["import", str(file), "--output", str(out), "--config", str(folder)]) == 0
     assert f"--pretrained_model_name_or_path {out}" in capsys.readouterr().out
