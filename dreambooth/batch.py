@@ -102,16 +102,22 @@ def read_runs(path: str | Path) -> list[Run]:
     return runs
 
 
-def shard(runs: list[Run], spec: str | None) -> list[Run]:
-    """`K/N`: the K-th of N interleaved shares (runs K, K+N, ...), for N machines or GPUs side by side."""
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """`K/N` as (K, N); no spec is the one share 1/1."""
     if spec is None:
-        return runs
+        return 1, 1
     try:
         k, n = (int(part) for part in spec.split("/"))
         if not 1 <= k <= n:
             raise ValueError
     except ValueError:
         raise ConfigError(f"--shard: expected K/N with 1 <= K <= N, e.g. 1/4; got {spec!r}") from None
+    return k, n
+
+
+def shard(runs: list[Run], spec: str | None) -> list[Run]:
+    """`K/N`: the K-th of N interleaved shares (runs K, K+N, ...), for N machines or GPUs side by side."""
+    k, n = parse_shard(spec)
     return [run for run in runs if (run.number - 1) % n == k - 1]
 
 
@@ -158,14 +164,21 @@ def changed_settings(run: Run, record: Path) -> list[str]:
     return changed
 
 
-def check(runs: list[Run]) -> list[str]:
-    """Every problem of the runs still to train, and of started runs the file now describes otherwise.
-    Free disk is checked for all of them together: what the runs write adds up on each disk."""
+def check(runs: list[Run], shard_spec: str | None = None) -> list[str]:
+    """Every problem of the share's runs still to train, and of its started runs the file now describes
+    otherwise. Free disk is checked for every share's runs together: the shares run side by side (one
+    process or machine each), a share's runs one after another, and what they write adds up on each disk."""
     from dreambooth.preflight import disk_problems, preflight
 
+    k, n = parse_shard(shard_spec)
     problems, disk = [], []
     for run in runs:
         status = run.status()
+        share = (run.number - 1) % n
+        if share != k - 1:  # another share's run: only what it writes counts here
+            if status != "done":
+                disk += [dataclasses.replace(need, share=share) for need in preflight(run.cfg, check_disk=False).disk]
+            continue
         record = recorded_options(run, status)
         try:
             changed = changed_settings(run, record) if record else []
@@ -180,7 +193,7 @@ def check(runs: list[Run]) -> list[str]:
             continue
         report = preflight(run.cfg, check_disk=False)
         problems += [f"{run.name}: {p}" for p in report.problems]
-        disk += report.disk
+        disk += [dataclasses.replace(need, share=share) for need in report.disk]
         for warning in report.warnings:
             log.warning("warning: %s: %s", run.name, warning)
     return problems + [f"the runs together: {p}" for p in disk_problems(disk)]
@@ -199,16 +212,18 @@ def plan(runs: list[Run]) -> str:
 
 
 def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool = False) -> list[Path]:
-    """Check every run of the file (or of its shard), then train those not finished, one after another.
+    """Check every run of the file (or of its shard; the disk for every shard), then train those not
+    finished, one after another.
     Returns the trained runs' output folders; raises listing the runs that failed, after the rest ran."""
     from dreambooth.trainer import Interrupted, train
 
     shard_spec = own_share(shard_spec)
-    runs = shard(read_runs(path), shard_spec)
+    every_run = read_runs(path)
+    runs = shard(every_run, shard_spec)
     if not runs:
         log.warning("warning: share %s holds no run of %s", shard_spec, path)
     log.info("%s", plan(runs))
-    problems = check(runs)
+    problems = check(every_run, shard_spec)
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) found before training:\n  " + "\n  ".join(problems))
     if check_only:

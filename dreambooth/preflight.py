@@ -26,14 +26,16 @@ GIB = 2**30
 @dataclass(frozen=True)
 class DiskNeed:
     """Bytes a run will write under `folder`: `lasting` stays after the run; `passing` (checkpoints
-    deleted at the end) is freed, so runs one after another need only the largest. Needs with the same
-    `shared` key (one set of class images) are counted once."""
+    deleted at the end) is freed, so runs one after another need only the largest, and runs side by
+    side (different `share`s of a batch) the largest of each share. Needs with the same `shared` key
+    (one set of class images) are counted once."""
 
     what: str
     folder: str
     lasting: int
     passing: int = 0
     shared: tuple | None = None
+    share: int = 0
 
 
 @dataclass
@@ -156,7 +158,10 @@ def disk_problems(needs: list[DiskNeed]) -> list[str]:
     for group in by_disk.values():
         smallest_first = sorted(group, key=lambda n: n.lasting)  # of needs that share a key, the largest stays
         counted = list({need.shared or id(need): need for need in smallest_first}.values())
-        total = sum(n.lasting for n in counted) + max(n.passing for n in counted)
+        passing_by_share: dict[int, int] = {}
+        for need in counted:
+            passing_by_share[need.share] = max(passing_by_share.get(need.share, 0), need.passing)
+        total = sum(n.lasting for n in counted) + sum(passing_by_share.values())
         free = shutil.disk_usage(_existing(group[0].folder)).free
         if total <= free:
             continue

@@ -1,6 +1,7 @@
 """`dreambooth batch`: every run checked first, finished runs skipped, interrupted ones resumed, a
 failed run reported while the others go on."""
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -147,6 +148,10 @@ def test_free_disk_is_checked_for_the_runs_together(tmp_path, monkeypatch):
                                                                            "once a model is saved")
     free["bytes"] -= 1
     assert len(disk_problems(deleted)) == 1
+    free["bytes"] = 84 * preflight.GIB  # shards run side by side: both runs' checkpoints exist at once
+    side_by_side = [deleted[0], dataclasses.replace(deleted[1], share=1)] + images
+    [problem] = disk_problems(side_by_side)
+    assert "needs ~85.0 GiB but 84.0 GiB is free" in problem
 
 
 def test_the_batch_reports_too_little_disk_once_for_all_runs(tiny_sd, subject_dir, tmp_path, monkeypatch):
@@ -162,6 +167,9 @@ def test_the_batch_reports_too_little_disk_once_for_all_runs(tiny_sd, subject_di
     for folder in ("a (output)", "b (output)", "cache (class-image cache)"):
         assert f"{tmp_path / folder}" in str(error.value)
     assert "MiB is free" in str(error.value)
+    with pytest.raises(ConfigError) as error:  # shard 2/2, training b side by side, writes on the same disk
+        run_batch(runs, shard_spec="1/2")
+    assert f"{tmp_path / 'b'} (output)" in str(error.value)
 
 
 def test_needs_on_different_disks_are_checked_apart(tmp_path, monkeypatch):
