@@ -26,12 +26,15 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic
-from dreambooth.diffusion import dreambooth_loss, loss_weights, sample_noise, training_target
+from dreambooth.diffusion import loss_weights, sample_noise, training_target
 from dreambooth.errors import positive_int, run_command
 from dreambooth.export import publish
 from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
 from dreambooth.toyworld import captions, fashion_mnist, world
 from dreambooth.toyworld.model_card import CONFIG_FILE, QUALITY_FILE, write_model_card
+
+
+VAE_WEIGHTS = "vae/diffusion_pytorch_model.safetensors"  # in a pipeline folder (--vae_from)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class PretrainConfig:
     unet_batch: int = 32
     unet_lr: float = 3e-4
     snr_gamma: float | None = None  # min-SNR-gamma loss weights (Hang et al. 2023); None: plain eps loss
+    object_weight: float = 0.0  # extra UNet loss weight on the latent pixels at and around the object
+    pooled_text: bool = False  # also add attention-pooled text to the UNet's time embedding
     decoder_steps: int = 3_000
     decoder_batch: int = 16
     decoder_lr: float = 3e-4
@@ -67,7 +72,8 @@ def build_models(cfg: PretrainConfig) -> tuple[AutoencoderKL, CLIPTextModel, UNe
         sample_size=world.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 128),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=32)
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=32,
+        addition_embed_type="text" if cfg.pooled_text else None, addition_embed_type_num_heads=4)
     return vae, text_encoder, unet
 
 
@@ -77,19 +83,22 @@ def noise_scheduler() -> DDPMScheduler:
 
 
 def render_dataset(cfg: PretrainConfig, path: Path) -> dict[str, np.ndarray]:
-    """num_scenes renders of train items with random color/context, plus their attributes."""
+    """num_scenes renders of train items with random color/context, plus their attributes and how
+    much of each latent pixel (4x4 image pixels) the object covers."""
     if path.is_file():
         return dict(np.load(path))
     items, labels = fashion_mnist.load("train")
     rng = np.random.default_rng(cfg.seed)
     index = rng.integers(0, len(items), cfg.num_scenes)
-    images, colors, contexts = [], [], []
+    images, colors, contexts, cover = [], [], [], []
     for i in index:
         scene = world.sample_scene(rng, items[i], fashion_mnist.CLASS_NOUNS[labels[i]])
         images.append(world.render(scene))
+        cover.append(world.object_mask(scene).reshape(world.SIZE // 4, 4, world.SIZE // 4, 4).mean((1, 3)))
         colors.append(list(world.COLORS).index(scene.color))
         contexts.append(world.CONTEXTS.index(scene.context))
-    data = {"images": np.stack(images), "labels": labels[index], "colors": np.array(colors), "contexts": np.array(contexts)}
+    data = {"images": np.stack(images), "labels": labels[index], "colors": np.array(colors), "contexts": np.array(contexts),
+            "object_cover": np.stack(cover).astype(np.float16)}
     np.savez(path.with_suffix(".tmp.npz"), **data)
     replace_durably(path.with_suffix(".tmp.npz"), path)
     return data
@@ -186,6 +195,18 @@ def unet_rate(cfg: PretrainConfig, step: int) -> float:
     return cfg.unet_lr * min(1.0, (step - begin + 1) / 200, (end - step) / cfg.unet_decay_steps)
 
 
+def denoising_loss(cfg: PretrainConfig, pred: torch.Tensor, target: torch.Tensor, snr_weights: torch.Tensor | None,
+                   object_cover: torch.Tensor) -> torch.Tensor:
+    """Squared error averaged over latent pixels, those at and around the object (one latent pixel
+    beyond it) weighted 1 + object_weight against the context's 1, normalized to mean 1 per example:
+    the contexts are drawn right early on, and the weight turns the UNet's capacity to the object's
+    shape, which tells the classes apart. Then per example by min-SNR."""
+    near = torch.nn.functional.max_pool2d(object_cover[:, None].float(), 3, stride=1, padding=1) > 0
+    spatial = 1 + cfg.object_weight * near.float()
+    per_row = ((pred - target).pow(2) * spatial / spatial.mean((2, 3), keepdim=True)).mean((1, 2, 3))
+    return (per_row if snr_weights is None else per_row * snr_weights).mean()
+
+
 def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scaling: float, text_encoder, unet,
                    tokenizer, ckpt: Checkpointer, log) -> None:
     sched = noise_scheduler()
@@ -210,7 +231,7 @@ def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scali
         pred = unet(sched.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
         target = training_target(sched.config.prediction_type, latents, noise, sched.alphas_cumprod, t)
         weights = loss_weights(cfg.snr_gamma, sched.alphas_cumprod, t, sched.config.prediction_type)
-        loss = dreambooth_loss(pred, target, len(index), prior_loss_weight=0.0, weights=weights).total  # no prior rows
+        loss = denoising_loss(cfg, pred, target, weights, torch.from_numpy(data["object_cover"][index]))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         opt.step()
@@ -277,8 +298,10 @@ def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, out: Path) -> No
     publish(staging, out)
 
 
-def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
-    """Every stage in order; each resumes from its checkpoint in `work`, or is skipped when done."""
+def pretrain(cfg: PretrainConfig, out: Path, work: Path, vae_from: Path | None = None) -> None:
+    """Every stage in order; each resumes from its checkpoint in `work`, or is skipped when done.
+    `vae_from` (a pipeline folder) supplies the VAE as is, so only the UNet and text encoder train: a
+    recipe tried on the latents the shipped model was trained on, without the VAE stages' 40 minutes."""
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
@@ -289,13 +312,17 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     vae, text_encoder, unet = build_models(cfg)
     data = render_dataset(cfg, work / "scenes.npz")
-    train_vae(cfg, vae, data["images"], Checkpointer(work, "vae"), log)
+    if vae_from is None:
+        train_vae(cfg, vae, data["images"], Checkpointer(work, "vae"), log)
+    else:
+        vae.load_state_dict(load_file(vae_from / VAE_WEIGHTS))
     vae.eval()
     moments = encode_dataset(vae, data["images"], work / "moments.safetensors")
     vae.register_to_config(scaling_factor=float(1 / moments[:, :4].float().std()))
     train_denoiser(cfg, data, moments, vae.config.scaling_factor, text_encoder, unet, tokenizer,
                    Checkpointer(work, "denoiser"), log)
-    train_decoder(cfg, vae, Checkpointer(work, "decoder"), log)
+    if vae_from is None:
+        train_decoder(cfg, vae, Checkpointer(work, "decoder"), log)
     save_pipeline(cfg, vae, text_encoder, unet, out)
 
 
@@ -307,6 +334,12 @@ def main() -> None:
                         help="the steps the UNet's learning-rate cycles end at; add one to extend a finished run")
     parser.add_argument("--snr_gamma", "--snr-gamma", type=float, default=None,
                         help="weight the UNet's loss by min-SNR-gamma (e.g. 5); default: unweighted")
+    parser.add_argument("--object_weight", "--object-weight", type=float, default=PretrainConfig.object_weight,
+                        help="extra UNet loss weight on the latent pixels at and around the object")
+    parser.add_argument("--pooled_text", "--pooled-text", action="store_true",
+                        help="also add attention-pooled text to the UNet's time embedding (addition_embed_type 'text')")
+    parser.add_argument("--vae_from", "--vae-from", type=Path, default=None,
+                        help="a pipeline folder whose VAE is used as is; only the UNet and text encoder train")
     parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     cycles = tuple(args.unet_cycles)
@@ -315,8 +348,14 @@ def main() -> None:
                      f"the first above {PretrainConfig.unet_decay_steps}")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         parser.error(f"--snr_gamma {args.snr_gamma}: give a value above 0 (5 is typical), or leave it out")
+    if args.object_weight < 0:
+        parser.error(f"--object_weight {args.object_weight}: give 0 (no extra weight) or more")
     torch.set_num_threads(args.threads)
-    pretrain(replace(PretrainConfig(), unet_cycles=cycles, snr_gamma=args.snr_gamma), args.out, args.work.expanduser())
+    cfg = replace(PretrainConfig(), unet_cycles=cycles, snr_gamma=args.snr_gamma, object_weight=args.object_weight,
+                  pooled_text=args.pooled_text)
+    if args.vae_from is not None and not (args.vae_from / VAE_WEIGHTS).is_file():
+        parser.error(f"--vae_from {args.vae_from}: no {VAE_WEIGHTS} there; give a pipeline folder such as the shipped model")
+    pretrain(cfg, args.out, args.work.expanduser(), args.vae_from)
     print(f"saved {args.out}")
 
 

@@ -103,7 +103,8 @@ def first_unet_loss(tmp_path, snr_gamma: float | None) -> float:
     _, text_encoder, unet = pretrain.build_models(cfg)
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     moments = torch.randn(8, 8, world.SIZE // 4, world.SIZE // 4, generator=torch.Generator().manual_seed(0)).abs()
-    data = {"labels": np.arange(8) % 10, "colors": np.arange(8) % len(world.COLORS), "contexts": np.arange(8)}
+    data = {"labels": np.arange(8) % 10, "colors": np.arange(8) % len(world.COLORS), "contexts": np.arange(8),
+            "object_cover": np.zeros((8, world.SIZE // 4, world.SIZE // 4), np.float16)}
     losses = []
 
     def log(stage: str, step: int, loss: float) -> None:
@@ -120,3 +121,22 @@ def test_snr_gamma_weights_the_unet_loss_by_min_snr(tmp_path):
     plain = first_unet_loss(tmp_path, None)
     assert first_unet_loss(tmp_path, 1e9) == pytest.approx(plain, rel=1e-6)  # min(SNR, inf) / SNR = 1
     assert first_unet_loss(tmp_path, 1.0) < plain  # high-SNR (low-noise) steps weigh less
+
+
+def test_object_weight_moves_the_unet_loss_onto_the_object():
+    """Errors at and around the object weigh 1 + object_weight against the context's 1, normalized
+    per example; with no weight the loss is the plain mean squared error."""
+    cover = torch.zeros(1, 16, 16)
+    cover[0, 6:10, 6:10] = 0.5  # the object; one latent pixel around it counts as the object's too
+    on_object, on_context = torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 16, 16)
+    on_object[:, :, 5:11, 5:11] = 1.0  # 36 of 256 pixels in error, inside the weighted region
+    on_context[:, :, 0:4, 0:9] = 1.0  # as many, outside it
+    target = torch.zeros(1, 4, 16, 16)
+    plain, weighted = CFG, replace(CFG, object_weight=3.0)
+    assert pretrain.denoising_loss(plain, on_object, target, None, cover) == pytest.approx(36 / 256)
+    assert pretrain.denoising_loss(plain, on_context, target, None, cover) == pytest.approx(36 / 256)
+    mean_weight = (36 * 4 + 220) / 256
+    assert pretrain.denoising_loss(weighted, on_object, target, None, cover) == pytest.approx(36 * 4 / 256 / mean_weight)
+    assert pretrain.denoising_loss(weighted, on_context, target, None, cover) == pytest.approx(36 / 256 / mean_weight)
+    snr = torch.tensor([0.5])
+    assert pretrain.denoising_loss(weighted, on_object, target, snr, cover) == pytest.approx(36 * 2 / 256 / mean_weight)
