@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic
 from dreambooth.diffusion import loss_weights, sample_noise, training_target
-from dreambooth.errors import positive_int, run_command
+from dreambooth.errors import DataError, positive_int, run_command
 from dreambooth.export import publish
 from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
 from dreambooth.toyworld import captions, fashion_mnist, world
@@ -196,19 +196,25 @@ def unet_rate(cfg: PretrainConfig, step: int) -> float:
 
 
 def denoising_loss(cfg: PretrainConfig, pred: torch.Tensor, target: torch.Tensor, snr_weights: torch.Tensor | None,
-                   object_cover: torch.Tensor) -> torch.Tensor:
-    """Squared error averaged over latent pixels, those at and around the object (one latent pixel
-    beyond it) weighted 1 + object_weight against the context's 1, normalized to mean 1 per example:
-    the contexts are drawn right early on, and the weight turns the UNet's capacity to the object's
-    shape, which tells the classes apart. Then per example by min-SNR."""
-    near = torch.nn.functional.max_pool2d(object_cover[:, None].float(), 3, stride=1, padding=1) > 0
-    spatial = 1 + cfg.object_weight * near.float()
-    per_row = ((pred - target).pow(2) * spatial / spatial.mean((2, 3), keepdim=True)).mean((1, 2, 3))
+                   object_cover: torch.Tensor | None) -> torch.Tensor:
+    """Squared error averaged over latent pixels, then per example weighted by min-SNR. With an
+    object_weight, the pixels at and around the object (one latent pixel beyond it) weigh 1 +
+    object_weight against the context's 1, normalized to mean 1 per example: meant to turn capacity
+    to the object's shape, which tells the classes apart (at 3 it cost context; docs/toyworld.md)."""
+    error = (pred - target).pow(2)
+    if cfg.object_weight:
+        near = torch.nn.functional.max_pool2d(object_cover[:, None].float(), 3, stride=1, padding=1) > 0
+        spatial = 1 + cfg.object_weight * near.float()
+        error = error * spatial / spatial.mean((2, 3), keepdim=True)
+    per_row = error.mean((1, 2, 3))
     return (per_row if snr_weights is None else per_row * snr_weights).mean()
 
 
 def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scaling: float, text_encoder, unet,
                    tokenizer, ckpt: Checkpointer, log) -> None:
+    if cfg.object_weight and "object_cover" not in data:
+        raise DataError("--object_weight: scenes.npz in --work was rendered without the objects' masks; "
+                        "delete it to render them again")
     sched = noise_scheduler()
     opt = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=cfg.unet_lr, weight_decay=1e-2)
     start = ckpt.load({"unet": unet, "text_encoder": text_encoder}, opt)
@@ -231,7 +237,8 @@ def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scali
         pred = unet(sched.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
         target = training_target(sched.config.prediction_type, latents, noise, sched.alphas_cumprod, t)
         weights = loss_weights(cfg.snr_gamma, sched.alphas_cumprod, t, sched.config.prediction_type)
-        loss = denoising_loss(cfg, pred, target, weights, torch.from_numpy(data["object_cover"][index]))
+        cover = torch.from_numpy(data["object_cover"][index]) if cfg.object_weight else None
+        loss = denoising_loss(cfg, pred, target, weights, cover)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         opt.step()

@@ -103,8 +103,7 @@ def first_unet_loss(tmp_path, snr_gamma: float | None) -> float:
     _, text_encoder, unet = pretrain.build_models(cfg)
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     moments = torch.randn(8, 8, world.SIZE // 4, world.SIZE // 4, generator=torch.Generator().manual_seed(0)).abs()
-    data = {"labels": np.arange(8) % 10, "colors": np.arange(8) % len(world.COLORS), "contexts": np.arange(8),
-            "object_cover": np.zeros((8, world.SIZE // 4, world.SIZE // 4), np.float16)}
+    data = {"labels": np.arange(8) % 10, "colors": np.arange(8) % len(world.COLORS), "contexts": np.arange(8)}
     losses = []
 
     def log(stage: str, step: int, loss: float) -> None:
@@ -140,3 +139,11 @@ def test_object_weight_moves_the_unet_loss_onto_the_object():
     assert pretrain.denoising_loss(weighted, on_context, target, None, cover) == pytest.approx(36 / 256 / mean_weight)
     snr = torch.tensor([0.5])
     assert pretrain.denoising_loss(weighted, on_object, target, snr, cover) == pytest.approx(36 * 2 / 256 / mean_weight)
+
+
+def test_object_weight_on_scenes_rendered_without_masks_is_a_one_line_error():
+    from dreambooth.errors import DataError
+
+    with pytest.raises(DataError, match="delete it to render them again"):
+        pretrain.train_denoiser(replace(CFG, object_weight=1.0), {"labels": LABELS}, None, 1.0, None, None, None,
+                                None, None)
