@@ -53,6 +53,7 @@ class PretrainConfig:
     snr_gamma: float | None = None  # min-SNR-gamma loss weights (Hang et al. 2023); None: plain eps loss
     object_weight: float = 0.0  # extra UNet loss weight on the latent pixels at and around the object
     pooled_text: bool = False  # also add attention-pooled text to the UNet's time embedding
+    vae_from: str | None = None  # a pipeline folder whose VAE is taken as is: no VAE or decoder stage
     decoder_steps: int = 3_000
     decoder_batch: int = 16
     decoder_lr: float = 3e-4
@@ -305,10 +306,11 @@ def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, out: Path) -> No
     publish(staging, out)
 
 
-def pretrain(cfg: PretrainConfig, out: Path, work: Path, vae_from: Path | None = None) -> None:
+def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
     """Every stage in order; each resumes from its checkpoint in `work`, or is skipped when done.
-    `vae_from` (a pipeline folder) supplies the VAE as is, so only the UNet and text encoder train: a
-    recipe tried on the latents the shipped model was trained on, without the VAE stages' 40 minutes."""
+    `cfg.vae_from` (a pipeline folder, recorded in the model's config) supplies the VAE as is, so only
+    the UNet and text encoder train: a recipe tried on the latents the shipped model was trained on,
+    without the VAE stages' 40 minutes."""
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
@@ -319,16 +321,16 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path, vae_from: Path | None =
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     vae, text_encoder, unet = build_models(cfg)
     data = render_dataset(cfg, work / "scenes.npz")
-    if vae_from is None:
+    if cfg.vae_from is None:
         train_vae(cfg, vae, data["images"], Checkpointer(work, "vae"), log)
     else:
-        vae.load_state_dict(load_file(vae_from / VAE_WEIGHTS))
+        vae.load_state_dict(load_file(Path(cfg.vae_from) / VAE_WEIGHTS))
     vae.eval()
     moments = encode_dataset(vae, data["images"], work / "moments.safetensors")
     vae.register_to_config(scaling_factor=float(1 / moments[:, :4].float().std()))
     train_denoiser(cfg, data, moments, vae.config.scaling_factor, text_encoder, unet, tokenizer,
                    Checkpointer(work, "denoiser"), log)
-    if vae_from is None:
+    if cfg.vae_from is None:
         train_decoder(cfg, vae, Checkpointer(work, "decoder"), log)
     save_pipeline(cfg, vae, text_encoder, unet, out)
 
@@ -359,10 +361,10 @@ def main() -> None:
         parser.error(f"--object_weight {args.object_weight}: give 0 (no extra weight) or more")
     torch.set_num_threads(args.threads)
     cfg = replace(PretrainConfig(), unet_cycles=cycles, snr_gamma=args.snr_gamma, object_weight=args.object_weight,
-                  pooled_text=args.pooled_text)
+                  pooled_text=args.pooled_text, vae_from=str(args.vae_from) if args.vae_from else None)
     if args.vae_from is not None and not (args.vae_from / VAE_WEIGHTS).is_file():
         parser.error(f"--vae_from {args.vae_from}: no {VAE_WEIGHTS} there; give a pipeline folder such as the shipped model")
-    pretrain(cfg, args.out, args.work.expanduser(), args.vae_from)
+    pretrain(cfg, args.out, args.work.expanduser())
     print(f"saved {args.out}")
 
 
