@@ -108,10 +108,12 @@ def read(judge: Judge, images: list[Image.Image]) -> list[dict[str, str]]:
 
 
 @torch.no_grad()
-def accuracy(judge: Judge, n: int = 2000, seed: int = 1, augment: bool = False, two_toned: bool = False) -> dict:
-    """Per-attribute accuracy on renders of held-out Fashion-MNIST test items, and class by class
-    (two-toned objects have no color to score)."""
-    pixels, targets = rendered_batch("test", n, np.random.default_rng(seed), augment, float(two_toned))
+def accuracy(judge: Judge, n: int = 2000, seed: int = 1, augment: bool = False, two_toned: bool = False,
+             split: str = "test") -> dict:
+    """Per-attribute accuracy on renders of held-out Fashion-MNIST test items (or, with split="train",
+    of the items it learned from: how well it fits), and class by class (two-toned objects have no
+    color to score)."""
+    pixels, targets = rendered_batch(split, n, np.random.default_rng(seed), augment, float(two_toned))
     logits = judge(pixels)
     right = {k: logits[k].argmax(1) == targets[k] for k in HEADS}
     scored = {k: targets[k] != IGNORED for k in HEADS}
@@ -156,7 +158,8 @@ def main() -> None:
     folder = args.out if args.command == "train" else args.judge
     judge = train(folder, args.steps, width=args.width) if args.command == "train" else load(folder)
     result = {"clean": accuracy(judge.eval()), "degraded": accuracy(judge, augment=True),
-              "two-toned (like the subjects)": accuracy(judge, two_toned=True)}
+              "two-toned (like the subjects)": accuracy(judge, two_toned=True),
+              "train items (how well it fits)": accuracy(judge, split="train")}
     print(json.dumps(result, indent=2))
     write_text_atomic(folder / "accuracy.json", json.dumps(result, indent=2) + "\n")
 

@@ -1,8 +1,11 @@
-"""A judge of any width loads back from its weights alone."""
+"""A judge of any width loads back from its weights alone, and is scored on the split asked for."""
 
+import math
+
+import numpy as np
 import torch
 
-from dreambooth.toyworld import judge
+from dreambooth.toyworld import fashion_mnist, judge
 
 
 def test_saved_judge_loads_at_its_own_width_and_reads_the_same(tmp_path):
@@ -14,3 +17,13 @@ def test_saved_judge_loads_at_its_own_width_and_reads_the_same(tmp_path):
     with torch.no_grad():
         assert all(torch.equal(narrow(pixels)[k], loaded(pixels)[k]) for k in judge.HEADS)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_accuracy_scores_renders_of_the_split_asked_for(monkeypatch):
+    items = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    labels = {"train": np.full(4, 9, np.uint8), "test": np.zeros(4, np.uint8)}  # boots to learn from, t-shirts held out
+    monkeypatch.setattr(fashion_mnist, "load", lambda split: (items, labels[split]))
+    narrow = judge.Judge(width=8).eval()
+    for split, scored in (("train", "boot"), ("test", "t-shirt")):
+        by_class = judge.accuracy(narrow, n=4, split=split)["class, by class"]
+        assert [noun for noun, value in by_class.items() if not math.isnan(value)] == [scored]
