@@ -134,6 +134,14 @@ def checked_model(path: str | Path) -> Path:
     return check_model_folder(path, option="--model")
 
 
+def checked_trained(path: str | Path) -> Path:
+    """A --model that may also be a LoRA folder `dreambooth train` wrote (it loads onto its recorded base)."""
+    from dreambooth.finetune import LORA_WEIGHTS
+
+    folder = Path(path).expanduser()
+    return folder if (folder / LORA_WEIGHTS).is_file() else checked_model(folder)
+
+
 def cmd_identifier(args: argparse.Namespace) -> None:
     from transformers import CLIPTokenizer
 
@@ -150,7 +158,7 @@ def cmd_identifier(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from dreambooth.generate import generate
 
-    checked_model(args.model)
+    checked_trained(args.model)
     out = args.output or Path(args.model) / "samples"
     paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed)
     print(f"wrote {len(paths)} images and grid.png to {out}")
@@ -183,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         scorer = JudgeScorer()
     if args.model:
-        checked_model(args.model)
+        checked_trained(args.model)
     prompts = args.prompts.removeprefix("dreambench-") if args.prompts else None
     result = evaluate(Path(args.images or args.model), Path(args.real), class_noun=args.class_noun,
                       prompts=prompts, encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,

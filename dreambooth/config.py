@@ -190,6 +190,8 @@ def validate(cfg: TrainConfig) -> None:
     need(not (cfg.with_prior_preservation and cfg.num_class_images == 0), "num_class_images",
          "prior preservation needs class images; set >= 1 or pass --no_prior_preservation")
     need(cfg.eval_every is None or cfg.eval_every >= 1, "eval_every", "must be >= 1")
+    need(cfg.eval_every is None or bool(cfg.class_noun), "eval_every",
+         "needs --class_noun: its prompts are \"a [V] <class noun> ...\"; e.g. --class_noun dog")
     need(not cfg.keep_best or cfg.eval_every is not None, "keep_best", "needs --eval_every N to score steps")
     need(cfg.lora_rank >= 1, "lora_rank", f"must be >= 1, got {cfg.lora_rank}")
     need(cfg.lora_alpha is None or cfg.lora_alpha > 0, "lora_alpha", f"must be > 0, got {cfg.lora_alpha}")

@@ -107,6 +107,17 @@ def _check_runtime(cfg: TrainConfig, report: Report) -> None:
         report.problems.append("--use_8bit_adam needs a CUDA GPU (bitsandbytes); drop it on this machine")
 
 
+def _check_eval_encoder(cfg: TrainConfig, report: Report) -> None:
+    """--eval_every first scores at step N: load its encoder now, so a wrong name or a missing package
+    fails before training instead of after N steps."""
+    from dreambooth.evaluation.encoders import load_encoder
+
+    try:
+        load_encoder(cfg.eval_encoder, option="--eval_encoder")
+    except DreamBoothError as exc:
+        report.problems.append(str(exc))
+
+
 def _bytes_under(paths: list[Path]) -> int:
     return sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
 
@@ -191,6 +202,8 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         if not path.exists() and not (Path(cfg.output_dir).expanduser() / cfg.resume_from_checkpoint).exists():
             report.problems.append(f"--resume_from_checkpoint: {path} does not exist")
     _check_runtime(cfg, report)
+    if cfg.eval_every is not None:
+        _check_eval_encoder(cfg, report)
     if model is not None:
         _check_prompts(cfg, model, report)
         report.disk = disk_needs(cfg, model, resolution, num_user_class)

@@ -53,6 +53,12 @@ def test_check_reports_every_problem_at_once(tmp_path, capsys):
     assert code == 2 and "2 problems" in err and "no-model" in err and "no-photos" in err
 
 
+def test_check_loads_the_eval_encoder_before_training(tiny_sd, subject_dir, capsys):
+    code = main(["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
+                 str(subject_dir), "--class_noun", "dog", "--eval_every", "50", "--eval_encoder", "dino-vits16"])
+    assert code == 2 and "--eval_encoder 'dino-vits16': unknown" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "dreambooth.cli", "train", "--pretrained_model_name_or_path",
                              str(tmp_path), "--instance_data_dir", str(tmp_path), "--max_train_steps", "zero"],

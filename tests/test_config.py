@@ -38,6 +38,12 @@ def test_literal_prompts_need_no_class_noun():
     assert cfg.class_noun is None
 
 
+def test_scoring_during_training_needs_the_class_noun_its_prompts_name():
+    with pytest.raises(ConfigError, match="--eval_every: needs --class_noun"):
+        from_dict({"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "eval_every": 10,
+                   "instance_prompt": "a photo of sks dog", "class_prompt": "a photo of dog"})
+
+
 def test_diffusers_flags_parse_unchanged(tmp_path):
     argv = ["train", "--pretrained_model_name_or_path", "m", "--instance_data_dir", "d",
             "--instance_prompt", "a photo of sks dog", "--class_prompt", "a photo of dog", "--class_data_dir", "c",

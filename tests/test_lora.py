@@ -7,6 +7,7 @@ from PIL import Image
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
+from dreambooth.cli import main
 from dreambooth.finetune import LORA_WEIGHTS
 from dreambooth.generate import load_trained, sample
 from dreambooth.trainer import Trainer, train
@@ -87,9 +88,13 @@ def test_bf16_casts_the_frozen_base_weights_and_keeps_adapters_in_float32(tiny_s
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
 
-def test_merge_folds_the_lora_into_a_full_pipeline(lora_run, tmp_path):
-    from dreambooth.cli import main
+def test_generate_takes_a_lora_folder(lora_run, tmp_path):
+    assert main(["generate", "--model", str(lora_run), "--prompt", "a {identifier} dog", "-n", "1", "--steps", "2",
+                 "--output", str(tmp_path)]) == 0
+    assert (tmp_path / "grid.png").is_file()
 
+
+def test_merge_folds_the_lora_into_a_full_pipeline(lora_run, tmp_path):
     assert main(["merge", "--lora", str(lora_run), "--output", str(tmp_path / "merged")]) == 0
     merged = StableDiffusionPipeline.from_pretrained(tmp_path / "merged", local_files_only=True)
     merged.set_progress_bar_config(disable=True)

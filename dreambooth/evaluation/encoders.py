@@ -166,8 +166,8 @@ class HFEncoder:
             config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
             self.processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as err:
-            raise ModelError(f"--encoder hf:{path}: not a local transformers model folder with its image "
-                             f"processor ({err.__class__.__name__}); save the model and processor there") from None
+            raise ModelError(f"not a local transformers model folder with its image processor "
+                             f"({err.__class__.__name__}); save the model and processor there") from None
         self.family = "clip" if config.model_type == "clip" else "dino"
         model_class = transformers.CLIPModel if self.family == "clip" else transformers.AutoModel
         self.model = model_class.from_pretrained(path, local_files_only=True).eval()
@@ -200,12 +200,16 @@ class HFEncoder:
         return F.normalize(self.model.text_projection(text.pooler_output), dim=-1)
 
 
-def load_encoder(name: str) -> ImageEncoder:
-    """`dino-imgfocus`, `efficientnet-lite0` or `hf:<local folder or cached hub id>`."""
-    if name == ImgFocusDino.name:
-        return ImgFocusDino()
-    if name == EfficientNetLite0.name:
-        return EfficientNetLite0()
-    if name.startswith("hf:") and len(name) > 3:
-        return HFEncoder(name[3:])
-    raise ConfigError(f"--encoder {name!r}: unknown; use dino-imgfocus, efficientnet-lite0 or hf:<model folder>")
+def load_encoder(name: str, option: str = "--encoder") -> ImageEncoder:
+    """`dino-imgfocus`, `efficientnet-lite0` or `hf:<local folder or cached hub id>`; a failure names
+    `option`, the flag the user gave the name with."""
+    try:
+        if name == ImgFocusDino.name:
+            return ImgFocusDino()
+        if name == EfficientNetLite0.name:
+            return EfficientNetLite0()
+        if name.startswith("hf:") and len(name) > 3:
+            return HFEncoder(name[3:])
+    except ModelError as exc:
+        raise ModelError(f"{option} {name}: {exc}") from None
+    raise ConfigError(f"{option} {name!r}: unknown; use dino-imgfocus, efficientnet-lite0 or hf:<model folder>")
