@@ -65,9 +65,10 @@ def cache_key(spec: ClassImageSpec, fingerprint: str) -> str:
 def model_fingerprint(model_dir: Path, memo_dir: Path | None = None) -> str:
     """sha256 over the weights and configs of a diffusers folder, relative paths included.
 
-    Only what `from_pretrained` reads counts: model_index.json and the component folders. Other
-    top-level files (a model card, a quality report, a training record) are rewritten without
-    changing a single image, so they must not invalidate caches or results keyed on this.
+    Only what `from_pretrained` reads counts: model_index.json and the component folders it lists.
+    Anything else (a model card, a quality report, `generate`'s samples/, a trained folder's
+    checkpoints) changes without changing a single image, so it must not invalidate caches or
+    results keyed on this.
 
     Per-file hashes are memoized in `memo_dir`/fingerprints.json by (absolute path, size, mtime_ns),
     so a multi-GB model is read once, not on every run.
@@ -75,11 +76,14 @@ def model_fingerprint(model_dir: Path, memo_dir: Path | None = None) -> str:
     model_dir = Path(model_dir).resolve()
     memo_file = memo_dir / FINGERPRINT_MEMO if memo_dir is not None else None
     memo = _read_memo(memo_file) if memo_file is not None else {}
-    files = sorted({p for pattern in FINGERPRINT_PATTERNS for p in model_dir.rglob(pattern)
-                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)
-                    and (p.parent != model_dir or p.name == "model_index.json")})
-    if not files:
-        raise ModelError(f"{model_dir}: no weights or configs to fingerprint; pass a diffusers pipeline folder")
+    index = model_dir / "model_index.json"
+    if not index.is_file():
+        raise ModelError(f"{model_dir}: no model_index.json to fingerprint; pass a diffusers pipeline folder")
+    components = [name for name, entry in json.loads(index.read_text()).items()
+                  if isinstance(entry, list) and entry[0] is not None]
+    files = sorted({index} | {p for name in components for pattern in FINGERPRINT_PATTERNS
+                              for p in (model_dir / name).rglob(pattern)
+                              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)})
     total = hashlib.sha256()
     for path in files:
         stat = path.stat()

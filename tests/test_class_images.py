@@ -68,11 +68,15 @@ def test_changed_weights_change_the_fingerprint(tiny_sd, tmp_path):
     assert model_fingerprint(copy) != before
 
 
-def test_top_level_reports_leave_the_fingerprint_alone(tiny_sd, tmp_path):
+def test_what_from_pretrained_does_not_read_leaves_the_fingerprint_alone(tiny_sd, tmp_path):
     copy = shutil.copytree(tiny_sd, tmp_path / "model")
     before = model_fingerprint(copy)
     (copy / "quality.json").write_text('{"class": 0.5}')
     (copy / "README.md").write_text("# a model card")
+    (copy / "samples").mkdir()
+    (copy / "samples" / "prompt.txt").write_text("a dog")  # what `generate --model` writes by default
+    (copy / "checkpoint-5").mkdir()
+    (copy / "checkpoint-5" / "model.safetensors").write_bytes(b"...")
     assert model_fingerprint(copy) == before
     (copy / "model_index.json").write_text((copy / "model_index.json").read_text() + "\n")
     assert model_fingerprint(copy) != before
