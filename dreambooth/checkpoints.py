@@ -67,22 +67,31 @@ def delete_all(output_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int:
-    """Load the checkpoint named by `which` ('latest' or a folder) and return its step; 0 if None."""
-    if which is None:
-        return 0
+def named(output_dir: Path, which: str) -> Path:
+    """The complete checkpoint `which` names: 'latest', a folder, or a folder's name in `output_dir`
+    (diffusers passes "checkpoint-500"); a one-line ConfigError if there is none."""
     if which == "latest":
         path = latest(output_dir)
         if path is None:
             raise ConfigError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}; "
                               "drop the option to start fresh")
-    else:
-        path = Path(which).expanduser()
-        if not path.exists() and (output_dir / which).exists():  # diffusers passes "checkpoint-500"
-            path = output_dir / which
-        if not (path / STATE_FILE).is_file():
-            raise ConfigError(f"--resume_from_checkpoint: {path} is not a complete checkpoint "
-                              f"(no {STATE_FILE}); use 'latest' or a checkpoint-<step> folder")
+        return path
+    path = Path(which).expanduser()
+    if not path.exists() and (output_dir / which).exists():
+        path = output_dir / which
+    if not path.exists():
+        raise ConfigError(f"--resume_from_checkpoint: {path} does not exist")
+    if not (path / STATE_FILE).is_file():
+        raise ConfigError(f"--resume_from_checkpoint: {path} is not a complete checkpoint "
+                          f"(no {STATE_FILE}); use 'latest' or a checkpoint-<step> folder")
+    return path
+
+
+def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int:
+    """Load the checkpoint named by `which` ('latest' or a folder) and return its step; 0 if None."""
+    if which is None:
+        return 0
+    path = named(output_dir, which)
     accelerator.load_state(str(path))
     step = int(json.loads((path / STATE_FILE).read_text())["step"])
     if accelerator.is_main_process:  # checkpoints of the abandoned future would otherwise win `latest`

@@ -197,10 +197,11 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
     _check_images(cfg.instance_data_dir, "instance", resolution, report)
     user_class = Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None
     num_user_class = _check_images(str(user_class), "class", resolution, report) if user_class and user_class.exists() else 0
-    if cfg.resume_from_checkpoint and cfg.resume_from_checkpoint != "latest":
-        path = Path(cfg.resume_from_checkpoint).expanduser()
-        if not path.exists() and not (Path(cfg.output_dir).expanduser() / cfg.resume_from_checkpoint).exists():
-            report.problems.append(f"--resume_from_checkpoint: {path} does not exist")
+    if cfg.resume_from_checkpoint:
+        try:
+            checkpoints.named(Path(cfg.output_dir).expanduser(), cfg.resume_from_checkpoint)
+        except DreamBoothError as exc:
+            report.problems.append(str(exc))
     _check_runtime(cfg, report)
     if cfg.eval_every is not None:
         _check_eval_encoder(cfg, report)

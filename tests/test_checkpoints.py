@@ -3,7 +3,7 @@
 import pytest
 
 from dreambooth import checkpoints
-from dreambooth.errors import ConfigError, DreamBoothError
+from dreambooth.errors import DreamBoothError
 from dreambooth.trainer import train
 from tests.test_trainer import config, losses
 
@@ -22,11 +22,15 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_sd, subject_dir, t
     assert [r["loss"] for r in losses(out)] == [r["loss"] for r in full]
 
 
-def test_resume_with_nothing_to_resume_fails_clearly(tiny_sd, subject_dir, tmp_path):
-    with pytest.raises(ConfigError, match="no complete checkpoint"):
+def test_resume_with_nothing_to_resume_fails_clearly_before_any_work(tiny_sd, subject_dir, tmp_path):
+    with pytest.raises(DreamBoothError, match="no complete checkpoint"):
         train(config(tiny_sd, subject_dir, tmp_path, resume_from_checkpoint="latest"))
     with pytest.raises(DreamBoothError, match="nope does not exist"):
         train(config(tiny_sd, subject_dir, tmp_path, resume_from_checkpoint=str(tmp_path / "nope")))
+    (tmp_path / "out" / "checkpoint-4").mkdir(parents=True)  # cut short: no state file
+    with pytest.raises(DreamBoothError, match="checkpoint-4 is not a complete checkpoint"):
+        train(config(tiny_sd, subject_dir, tmp_path, resume_from_checkpoint="checkpoint-4"))
+    assert not list(tmp_path.rglob("*.png"))  # found by the checks up front: no class image was generated
 
 
 def test_half_written_checkpoints_are_never_trusted(tmp_path):
