@@ -211,6 +211,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         raise ConfigError(f"--{name}: a value is required")
     if args and type(None) in args:  # Optional[X]
         (hint,) = [a for a in args if a is not type(None)]
+        if hint is not str and isinstance(value, str) and value.lower() == "none":  # --checkpoints_total_limit none
+            return None
         origin, args = get_origin(hint), get_args(hint)
     if origin is Literal:
         if value not in args:

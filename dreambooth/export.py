@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from dreambooth.atomic import fsync_tree
+from dreambooth.atomic import fsync_tree, removed_on_failure
 from dreambooth.config import TrainConfig
 from dreambooth.errors import ModelError
 from dreambooth.models import Components, load_sampling_scheduler
@@ -180,10 +180,11 @@ def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None 
     pipe.unload_lora_weights()
     staging = out / ".final.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging, safe_serialization=True)
-    for name in (CONFIG_FILE, "README.md"):
-        if (lora_dir / name).is_file():
-            shutil.copy(lora_dir / name, staging / name)
+    with removed_on_failure(staging, writing=out):  # a full disk gets the merged model's gigabytes back
+        pipe.save_pretrained(staging, safe_serialization=True)
+        for name in (CONFIG_FILE, "README.md"):
+            if (lora_dir / name).is_file():
+                shutil.copy(lora_dir / name, staging / name)
     out.mkdir(parents=True, exist_ok=True)
     publish(staging, out)
     return out

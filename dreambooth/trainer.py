@@ -131,7 +131,7 @@ class Trainer:
             encoder.to(device)
         parts.vae.requires_grad_(False).to(device)
         if low_precision is not None:  # frozen weights only: LoRA's base, frozen encoders, the VAE
-            # SDXL's VAE overflows in fp16 (its config says force_upcast): it stays in fp32
+            # a VAE whose config says force_upcast (diffusers' default; SDXL's overflows in fp16) stays fp32
             vae_upcast = low_precision is torch.float16 and parts.vae.config.get("force_upcast", False)
             for module in [parts.unet, *parts.text_encoders, *([] if vae_upcast else [parts.vae])]:
                 cast_frozen_weights(module, low_precision)

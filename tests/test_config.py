@@ -32,6 +32,11 @@ def test_bad_types_and_unknown_keys_name_the_field():
         from_dict({**REQUIRED, "mixed_precision": "fp8"})
 
 
+def test_none_turns_an_optional_number_off():
+    assert from_dict({**REQUIRED, "checkpoints_total_limit": "none"}).checkpoints_total_limit is None
+    assert from_dict({**REQUIRED, "class_data_dir": "none"}).class_data_dir == "none"  # a folder may be called that
+
+
 def test_literal_prompts_need_no_class_noun():
     cfg = from_dict({"pretrained_model_name_or_path": "m", "instance_data_dir": "d",
                      "instance_prompt": "a photo of sks dog", "class_prompt": "a photo of dog"})

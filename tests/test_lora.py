@@ -1,5 +1,7 @@
 """LoRA DreamBooth through the same loop: files diffusers loads, kohya layout, frozen-prediction prior."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,20 @@ def test_generate_takes_a_lora_folder(lora_run, tmp_path):
     assert main(["generate", "--model", str(lora_run), "--prompt", "a {identifier} dog", "-n", "1", "--steps", "2",
                  "--output", str(tmp_path)]) == 0
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_a_merge_that_fills_the_disk_leaves_nothing_behind(lora_run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full_disk(self, folder, **kwargs):
+        (Path(folder) / "unet").mkdir(parents=True)
+        (Path(folder) / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(StableDiffusionPipeline, "save_pretrained", full_disk)
+    assert main(["merge", "--lora", str(lora_run), "--output", str(tmp_path / "merged")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: the disk is full writing {tmp_path / 'merged'}")
+    assert not list((tmp_path / "merged").rglob("*"))  # the half-written staging folder is gone
 
 
 def test_merge_folds_the_lora_into_a_full_pipeline(lora_run, tmp_path):

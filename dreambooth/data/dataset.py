@@ -61,10 +61,6 @@ class LatentImages:
     def __len__(self) -> int:
         return len(self.images)
 
-    @property
-    def num_cached(self) -> int:
-        return sum(bool(c) for c in self.cached)
-
     @torch.no_grad()
     def _encode(self, image, flip: bool) -> tuple[Tensor, Tensor]:
         pixels = to_tensor(image).unsqueeze(0)  # (1, 3, H, W) in [-1, 1]
