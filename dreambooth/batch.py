@@ -60,6 +60,10 @@ class Run:
     def output_dir(self) -> Path:
         return Path(self.cfg.output_dir).expanduser()
 
+    def config_to_train(self) -> TrainConfig:
+        """The run's config, resuming from its last checkpoint if it was interrupted."""
+        return dataclasses.replace(self.cfg, resume_from_checkpoint="latest" if self.status() == "resume" else None)
+
     def status(self) -> str:
         """'done', 'resume' (a checkpoint, no final model) or 'new'."""
         if (self.output_dir / CONFIG_FILE).is_file():
@@ -177,7 +181,8 @@ def check(runs: list[Run], shard_spec: str | None = None) -> list[str]:
         share = (run.number - 1) % n
         if share != k - 1:  # another share's run: only what it writes counts here
             if status != "done":
-                disk += [dataclasses.replace(need, share=share) for need in preflight(run.cfg, check_disk=False).disk]
+                disk += [dataclasses.replace(need, share=share)
+                         for need in preflight(run.config_to_train(), check_disk=False).disk]
             continue
         record = recorded_options(run, status)
         try:
@@ -191,7 +196,7 @@ def check(runs: list[Run], shard_spec: str | None = None) -> list[str]:
                             "delete its output_dir to train it again, or give it another one")
         if status == "done":
             continue
-        report = preflight(run.cfg, check_disk=False)
+        report = preflight(run.config_to_train(), check_disk=False)
         problems += [f"{run.name}: {p}" for p in report.problems]
         disk += [dataclasses.replace(need, share=share) for need in report.disk]
         for warning in report.warnings:
@@ -232,14 +237,12 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
     pending = [run for run in runs if run.status() != "done"]
     for i, run in enumerate(pending, 1):
         log.info("[%d/%d] %s", i, len(pending), run.name)
-        resume = None
-        if run.status() == "resume":
-            resume = "latest"
-        else:
+        cfg = run.config_to_train()
+        if cfg.resume_from_checkpoint is None:
             run.output_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run.output_dir / STARTED_FILE, yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
         try:
-            trained.append(train(dataclasses.replace(run.cfg, resume_from_checkpoint=resume)))
+            trained.append(train(cfg))
             (run.output_dir / STARTED_FILE).unlink(missing_ok=True)
         except Interrupted as stop:
             earlier = "".join(f"\n  earlier: {f}" for f in failed)

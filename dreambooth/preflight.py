@@ -197,11 +197,16 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
     _check_images(cfg.instance_data_dir, "instance", resolution, report)
     user_class = Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None
     num_user_class = _check_images(str(user_class), "class", resolution, report) if user_class and user_class.exists() else 0
+    output_dir = Path(cfg.output_dir).expanduser()
     if cfg.resume_from_checkpoint:
         try:
-            checkpoints.named(Path(cfg.output_dir).expanduser(), cfg.resume_from_checkpoint)
+            checkpoints.named(output_dir, cfg.resume_from_checkpoint)
         except DreamBoothError as exc:
             report.problems.append(str(exc))
+    elif (earlier := checkpoints.latest(output_dir)) is not None:
+        # a fresh run would prune its own first checkpoint against the earlier ones, and 'latest' would resume those
+        report.problems.append(f"--output_dir {output_dir} holds {earlier.name} of an earlier run: add "
+                               "--resume_from_checkpoint latest to go on with it, or choose another --output_dir")
     _check_runtime(cfg, report)
     if cfg.eval_every is not None:
         _check_eval_encoder(cfg, report)

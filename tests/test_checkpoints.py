@@ -33,6 +33,17 @@ def test_resume_with_nothing_to_resume_fails_clearly_before_any_work(tiny_sd, su
     assert not list(tmp_path.rglob("*.png"))  # found by the checks up front: no class image was generated
 
 
+def test_fresh_run_into_a_folder_with_an_earlier_runs_checkpoints_is_refused(tiny_sd, subject_dir, tmp_path):
+    # it would prune its own first checkpoint against the earlier, higher-numbered ones
+    earlier = tmp_path / "out" / "checkpoint-1500"
+    earlier.mkdir(parents=True)
+    (earlier / checkpoints.STATE_FILE).write_text('{"step": 1500}')
+    with pytest.raises(DreamBoothError, match="holds checkpoint-1500 of an earlier run: add --resume_from_checkpoint"):
+        train(config(tiny_sd, subject_dir, tmp_path))
+    assert checkpoints.complete_checkpoints(tmp_path / "out") == [earlier]
+    assert not list(tmp_path.rglob("*.png"))
+
+
 def test_half_written_checkpoints_are_never_trusted(tmp_path):
     (tmp_path / "checkpoint-5").mkdir()  # no state file: a write that died before the rename
     (tmp_path / ".checkpoint-9.tmp").mkdir()
