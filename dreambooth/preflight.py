@@ -108,8 +108,8 @@ def _check_runtime(cfg: TrainConfig, report: Report) -> None:
 
 
 def _check_eval_encoder(cfg: TrainConfig, report: Report) -> None:
-    """--eval_every first scores at step N: load its encoder now, so a wrong name or a missing package
-    fails before training instead of after N steps."""
+    """--eval_every first scores at step N: load its encoder now (the evaluator reuses it), so a wrong
+    name or a missing package fails before training instead of after N steps."""
     from dreambooth.evaluation.encoders import load_encoder
 
     try:

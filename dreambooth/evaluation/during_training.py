@@ -49,7 +49,7 @@ class TrainingEvaluator:
     prompt_scorer: PromptScorer | None = None
 
     def __post_init__(self) -> None:
-        self.encoder = load_encoder(self.encoder_name)
+        self.encoder = load_encoder(self.encoder_name, option="--eval_encoder")
         self.real = self.encoder.embed([load_rgb(p) for p in self.real_images])
 
     def _sample(self, pipe, prompt: str) -> list[Image.Image]:

@@ -7,6 +7,7 @@ DINO ViT-S/16 and CLIP ViT) are not comparable.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import io
@@ -200,9 +201,11 @@ class HFEncoder:
         return F.normalize(self.model.text_projection(text.pooler_output), dim=-1)
 
 
+@functools.cache
 def load_encoder(name: str, option: str = "--encoder") -> ImageEncoder:
     """`dino-imgfocus`, `efficientnet-lite0` or `hf:<local folder or cached hub id>`; a failure names
-    `option`, the flag the user gave the name with."""
+    `option`, the flag the user gave the name with. Loaded once per process: training's checks up
+    front, its evaluator at step N and every run of a batch share one (encoders keep no state)."""
     try:
         if name == ImgFocusDino.name:
             return ImgFocusDino()

@@ -82,3 +82,9 @@ def test_unknown_or_missing_encoders_say_what_to_do(tmp_path):
         load_encoder("dino-vits16")
     with pytest.raises(ModelError, match="hf:"):
         load_encoder(f"hf:{tmp_path / 'nothing'}")
+
+
+def test_an_encoder_loads_once_per_process():
+    # training's checks up front load --eval_encoder; the evaluator at step N and a batch's later runs reuse it
+    assert load_encoder("efficientnet-lite0", option="--eval_encoder") is load_encoder("efficientnet-lite0",
+                                                                                       option="--eval_encoder")
