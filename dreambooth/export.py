@@ -112,20 +112,19 @@ The full resolved configuration is in `{CONFIG_FILE}`.
 
 
 def kohya_key(diffusers_key: str, ldm_unet: Callable[[str], str | None] | None = None) -> str:
-    """`unet.<module>.lora.down.weight` -> `lora_unet_<module_with_underscores>.lora_down.weight` (kohya/A1111).
+    """`unet.<module>.lora_A.weight` -> `lora_unet_<module_with_underscores>.lora_down.weight` (kohya/A1111).
 
     kohya trains SD 1.x/2.x on the diffusers UNet but SDXL on the original (SGM) one, so SDXL's UNet
     modules take their LDM names (pass `ldm_unet`, see `single_file.unet_namer`) and its two text
     encoders become `te1` and `te2`.
     """
     component, rest = diffusers_key.split(".", 1)
-    for marker, kind in ((".lora.down.", "lora_down"), (".lora.up.", "lora_up"),
-                         (".lora_linear_layer.down.", "lora_down"), (".lora_linear_layer.up.", "lora_up")):
+    for marker, kind in ((".lora_A.", "lora_down"), (".lora_B.", "lora_up")):
         if marker in rest:
             module, tail = rest.split(marker)
             break
     else:
-        raise ValueError(f"not a diffusers LoRA key: {diffusers_key}")
+        raise ModelError(f"{diffusers_key}: not a LoRA weight; the kohya file cannot name it")
     if component == "unet":
         prefix = "lora_unet_"
         if ldm_unet is not None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -72,7 +71,9 @@ class LoRAFineTune:
         encoders = [n for n in ("text_encoder", "text_encoder_2") if hasattr(pipe, n)] if cfg.train_text_encoder else []
         for name in ["unet", *encoders]:
             model = getattr(pipe, name)
-            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+            # peft's own key names throughout: diffusers would rename only the attention projections', and its
+            # UNet loader reads a file of mixed names by its first key, silently dropping the other kind
+            layers[f"{name}_lora_layers"] = get_peft_model_state_dict(model)
             # the adapter config (alpha above all) travels in the file, so loaders scale it as trained
             metadata[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
         out.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,11 @@ def loaded_pipes(cls, base, lora_dir, **kwargs) -> list:
 @pytest.fixture(scope="module")
 def lora_run(tiny_sd, subject_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora")
-    # the validation grid at the last step is our own sampling of the adapted model (1 image, seed 0)
+    # the validation grid at the last step is our own sampling of the adapted model (1 image, seed 0);
+    # proj_in and fc1 are adapted too: diffusers leaves their keys in peft's naming, which kohya's must map
     out = train(config(tiny_sd, subject_dir, tmp, lora=True, lora_rank=4, lora_alpha=8, train_text_encoder=True,
+                       lora_target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
+                       lora_text_encoder_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"],
                        lora_format="kohya", max_train_steps=3, learning_rate=5e-2, validation_prompts=["a dog"],
                        validation_steps=3, num_validation_images=1, inference_steps=2))
     return out
@@ -58,6 +61,7 @@ def test_kohya_file_loads_with_the_same_outputs(lora_run, tiny_sd):
     with safe_open(str(lora_run / "lora_kohya.safetensors"), "pt") as f:
         keys, metadata = list(f.keys()), f.metadata()
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+    assert any("_proj_in.lora_down" in k for k in keys) and any("_mlp_fc1.lora_up" in k for k in keys)
     assert any(k.endswith(".alpha") for k in keys) and metadata["ss_network_dim"] == "4"
     assert metadata["ss_base_model_version"] == "sd_v1"
     ours, kohya = (image(p) for p in loaded_pipes(StableDiffusionPipeline, tiny_sd, lora_run, safety_checker=None))

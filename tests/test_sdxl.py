@@ -71,13 +71,13 @@ def test_kohya_names_follow_the_original_sdxl_unet():
     config = {"layers_per_block": 2, "block_out_channels": [320, 640, 1280],
               "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
     ldm = unet_namer(config)
-    assert (kohya_key("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight", ldm)
+    assert (kohya_key("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight", ldm)
             == "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight")
-    assert (kohya_key("unet.up_blocks.1.attentions.2.transformer_blocks.1.attn2.to_out.0.lora.up.weight", ldm)
+    assert (kohya_key("unet.up_blocks.1.attentions.2.transformer_blocks.1.attn2.to_out.0.lora_B.weight", ldm)
             == "lora_unet_output_blocks_5_1_transformer_blocks_1_attn2_to_out_0.lora_up.weight")
     assert ldm("down_blocks.2.resnets.1.conv1") == "input_blocks.8.0.in_layers.2"
     assert ldm("up_blocks.0.upsamplers.0.conv.weight") == "output_blocks.2.2.conv.weight"
-    assert (kohya_key("text_encoder_2.text_model.encoder.layers.3.self_attn.k_proj.lora_linear_layer.down.weight", ldm)
+    assert (kohya_key("text_encoder_2.text_model.encoder.layers.3.self_attn.k_proj.lora_A.weight", ldm)
             == "lora_te2_text_model_encoder_layers_3_self_attn_k_proj.lora_down.weight")
 
 
