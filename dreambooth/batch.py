@@ -29,14 +29,13 @@ import yaml
 
 from dreambooth import checkpoints
 from dreambooth.atomic import write_text_atomic
-from dreambooth.config import TrainConfig, from_dict, read_config_file
+from dreambooth.config import PATH_OPTIONS, TrainConfig, from_dict, read_config_file
 from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.export import CONFIG_FILE
 
 log = logging.getLogger("dreambooth")
 STARTED_FILE = "dreambooth_batch_run.yaml"  # the options a run started with, until its model is saved
 RESOLVED_AT_SETUP = ("identifier", "resolution")  # None asks the trainer to choose; the saved config has its choice
-PATHS = ("pretrained_model_name_or_path", "instance_data_dir", "output_dir", "class_data_dir", "class_cache_dir")
 # options that change how a run is watched, logged or checkpointed, not the model it trains
 NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
                  "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
@@ -161,7 +160,7 @@ def changed_settings(run: Run, record: Path) -> list[str]:
         asked, was = getattr(run.cfg, name), getattr(had, name)
         if asked is None and name in RESOLVED_AT_SETUP:
             continue
-        if name in PATHS and asked and was:
+        if name in PATH_OPTIONS and asked and was:
             asked, was = (str(Path(v).expanduser().resolve()) for v in (asked, was))
         if asked != was:
             changed.append(f"{name}: trained with {was!r}, now {asked!r}")

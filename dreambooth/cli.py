@@ -47,6 +47,7 @@ EPOCHS_REFUSED = ("--num_train_epochs: pass --max_train_steps (which diffusers l
                   "diffusers' epochs is max(instance, class images) / train_batch_size steps")
 # Flags of diffusers' script that map onto one of our options.
 DIFFUSERS_RENAMED = {"--offset_noise": ("noise_offset", 0.1)}
+BASE_HELP = "a LoRA folder's base model (default: the one it was trained on, as its dreambooth_config.yaml records)"
 
 
 class Refused(argparse.Action):
@@ -134,12 +135,15 @@ def checked_model(path: str | Path) -> Path:
     return check_model_folder(path, option="--model")
 
 
-def checked_trained(path: str | Path) -> Path:
-    """A --model that may also be a LoRA folder `dreambooth train` wrote (it loads onto its recorded base)."""
-    from dreambooth.finetune import LORA_WEIGHTS
+def checked_trained(path: str | Path, base: str | None = None) -> Path:
+    """A --model that may also be a LoRA folder `dreambooth train` wrote, loaded onto --base or its recorded base."""
+    from dreambooth.generate import is_lora_folder, lora_base
 
     folder = Path(path).expanduser()
-    return folder if (folder / LORA_WEIGHTS).is_file() else checked_model(folder)
+    if is_lora_folder(folder):
+        lora_base(folder, base)
+        return folder
+    return checked_model(folder)
 
 
 def cmd_identifier(args: argparse.Namespace) -> None:
@@ -158,9 +162,10 @@ def cmd_identifier(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from dreambooth.generate import generate
 
-    checked_trained(args.model)
+    checked_trained(args.model, args.base)
     out = args.output or Path(args.model) / "samples"
-    paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed)
+    paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed,
+                     args.base)
     print(f"wrote {len(paths)} images and grid.png to {out}")
 
 
@@ -191,11 +196,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         scorer = JudgeScorer()
     if args.model:
-        checked_trained(args.model)
+        checked_trained(args.model, args.base)
     prompts = args.prompts.removeprefix("dreambench-") if args.prompts else None
     result = evaluate(Path(args.images or args.model), Path(args.real), class_noun=args.class_noun,
                       prompts=prompts, encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,
-                      n_per_prompt=args.num_images, seed=args.seed, steps=args.steps, out=args.output)
+                      n_per_prompt=args.num_images, seed=args.seed, steps=args.steps, out=args.output, base=args.base)
     paths = write_report(result, args.output)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
@@ -261,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=positive_int, default=25)
     gen.add_argument("--guidance_scale", "--guidance-scale", type=float, default=7.5)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--base", help=BASE_HELP)
     gen.set_defaults(run=cmd_generate)
 
     cls = sub.add_parser("class-images", help="generate (or reuse cached) class images for prior preservation")
@@ -279,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--lora", required=True, help="folder written by `dreambooth train --lora`")
     merge.add_argument("--output", required=True, help="where the merged pipeline is written")
     merge.add_argument("--scale", type=float, default=1.0, help="LoRA strength folded in")
-    merge.add_argument("--base", help="base model folder (default: the one the LoRA was trained on)")
+    merge.add_argument("--base", help=BASE_HELP)
     merge.set_defaults(run=cmd_merge)
 
     export = sub.add_parser("export", help="write a full pipeline folder as one A1111/ComfyUI .safetensors file")
@@ -323,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=4)
     ev.add_argument("--steps", type=positive_int, default=25)
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--base", help=BASE_HELP)
     ev.add_argument("--output", "--output_dir", type=Path, required=True, help="folder for images and reports")
     ev.set_defaults(run=cmd_evaluate)
     return parser

@@ -19,6 +19,7 @@ from dreambooth.errors import ConfigError
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+PATH_OPTIONS = ("pretrained_model_name_or_path", "instance_data_dir", "output_dir", "class_data_dir", "class_cache_dir")
 
 
 def option(default: Any, help: str, *aliases: str) -> Any:
@@ -129,6 +130,11 @@ class TrainConfig:
     @property
     def text_encoder_learning_rate(self) -> float:
         return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """Local paths made absolute: a saved record (a LoRA's base above all) is then found from any folder."""
+        return dataclasses.replace(self, **{name: str(Path(getattr(self, name)).expanduser().resolve())
+                                            for name in PATH_OPTIONS if getattr(self, name)})
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

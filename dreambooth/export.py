@@ -13,7 +13,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 
 from dreambooth.atomic import fsync_tree, removed_on_failure
 from dreambooth.config import TrainConfig
-from dreambooth.errors import ModelError
+from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import Components, load_sampling_scheduler
 
 CONFIG_FILE = "dreambooth_config.yaml"
@@ -59,6 +59,7 @@ def publish(staging: Path, out: Path) -> None:
 
 def write_card_and_config(out: Path, cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> None:
     """The resolved config (what `generate` reads back) and the model card, beside the weights."""
+    cfg = cfg.with_absolute_paths()
     cfg.save(out / CONFIG_FILE)
     (out / "README.md").write_text(model_card(cfg, instance_prompt, class_prompt))
 
@@ -164,17 +165,17 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
 def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None = None) -> Path:
     """Fold a LoRA folder into its base model's weights (W + scale * B A) and save a full pipeline."""
     from dreambooth.finetune import LORA_WEIGHTS
-    from dreambooth.generate import training_record
-    from dreambooth.models import load_pipeline
+    from dreambooth.generate import is_lora_folder, load_trained, lora_base
 
-    record = training_record(lora_dir)
-    base = base or record.get("pretrained_model_name_or_path")
-    if not (lora_dir / LORA_WEIGHTS).is_file():
+    if not is_lora_folder(lora_dir):
         raise ModelError(f"{lora_dir}: no {LORA_WEIGHTS}; pass a folder written by `dreambooth train --lora`")
-    if not base:
-        raise ModelError(f"{lora_dir}: no record of its base model; pass --base")
-    pipe = load_pipeline(base)
-    pipe.load_lora_weights(lora_dir, weight_name=LORA_WEIGHTS)
+    base = lora_base(lora_dir, base)
+    for name, folder in (("base model", base), ("LoRA", lora_dir)):
+        if out.resolve() == folder.resolve():
+            raise ConfigError(f"--output {out} is the {name}'s folder; merge into another folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").is_file():
+        raise ConfigError(f"--output {out} holds files but no pipeline; merge into a new or empty folder")
+    pipe = load_trained(lora_dir, base)
     pipe.fuse_lora(lora_scale=scale)
     pipe.unload_lora_weights()
     staging = out / ".final.tmp"

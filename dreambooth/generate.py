@@ -14,7 +14,7 @@ from dreambooth.config import fill_prompt
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.export import CONFIG_FILE
 from dreambooth.finetune import LORA_WEIGHTS
-from dreambooth.models import load_pipeline
+from dreambooth.models import check_model_folder, load_pipeline
 
 
 def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
@@ -49,26 +49,40 @@ def training_record(model: Path) -> dict:
     return (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
 
 
-def load_trained(model: Path) -> DiffusionPipeline:
-    """A pipeline folder, or a LoRA folder (its base model, recorded at training, plus the adapters)."""
-    if (model / LORA_WEIGHTS).is_file() and not (model / "model_index.json").is_file():
-        base = training_record(model).get("pretrained_model_name_or_path")
+def is_lora_folder(model: Path) -> bool:
+    return (model / LORA_WEIGHTS).is_file() and not (model / "model_index.json").is_file()
+
+
+def lora_base(lora_dir: Path, base: str | Path | None = None) -> Path:
+    """The base model a LoRA folder loads onto, checked: `base` (--base), or the one recorded at training."""
+    record = training_record(lora_dir)
+    option = "--base"
+    if base is None:
+        base, option = record.get("pretrained_model_name_or_path"), f"the base model {lora_dir / CONFIG_FILE} records"
         if not base:
-            raise ModelError(f"{model}: LoRA weights without {CONFIG_FILE}; cannot tell the base model")
-        pipe = load_pipeline(base)
+            raise ModelError(f"{lora_dir}: LoRA weights without {CONFIG_FILE}; pass the base model with --base")
+        option += " (pass --base if it moved)"
+    return check_model_folder(base, record.get("allow_pickle", False), option=option)
+
+
+def load_trained(model: Path, base: str | Path | None = None) -> DiffusionPipeline:
+    """A pipeline folder, or a LoRA folder on its base model (`base`, or the one recorded at training)."""
+    if is_lora_folder(model):
+        pipe = load_pipeline(lora_base(model, base), allow_pickle=training_record(model).get("allow_pickle", False))
         pipe.load_lora_weights(model, weight_name=LORA_WEIGHTS)
         return pipe
     return load_pipeline(model)
 
 
-def generate(model: Path, prompt: str, n: int, out: Path, steps: int, guidance: float, seed: int) -> list[Path]:
+def generate(model: Path, prompt: str, n: int, out: Path, steps: int, guidance: float, seed: int,
+             base: str | Path | None = None) -> list[Path]:
     """Write n PNGs and a grid for `prompt` ({identifier}/{class_noun} filled from the model)."""
     record = training_record(model)
     for name in ("identifier", "class_noun"):
         if f"{{{name}}}" in prompt and not record.get(name):
             raise ConfigError(f"--prompt uses {{{name}}} but {model} records none; write the word out instead")
     text = fill_prompt(prompt, record.get("identifier"), record.get("class_noun"))
-    images = sample(load_trained(model), text, n, steps, guidance, seed)
+    images = sample(load_trained(model, base), text, n, steps, guidance, seed)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(images):

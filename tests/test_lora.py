@@ -1,5 +1,7 @@
 """LoRA DreamBooth through the same loop: files diffusers loads, kohya layout, frozen-prediction prior."""
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +36,20 @@ def loaded_pipes(cls, base, lora_dir, **kwargs) -> list:
 @pytest.fixture(scope="module")
 def lora_run(tiny_sd, subject_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora")
-    # the validation grid at the last step is our own sampling of the adapted model (1 image, seed 0);
-    # proj_in and fc1 are adapted too: diffusers leaves their keys in peft's naming, which kohya's must map
-    out = train(config(tiny_sd, subject_dir, tmp, lora=True, lora_rank=4, lora_alpha=8, train_text_encoder=True,
-                       lora_target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
-                       lora_text_encoder_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"],
-                       lora_format="kohya", max_train_steps=3, learning_rate=5e-2, validation_prompts=["a dog"],
-                       validation_steps=3, num_validation_images=1, inference_steps=2))
+    # trained from the base's own folder with a relative path: the tests load it from elsewhere
+    here = os.getcwd()
+    os.chdir(tiny_sd.parent)
+    try:
+        # the validation grid at the last step is our own sampling of the adapted model (1 image, seed 0);
+        # proj_in and fc1 are adapted too: diffusers leaves their keys in peft's naming, which kohya's must map
+        out = train(config(tiny_sd, subject_dir, tmp, lora=True, lora_rank=4, lora_alpha=8, train_text_encoder=True,
+                           lora_target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
+                           lora_text_encoder_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"],
+                           lora_format="kohya", max_train_steps=3, learning_rate=5e-2, validation_prompts=["a dog"],
+                           validation_steps=3, num_validation_images=1, inference_steps=2,
+                           pretrained_model_name_or_path=tiny_sd.name))
+    finally:
+        os.chdir(here)
     return out
 
 
@@ -98,6 +107,24 @@ def test_generate_takes_a_lora_folder(lora_run, tmp_path):
     assert main(["generate", "--model", str(lora_run), "--prompt", "a {identifier} dog", "-n", "1", "--steps", "2",
                  "--output", str(tmp_path)]) == 0
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_a_lora_whose_base_moved_says_so_and_takes_base(lora_run, tiny_sd, tmp_path, capsys):
+    moved = tmp_path / "lora"
+    shutil.copytree(lora_run, moved)
+    record = moved / "dreambooth_config.yaml"
+    record.write_text(record.read_text().replace(str(tiny_sd), str(tmp_path / "gone")))
+    args = ["generate", "--model", str(moved), "--prompt", "a dog", "-n", "1", "--steps", "2", "--output", str(tmp_path)]
+    assert main(args) != 0
+    assert f"the base model {record} records (pass --base if it moved)" in capsys.readouterr().err
+    assert main([*args, "--base", str(tiny_sd)]) == 0
+
+
+def test_merge_refuses_to_overwrite_the_base(lora_run, tiny_sd, capsys):
+    before = sorted(p.stat().st_mtime_ns for p in tiny_sd.rglob("*"))
+    assert main(["merge", "--lora", str(lora_run), "--output", str(tiny_sd)]) != 0
+    assert "is the base model's folder" in capsys.readouterr().err
+    assert sorted(p.stat().st_mtime_ns for p in tiny_sd.rglob("*")) == before
 
 
 def test_a_merge_that_fills_the_disk_leaves_nothing_behind(lora_run, tmp_path, monkeypatch, capsys):

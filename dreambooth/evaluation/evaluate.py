@@ -67,11 +67,11 @@ def load_image_folder(folder: Path) -> list[PromptImages]:
 
 
 def generate_images(model: Path, prompts: Sequence[str], n_per_prompt: int, seed: int, steps: int,
-                    guidance: float, out: Path) -> Path:
+                    guidance: float, out: Path, base: str | Path | None = None) -> Path:
     """Sample every (filled) prompt with the same seeds (image i uses seed + i) into `out` in the folder layout."""
     from dreambooth.generate import load_trained, sample  # diffusers import only when generating
 
-    pipe = load_trained(model)
+    pipe = load_trained(model, base)
     for index, prompt in enumerate(prompts):
         folder = out / f"{index:02d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:60]}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,14 +144,15 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
              encoders: Sequence[str | ImageEncoder] = DEFAULT_ENCODERS, prompt_scorer: PromptScorer | None = None,
              div_features: div_metric.FeatureMaps | str | None = "efficientnet-lite0",
              n_per_prompt: int = 4, seed: int = 0, steps: int = 50, guidance: float = 7.5,
-             out: Path | None = None) -> dict[str, Any]:
+             out: Path | None = None, base: str | Path | None = None) -> dict[str, Any]:
     """Score `source`: a model folder (sampled into `out/images` first), an image folder, or PromptImages.
 
     For a model folder, `identifier`/`class_noun` default to those it was trained with; `prompts`
     (templates, "object", "live" or a file; default: the paper's list for the class) are sampled
     `n_per_prompt` times with seeds seed..seed+n-1, plus "a {class_noun}" for PRES. For images, pass
     `class_noun` (to find the PRES folder) and `identifier` (removed from prompts for prompt fidelity).
-    `div_features` is "efficientnet-lite0", any `FeatureMaps`, or None to skip DIV.
+    `div_features` is "efficientnet-lite0", any `FeatureMaps`, or None to skip DIV. `base`: the base
+    model of a LoRA folder, if not the one recorded at training.
     """
     protocol = None
     if isinstance(source, Path) and is_model_folder(source):
@@ -167,8 +168,8 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
             prompts = load_prompts(prompts or prompt_set_for(class_noun))
         texts = [fill_prompt(t, identifier, class_noun) for t in prompts] + [f"a {class_noun}"]
         protocol = {"model": str(source), "n_per_prompt": n_per_prompt, "seed": seed, "steps": steps,
-                    "guidance": guidance}
-        source = generate_images(source, texts, n_per_prompt, seed, steps, guidance, out / "images")
+                    "guidance": guidance, **({"base": str(base)} if base else {})}
+        source = generate_images(source, texts, n_per_prompt, seed, steps, guidance, out / "images", base)
     if isinstance(source, Path) and not source.is_dir():
         raise DataError(f"{source}: not a folder; pass a model folder or a folder of generated images")
     if isinstance(real_images, Path) and not real_images.is_dir():
