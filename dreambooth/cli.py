@@ -165,7 +165,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     checked_trained(args.model, args.base)
     out = args.output or Path(args.model) / "samples"
     paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed,
-                     args.base)
+                     args.base, args.batch_size)
     print(f"wrote {len(paths)} images and grid.png to {out}")
 
 
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=positive_int, default=25)
     gen.add_argument("--guidance_scale", "--guidance-scale", type=float, default=7.5)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch_size", "--batch-size", type=positive_int, default=4,
+                     help="images sampled at once (memory); the images are the same at any batch size")
     gen.add_argument("--base", help=BASE_HELP)
     gen.set_defaults(run=cmd_generate)
 

@@ -29,11 +29,16 @@ def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
 
 @torch.no_grad()
 def sample(pipe: DiffusionPipeline, prompt: str, n: int, steps: int, guidance: float, seed: int,
-           resolution: int | None = None) -> list[Image.Image]:
-    """n images for one prompt; image i uses seed + i, so it doesn't depend on n or batch size."""
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    return pipe(prompt=[prompt] * n, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                height=resolution, width=resolution).images
+           resolution: int | None = None, batch_size: int = 4) -> list[Image.Image]:
+    """n images for one prompt, `batch_size` at a time (memory); image i uses seed + i, so the images
+    don't depend on n or batch size."""
+    images = []
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
+        images += pipe(prompt=[prompt] * count, num_inference_steps=steps, guidance_scale=guidance,
+                       generator=generators, height=resolution, width=resolution).images
+    return images
 
 
 def sample_grid(pipe: DiffusionPipeline, prompts: list[str], n: int, steps: int, guidance: float, seed: int,
@@ -75,14 +80,14 @@ def load_trained(model: Path, base: str | Path | None = None) -> DiffusionPipeli
 
 
 def generate(model: Path, prompt: str, n: int, out: Path, steps: int, guidance: float, seed: int,
-             base: str | Path | None = None) -> list[Path]:
+             base: str | Path | None = None, batch_size: int = 4) -> list[Path]:
     """Write n PNGs and a grid for `prompt` ({identifier}/{class_noun} filled from the model)."""
     record = training_record(model)
     for name in ("identifier", "class_noun"):
         if f"{{{name}}}" in prompt and not record.get(name):
             raise ConfigError(f"--prompt uses {{{name}}} but {model} records none; write the word out instead")
     text = fill_prompt(prompt, record.get("identifier"), record.get("class_noun"))
-    images = sample(load_trained(model, base), text, n, steps, guidance, seed)
+    images = sample(load_trained(model, base), text, n, steps, guidance, seed, batch_size=batch_size)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(images):

@@ -1,0 +1,15 @@
+"""Sampling: the images depend on the seed, not on how many are drawn at once."""
+
+import numpy as np
+
+from dreambooth.generate import sample
+from dreambooth.models import load_pipeline
+
+
+def test_images_do_not_depend_on_the_batch_size(tiny_sd):
+    pipe = load_pipeline(tiny_sd)
+    whole, chunked = ([np.asarray(im, dtype=np.int16) for im in sample(pipe, "a dog", 3, 2, 7.5, seed=5, batch_size=b)]
+                      for b in (3, 2))
+    assert len(chunked) == 3
+    assert max(np.abs(a - b).max() for a, b in zip(whole, chunked)) <= 1
+    assert np.abs(whole[0] - whole[1]).max() > 1  # and the seeds do differ
