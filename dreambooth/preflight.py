@@ -122,7 +122,7 @@ def _bytes_under(paths: list[Path]) -> int:
     return sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
 
 
-def disk_needs(cfg: TrainConfig, model: Path, resolution: int, num_user_class: int) -> list[DiskNeed]:
+def disk_needs(cfg: TrainConfig, model: Path, num_user_class: int) -> list[DiskNeed]:
     """Class images (~1 byte/pixel as PNG) and checkpoints must fit. A checkpoint holds the trained
     models whole (LoRA: the adapters only) plus Adam's two moments of what trains; checkpoints a
     resumed run already wrote are counted as written."""
@@ -140,6 +140,7 @@ def disk_needs(cfg: TrainConfig, model: Path, resolution: int, num_user_class: i
     else:
         needs = [DiskNeed("output", cfg.output_dir, lasting=final, passing=to_checkpoint)]
     if cfg.with_prior_preservation and cfg.prior_mode == "images":
+        resolution = native_resolution(model)  # class images are drawn at the model's own size, as in diffusers
         images = max(0, cfg.num_class_images - num_user_class) * resolution * resolution * 3 // 2
         # what the cache keys its images by (ClassImageSpec), as far as the config tells it
         same_images = (str(Path(cfg.class_cache_dir).expanduser().resolve()), str(model.resolve()),
@@ -212,7 +213,7 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         _check_eval_encoder(cfg, report)
     if model is not None:
         _check_prompts(cfg, model, report)
-        report.disk = disk_needs(cfg, model, resolution, num_user_class)
+        report.disk = disk_needs(cfg, model, num_user_class)
         if check_disk:
             report.problems += disk_problems(report.disk)
     return report

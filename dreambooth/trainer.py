@@ -168,7 +168,10 @@ class Trainer:
 
     def _class_image_spec(self) -> ClassImageSpec:
         cfg, sampler = self.cfg, load_sampling_scheduler(self.parts.path)
-        return ClassImageSpec(model_path=self.parts.path, prompt=self.class_prompt, resolution=cfg.resolution,
+        # drawn at the model's own size, as diffusers does, and resized like the photos: a model samples
+        # worst off its native resolution, and those samples would teach the prior their flaws
+        return ClassImageSpec(model_path=self.parts.path, prompt=self.class_prompt,
+                              resolution=self.parts.native_resolution,
                               sampler=sampler.__class__.__name__, sampler_config=dict(sampler.config),
                               num_inference_steps=cfg.class_inference_steps, guidance_scale=cfg.class_guidance_scale,
                               seed=cfg.seed)

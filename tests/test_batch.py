@@ -197,9 +197,9 @@ def test_checkpoints_already_written_count_as_written(tiny_sd, subject_dir, tmp_
     from tests.test_trainer import config
 
     cfg = config(tiny_sd, subject_dir, tmp_path)
-    before = disk_needs(cfg, tiny_sd, 32, 0)[0].lasting
+    before = disk_needs(cfg, tiny_sd, 0)[0].lasting
     written = tmp_path / "out" / "checkpoint-1"
     written.mkdir(parents=True)
     (written / checkpoints.STATE_FILE).write_text('{"step": 1}')
     (written / "model.safetensors").write_bytes(bytes(1000))
-    assert disk_needs(cfg, tiny_sd, 32, 0)[0].lasting == before - 1000 - len('{"step": 1}')
+    assert disk_needs(cfg, tiny_sd, 0)[0].lasting == before - 1000 - len('{"step": 1}')

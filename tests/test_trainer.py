@@ -3,11 +3,13 @@
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 from safetensors.torch import load_file
 
 from dreambooth import runlog
 from dreambooth.config import from_dict
 from dreambooth.trainer import Trainer, train
+from tests.tiny_models import IMAGE_SIZE
 
 
 def config(tiny_sd, subject_dir, tmp_path, **overrides):
@@ -117,3 +119,10 @@ def test_scale_lr_and_the_schedule_options_reach_the_optimizer(tiny_sd, subject_
     for _ in range(5):  # half way; polynomial decay to 1e-7: (lr - 1e-7) * (1 - 1/2) ** power + 1e-7
         trainer.lr_scheduler.step()
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx((6e-4 - 1e-7) * 0.25 + 1e-7)
+
+
+def test_class_images_are_drawn_at_the_models_own_size(tiny_sd, subject_dir, tmp_path):
+    # as diffusers does: a model samples worst off its native size; the loader resizes them like the photos
+    train(config(tiny_sd, subject_dir, tmp_path, resolution=IMAGE_SIZE // 2, max_train_steps=1))
+    sizes = {Image.open(p).size for p in (tmp_path / "cache").rglob("*.png")}
+    assert sizes == {(IMAGE_SIZE, IMAGE_SIZE)}
