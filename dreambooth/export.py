@@ -12,7 +12,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from dreambooth.atomic import fsync_tree, removed_on_failure
-from dreambooth.config import TrainConfig
+from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import Components, load_sampling_scheduler
 
@@ -155,10 +155,11 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
         new_key = kohya_key(key, ldm_unet)
         tensors[new_key] = value.contiguous()
         tensors[new_key.split(".")[0] + ".alpha"] = torch.tensor(alpha)
+    # A1111 shows the output name and comment; the comment carries the trigger words
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(cfg.lora_rank),
-                "ss_network_alpha": str(alpha), "ss_output_name": out_file.stem,
+                "ss_network_alpha": str(alpha), "ss_output_name": Path(cfg.output_dir).name,
                 "ss_base_model_version": KOHYA_BASE_VERSION[family], "ss_v2": str(family == "sd2"),
-                "ss_training_comment": f"dreambooth: {cfg.instance_prompt}"}
+                "ss_training_comment": f"dreambooth: {fill_prompt(cfg.instance_prompt, cfg.identifier, cfg.class_noun)}"}
     save_file(tensors, out_file, metadata=metadata)
 
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from dreambooth.atomic import save_file_atomic
-from dreambooth.errors import ModelError
+from dreambooth.errors import ConfigError, ModelError
 
 Family = Literal["sd1", "sd2", "sdxl"]
 
@@ -182,6 +182,11 @@ def convert(folder: Path) -> dict[str, torch.Tensor]:
 
 def export_single_file(folder: Path, out_file: Path, half: bool = False) -> Path:
     """Write `folder` (a diffusers SD 1.x, 2.x or SDXL pipeline) as one original-layout safetensors file."""
+    if out_file.is_dir():
+        raise ConfigError(f"--output {out_file} is a folder; name the file, e.g. {out_file / 'model.safetensors'}")
+    if out_file.suffix != ".safetensors":
+        raise ConfigError(f"--output {out_file}: end the name in .safetensors (AUTOMATIC1111 and ComfyUI list only those)")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in convert(folder).items()}
     save_file_atomic(tensors, out_file, {"format": "pt", "source": "dreambooth"})
     return out_file

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
@@ -72,7 +73,9 @@ def test_kohya_file_loads_with_the_same_outputs(lora_run, tiny_sd):
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
     assert any("_proj_in.lora_down" in k for k in keys) and any("_mlp_fc1.lora_up" in k for k in keys)
     assert any(k.endswith(".alpha") for k in keys) and metadata["ss_network_dim"] == "4"
-    assert metadata["ss_base_model_version"] == "sd_v1"
+    assert metadata["ss_base_model_version"] == "sd_v1" and metadata["ss_output_name"] == lora_run.name
+    identifier = yaml.safe_load((lora_run / "dreambooth_config.yaml").read_text())["identifier"]
+    assert metadata["ss_training_comment"] == f"dreambooth: a {identifier} dog"  # the trigger words
     ours, kohya = (image(p) for p in loaded_pipes(StableDiffusionPipeline, tiny_sd, lora_run, safety_checker=None))
     assert np.abs(ours - kohya).max() <= 1
 

@@ -67,3 +67,12 @@ def test_a_sharded_unet_is_exported_whole(tiny_sd, tmp_path):
         assert main(["export", "--model", str(folder), "--output", str(file)]) == 0
     whole, from_shards = (load_file(f) for f in files)
     assert whole.keys() == from_shards.keys() and all(torch.equal(whole[k], from_shards[k]) for k in whole)
+
+
+def test_export_output_mistakes_are_one_line_errors(tiny_sd, tmp_path, capsys):
+    assert main(["export", "--model", str(tiny_sd), "--output", str(tmp_path)]) == 2
+    assert "is a folder; name the file" in capsys.readouterr().err
+    assert main(["export", "--model", str(tiny_sd), "--output", str(tmp_path / "model.ckpt")]) == 2
+    assert "end the name in .safetensors" in capsys.readouterr().err
+    assert main(["export", "--model", str(tiny_sd), "--output", str(tmp_path / "new" / "model.safetensors")]) == 0
+    assert (tmp_path / "new" / "model.safetensors").is_file()
