@@ -10,6 +10,7 @@ of another architecture needs `config=`: a diffusers folder whose configs descri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -116,6 +117,31 @@ def check_format(file: Path, allow_pickle: bool) -> None:
                          "or pass --allow_pickle if you trust the source")
 
 
+class _StandIn:
+    """An inert placeholder for an object a pickle keeps beside its tensors (a Lightning callback's
+    state, a numpy scalar): accepts whatever it is built with and keeps none of it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def extras_read_as_stand_ins(file: Path):
+    """Within: torch's weights-only loader (diffusers' too) reads `file`'s non-tensor objects as stand-ins,
+    so Lightning-era checkpoints (SD 1.x/2.x's own releases among them) load; nothing they name is imported."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    except Exception:  # not a zip-format torch file: the loader names the problem below
+        names = []
+    stand_ins = [(type(name.rsplit(".", 1)[-1], (_StandIn,), {"__module__": name.rsplit(".", 1)[0]}), name)
+                 for name in names]
+    with torch.serialization.safe_globals(stand_ins):
+        yield
+
+
 def read_keys(file: Path) -> list[str]:
     """The file's tensor names, without loading the tensors where the format allows (pickles: see check_format)."""
     if file.suffix == ".safetensors":
@@ -125,9 +151,10 @@ def read_keys(file: Path) -> list[str]:
         except Exception as exc:  # safetensors raises its own error types for a damaged header
             raise ModelError(f"{file}: not a readable safetensors file ({exc})") from None
     try:  # diffusers reads it the same way (weights only: no code runs)
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # an unpickling error names what the file holds besides tensors
-        raise ModelError(f"{file}: not a loadable checkpoint ({str(exc).splitlines()[0]})") from None
+        with extras_read_as_stand_ins(file):
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{file}: not a loadable torch checkpoint ({exc.__class__.__name__})") from None
     while "state_dict" in state:
         state = state["state_dict"]
     return list(state)
@@ -179,13 +206,19 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
             raise ModelError(f"--config {configs}: no model_index.json; pass a diffusers pipeline folder")
         pipeline_class = StableDiffusionXLPipeline if (configs / "text_encoder_2").is_dir() else StableDiffusionPipeline
         extra = {} if pipeline_class is StableDiffusionXLPipeline else dict(safety_checker=None, feature_extractor=None)
+        pickled = file.suffix in PICKLES  # allowed: check_format
         try:
-            pipe = pipeline_class.from_single_file(str(file), config=str(configs), local_files_only=True,
-                                                   torch_dtype=torch.float32, **extra)
+            with extras_read_as_stand_ins(file) if pickled else contextlib.nullcontext():
+                pipe = pipeline_class.from_single_file(str(file), config=str(configs), local_files_only=True,
+                                                       torch_dtype=torch.float32, **extra)
         except (KeyError, RuntimeError, ValueError) as exc:  # keys or shapes the architecture does not have
             described = f"--config {configs}" if config else f"the {family} architecture"
             raise ModelError(f"{file}: does not fit {described} ({str(exc).splitlines()[0][:200]}); "
                              "check --family or --config") from None
+        except OSError as exc:
+            if exc.errno is not None:  # the disk's own errors keep their one-line message
+                raise
+            raise ModelError(f"{file}: not a loadable checkpoint ({str(exc).splitlines()[0][:200]})") from None
         shutil.rmtree(staging, ignore_errors=True)
         with removed_on_failure(staging):
             pipe.save_pretrained(staging, safe_serialization=True)

@@ -1,5 +1,9 @@
 """`dreambooth import`: a single-file checkpoint in the original layout becomes a base-model folder."""
 
+import sys
+import types
+
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -92,3 +96,23 @@ def test_bad_files_are_one_line_errors(tiny_sd, tmp_path, capsys):
                  "--class_noun", "dog"]) == 2
     assert f"convert it once with `dreambooth import {file} --output FOLDER`" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lightning_era_ckpt_imports_with_allow_pickle(tiny_sd, tmp_path, monkeypatch):
+    # SD 1.x's own .ckpt releases keep a Lightning callback and numpy scalars beside the weights,
+    # which torch's weights-only loader (and so diffusers') refuses
+    names = ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint")
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    checkpoint_class = type("ModelCheckpoint", (), {"__module__": names[-1]})
+    sys.modules[names[-1]].ModelCheckpoint = checkpoint_class
+    file = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(exported(tiny_sd, tmp_path)), "global_step": 470000,
+                "callbacks": {checkpoint_class: {"best_model_score": np.float64(0.5)}}}, file)
+    for name in names:
+        monkeypatch.delitem(sys.modules, name)  # not installed where the file is imported
+    assert read_keys(file) == list(load_file(tmp_path / "model.safetensors"))  # what family detection reads
+    out = tmp_path / "imported"
+    assert main(["import", str(file), "--output", str(out), "--allow_pickle", "--config", str(tiny_sd)]) == 0
+    want, got = (load_file(next((f / "unet").glob("*.safetensors"))) for f in (tiny_sd, out))
+    assert all(torch.equal(want[k], got[k]) for k in want)
