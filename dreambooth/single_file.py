@@ -177,6 +177,13 @@ def convert(folder: Path) -> dict[str, torch.Tensor]:
         else:  # transformers >= 5 saves CLIPTextModel without its `text_model.` level; the original has it
             state = {f"text_model.{k.removeprefix('text_model.')}": v for k, v in state.items()}
         out.update({prefix + k: v for k, v in state.items()})
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+    if model_family(folder) == "sdxl" and scheduler.get("prediction_type") == "v_prediction":
+        # SDXL's weights do not say what it predicts; ComfyUI and A1111 read these empty markers
+        out["v_pred"] = torch.tensor([])
+        if scheduler.get("rescale_betas_zero_snr"):
+            out["ztsnr"] = torch.tensor([])
     return out
 
 

@@ -76,3 +76,18 @@ def test_export_output_mistakes_are_one_line_errors(tiny_sd, tmp_path, capsys):
     assert "end the name in .safetensors" in capsys.readouterr().err
     assert main(["export", "--model", str(tiny_sd), "--output", str(tmp_path / "new" / "model.safetensors")]) == 0
     assert (tmp_path / "new" / "model.safetensors").is_file()
+
+
+def test_a_v_prediction_sdxl_carries_the_markers_loaders_read(tmp_path, capsys):
+    import json
+
+    folder = build_tiny_sdxl(tmp_path / "model")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "v_prediction",
+                                  "rescale_betas_zero_snr": True}))
+    out = tmp_path / "model.safetensors"
+    assert main(["export", "--model", str(folder), "--output", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        assert {"v_pred", "ztsnr"} <= set(f.keys())
+    assert main(["import", str(out), "--output", str(tmp_path / "back")]) == 2  # and our import knows it
+    assert "a v-prediction SDXL checkpoint" in capsys.readouterr().err
