@@ -130,8 +130,10 @@ def disk_needs(cfg: TrainConfig, model: Path, num_user_class: int) -> list[DiskN
     weights = _weights_bytes(model, trained)
     adapters = weights // 50  # LoRA adapters are a few percent of the weights at most
     per_checkpoint = 3 * (adapters if cfg.lora else weights)
-    # a new checkpoint is written whole before the oldest is deleted: one more than the limit at a time
-    at_once = 1 + (cfg.checkpoints_total_limit or cfg.max_train_steps // cfg.checkpointing_steps)
+    # one every checkpointing_steps before the last step (the final model is no checkpoint); one more at a
+    # time, as a new one is written whole before the oldest is deleted, and as Ctrl-C saves one
+    periodic = (cfg.max_train_steps - 1) // cfg.checkpointing_steps
+    at_once = 1 + min(cfg.checkpoints_total_limit or periodic, periodic)
     written = _bytes_under(checkpoints.complete_checkpoints(Path(cfg.output_dir).expanduser()))
     to_checkpoint = max(0, per_checkpoint * at_once - written)
     final = adapters if cfg.lora else _weights_bytes(model, ("unet", "text_encoder", "text_encoder_2", "vae"))

@@ -203,3 +203,16 @@ def test_checkpoints_already_written_count_as_written(tiny_sd, subject_dir, tmp_
     (written / checkpoints.STATE_FILE).write_text('{"step": 1}')
     (written / "model.safetensors").write_bytes(bytes(1000))
     assert disk_needs(cfg, tiny_sd, 0)[0].lasting == before - 1000 - len('{"step": 1}')
+
+
+def test_disk_estimate_counts_the_checkpoints_a_run_writes(tiny_sd, subject_dir, tmp_path):
+    from dreambooth.preflight import disk_needs
+    from tests.test_trainer import config
+
+    def lasting(**options):  # 4 steps: checkpoints at steps 1-3 with every=1, none periodic with every=500
+        return disk_needs(config(tiny_sd, subject_dir, tmp_path, max_train_steps=4, **options), tiny_sd, 0)[0].lasting
+
+    none, limit_2, unlimited = (lasting(checkpointing_steps=500), lasting(checkpointing_steps=1),
+                                lasting(checkpointing_steps=1, checkpoints_total_limit=None))
+    # per checkpoint: (limit_2 - none) / 2; the interrupt's (or write-before-prune's) one is in all three
+    assert limit_2 > none and (unlimited - none) * 2 == (limit_2 - none) * 3
