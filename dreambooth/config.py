@@ -193,6 +193,8 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.checkpoints_total_limit is None or cfg.checkpoints_total_limit >= 1, "checkpoints_total_limit", "must be >= 1")
     need(cfg.text_encoder_stop_step is None or cfg.train_text_encoder, "text_encoder_stop_step",
          "only meaningful with --train_text_encoder")
+    need(cfg.text_encoder_stop_step is None or cfg.text_encoder_stop_step >= 1, "text_encoder_stop_step",
+         f"must be >= 1 (a step number), got {cfg.text_encoder_stop_step}")
     need(not (cfg.with_prior_preservation and cfg.num_class_images == 0), "num_class_images",
          "prior preservation needs class images; set >= 1 or pass --no_prior_preservation")
     need(cfg.eval_every is None or cfg.eval_every >= 1, "eval_every", "must be >= 1")
@@ -204,8 +206,19 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {cfg.lora_dropout}")
     need(cfg.prior_mode == "images" or cfg.lora, "prior_mode",
          "'prediction' needs --lora (the frozen model is the base with adapters disabled)")
+    for name in LORA_OPTIONS:  # diffusers' LoRA scripts take --rank alone: here it would full fine-tune
+        need(cfg.lora or getattr(cfg, name) == _default(name), name, "only takes effect with --lora; add --lora")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_text_encoder_modules",
+                "lora_format")
+
+
+def _default(name: str) -> Any:
+    spec = TrainConfig.__dataclass_fields__[name]
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:

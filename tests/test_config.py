@@ -111,3 +111,15 @@ def test_epochs_alone_are_refused_and_ignored_beside_max_train_steps():
         build_train_config(parser.parse_args(["train", "--pretrained_model_name_or_path", "m",
                                               "--instance_data_dir", "d", "--class_noun", "dog",
                                               "--num_train_epochs", "3"]))
+
+
+def test_lora_options_without_lora_are_refused():
+    # diffusers' LoRA scripts need no --lora: `--rank 4` alone would otherwise full fine-tune at a LoRA rate
+    with pytest.raises(ConfigError) as err:
+        build_train_config(build_parser().parse_args(["train", *sum((["--" + k, v] for k, v in REQUIRED.items()), []),
+                                                      "--rank", "8", "--lora_format", "kohya"]))
+    assert "--lora_rank: only takes effect with --lora" in str(err.value)
+    assert "--lora_format: only takes effect with --lora" in str(err.value)
+    assert from_dict({**REQUIRED, "lora": True, "lora_rank": 8}).lora_rank == 8
+    with pytest.raises(ConfigError, match="--text_encoder_stop_step: must be >= 1"):
+        from_dict({**REQUIRED, "train_text_encoder": True, "text_encoder_stop_step": 0})
