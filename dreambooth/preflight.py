@@ -7,6 +7,8 @@ tokenizer (not the model weights).
 
 from __future__ import annotations
 
+import importlib
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from dreambooth.models import check_model_folder, native_resolution
 from dreambooth.single_file import weight_files
 
 GIB = 2**30
+ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Embedding)  # what peft's LoRA adapts
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,36 @@ def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
     if cfg.identifier:
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", local_files_only=True)
         report.warnings.extend(f"--identifier {cfg.identifier!r}: {w}" for w in check_identifier(tokenizer, cfg.identifier))
+
+
+def _modules(model: Path, component: str) -> dict[str, torch.nn.Module]:
+    """A component's modules by name, built from its config on the meta device (no weights read)."""
+    library, class_name = json.loads((model / "model_index.json").read_text())[component]
+    cls = getattr(importlib.import_module(library), class_name)
+    with torch.device("meta"):
+        built = (cls.from_config(cls.load_config(model / component)) if library == "diffusers"
+                 else cls(cls.config_class.from_pretrained(model / component)))
+    return dict(built.named_modules())
+
+
+def _check_lora_targets(cfg: TrainConfig, model: Path, report: Report) -> None:
+    """Each adapter target names a layer LoRA can adapt (peft matches `name` or `*.name`): a typo would
+    otherwise be dropped silently, or stop the run after the class images."""
+    listed = json.loads((model / "model_index.json").read_text())
+    encoders = [e for e in ("text_encoder", "text_encoder_2") if e in listed] if cfg.train_text_encoder else []
+    for component, option, targets in [("unet", "lora_target_modules", cfg.lora_target_modules),
+                                       *((e, "lora_text_encoder_modules", cfg.lora_text_encoder_modules) for e in encoders)]:
+        modules = _modules(model, component)
+        adaptable = {n: m for n, m in modules.items() if isinstance(m, ADAPTABLE)}
+        examples = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in adaptable if "." in n})[:10])
+        for target in targets:
+            found = [m for n, m in modules.items() if n == target or n.endswith("." + target)]
+            if not found:
+                report.problems.append(f"--{option} {target}: no layer of the {component} is called that; "
+                                       f"its layers include {examples}")
+            elif not all(isinstance(m, ADAPTABLE) for m in found):
+                report.problems.append(f"--{option} {target}: matches a layer of type {type(found[0]).__name__}, which "
+                                       f"LoRA cannot adapt; name its linear or conv layers ({examples})")
 
 
 def _check_runtime(cfg: TrainConfig, report: Report) -> None:
@@ -215,6 +248,8 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         _check_eval_encoder(cfg, report)
     if model is not None:
         _check_prompts(cfg, model, report)
+        if cfg.lora:
+            _check_lora_targets(cfg, model, report)
         report.disk = disk_needs(cfg, model, num_user_class)
         if check_disk:
             report.problems += disk_problems(report.disk)

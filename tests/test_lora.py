@@ -151,3 +151,16 @@ def test_merge_folds_the_lora_into_a_full_pipeline(lora_run, tmp_path):
     assert not any("lora" in k for k in merged.unet.state_dict())
     assert np.abs(image(merged) - image(load_trained(lora_run))).max() <= 2
     assert (tmp_path / "merged" / "dreambooth_config.yaml").is_file()
+
+
+def test_lora_targets_are_checked_before_any_work(tiny_sd, subject_dir, tmp_path, capsys):
+    args = ["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
+            str(subject_dir), "--class_noun", "dog", "--lora", "--train_text_encoder",
+            "--lora_target_modules", "to_q", "--lora_target_modules", "to_kk", "--lora_target_modules", "attn1",
+            "--lora_text_encoder_modules", "fc1", "--lora_text_encoder_modules", "q_prj"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--lora_target_modules to_kk: no layer of the unet is called that; its layers include" in err
+    assert "--lora_target_modules attn1: matches a layer of type Attention, which LoRA cannot adapt" in err
+    assert "--lora_text_encoder_modules q_prj: no layer of the text_encoder" in err
+    assert "to_q:" not in err and "fc1:" not in err
