@@ -35,7 +35,7 @@ from dreambooth.export import CONFIG_FILE
 
 log = logging.getLogger("dreambooth")
 STARTED_FILE = "dreambooth_batch_run.yaml"  # the options a run started with, until its model is saved
-RESOLVED_AT_SETUP = ("identifier", "resolution")  # None asks the trainer to choose; the saved config has its choice
+RESOLVED_AT_SETUP = ("identifier", "resolution", "mixed_precision")  # None asks the trainer to choose; the saved config has its choice
 # options that change how a run is watched, logged or checkpointed, not the model it trains
 NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
                  "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",

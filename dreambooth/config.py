@@ -99,7 +99,9 @@ class TrainConfig:
     allow_tf32: bool = option(False, "TF32 matmuls on Ampere+ GPUs: faster, slightly less precise")
     allow_pickle: bool = option(False, "load pickled .bin weights (only from a source you trust)")
     seed: int = option(0, "seed for noise, timesteps, data order and class images")
-    mixed_precision: MixedPrecision = option("no", "autocast precision")
+    mixed_precision: MixedPrecision | None = option(
+        None, "autocast precision: no, fp16 or bf16 (unset: `accelerate launch --mixed_precision` or "
+              "`accelerate config`, else no)")
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
     attention: Literal["sdpa", "default"] = option("sdpa", "attention kernel: PyTorch SDPA or diffusers' default")
     validation_prompts: tuple[str, ...] = option((), "prompts sampled every --validation_steps", "--validation_prompt")

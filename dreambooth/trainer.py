@@ -64,6 +64,8 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir),
                                                 logging_dir=str(self.output_dir / cfg.logging_dir)),
         )
+        # unset, accelerate takes its launcher's or config's precision, as diffusers' scripts let it
+        self.cfg = cfg = dataclasses.replace(cfg, mixed_precision=self.accelerator.mixed_precision)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.accelerator.num_processes == 1:  # each would train alone, all into one folder
             raise ConfigError(f"{launched} processes were launched, but accelerate found no process group to join "

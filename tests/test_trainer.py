@@ -126,3 +126,10 @@ def test_class_images_are_drawn_at_the_models_own_size(tiny_sd, subject_dir, tmp
     train(config(tiny_sd, subject_dir, tmp_path, resolution=IMAGE_SIZE // 2, max_train_steps=1))
     sizes = {Image.open(p).size for p in (tmp_path / "cache").rglob("*.png")}
     assert sizes == {(IMAGE_SIZE, IMAGE_SIZE)}
+
+
+def test_unset_mixed_precision_is_accelerates(tiny_sd, subject_dir, tmp_path, monkeypatch):
+    # `accelerate launch --mixed_precision bf16` (or `accelerate config`) sets this for the script it runs
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert Trainer(config(tiny_sd, subject_dir, tmp_path)).cfg.mixed_precision == "bf16"
+    assert Trainer(config(tiny_sd, subject_dir, tmp_path, mixed_precision="no")).cfg.mixed_precision == "no"
