@@ -132,6 +132,13 @@ def _check_lora_targets(cfg: TrainConfig, model: Path, report: Report) -> None:
                                        f"LoRA cannot adapt; name its linear or conv layers ({examples})")
 
 
+def _check_prediction_type(model: Path, report: Report) -> None:
+    config_file = model / "scheduler" / "scheduler_config.json"
+    kind = json.loads(config_file.read_text()).get("prediction_type", "epsilon") if config_file.is_file() else "epsilon"
+    if kind not in ("epsilon", "v_prediction"):
+        report.problems.append(f"{config_file}: prediction_type {kind!r}; training supports epsilon and v_prediction")
+
+
 def _check_runtime(cfg: TrainConfig, report: Report) -> None:
     cuda = torch.cuda.is_available()
     if cfg.mixed_precision == "fp16" and not cuda:
@@ -248,6 +255,7 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         _check_eval_encoder(cfg, report)
     if model is not None:
         _check_prompts(cfg, model, report)
+        _check_prediction_type(model, report)
         if cfg.lora:
             _check_lora_targets(cfg, model, report)
         report.disk = disk_needs(cfg, model, num_user_class)

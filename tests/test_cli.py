@@ -108,3 +108,16 @@ def test_a_literal_diffusers_prompt_records_its_own_identifier(tiny_sd, subject_
                  "--class_cache_dir", str(tmp_path / "c"), "--max_train_steps", "1", "--report_to", "none",
                  "--output_dir", str(tmp_path / "o")]) == 0
     assert "identifier: sks" in (tmp_path / "o" / "dreambooth_config.yaml").read_text()
+
+
+def test_check_refuses_a_model_that_predicts_x0(tiny_sd, subject_dir, tmp_path, capsys):
+    import json
+    import shutil as shutil_module
+
+    model = tmp_path / "model"
+    shutil_module.copytree(tiny_sd, model)
+    config = model / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "sample"}))
+    assert main(["train", "--check", "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
+                 str(subject_dir), "--class_noun", "dog"]) == 2
+    assert "prediction_type 'sample'; training supports epsilon and v_prediction" in capsys.readouterr().err
