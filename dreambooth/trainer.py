@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -57,7 +57,12 @@ class Trainer:
         self.best_score = float("-inf")
         AcceleratorState._reset_state()  # a second run in one process may use another mixed precision
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+        # SDXL reads its first text encoder's penultimate layer, so that encoder's last layer gets no
+        # gradient: DDP must look for such parameters, or its second step fails (as in diffusers' SDXL scripts)
+        sdxl = (Path(cfg.pretrained_model_name_or_path).expanduser() / "text_encoder_2").is_dir()
+        unused = [DistributedDataParallelKwargs(find_unused_parameters=True)] if sdxl and cfg.train_text_encoder else []
         self.accelerator = Accelerator(
+            kwargs_handlers=unused,
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             log_with=None if cfg.report_to == "none" else cfg.report_to,

@@ -54,3 +54,12 @@ def test_a_launched_batch_gives_each_process_its_own_runs(tiny_sd, subject_dir, 
     assert "[1/2] run 1" in done.stderr and "[2/2] run 3" in done.stderr and "[1/1] run 2" in done.stderr
     twice = launch(["batch", str(runs), "--shard", "1/2"], tmp_path)
     assert twice.returncode != 0 and "--shard: each of the launched processes already takes its own share" in twice.stderr
+
+
+def test_two_processes_train_sdxl_with_its_text_encoders(tiny_sdxl, subject_dir, tmp_path):
+    # SDXL reads its first text encoder's penultimate layer: the last one gets no gradient, which DDP
+    # must be told about, or the second step fails in every process
+    done = launch(train_args(tiny_sdxl, subject_dir, tmp_path, "--train_text_encoder", "--max_train_steps", "2",
+                             "--checkpointing_steps", "5"), tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [row["step"] for row in runlog.read(tmp_path / "out")] == [1, 2]

@@ -15,15 +15,9 @@ from dreambooth.generate import load_trained, sample
 from dreambooth.identifier import find_identifiers
 from dreambooth.models import load_components
 from dreambooth.single_file import unet_namer
-from dreambooth.toyworld.random_model import build_random_sdxl
 from dreambooth.trainer import train
 from tests.test_lora import loaded_pipes
 from tests.test_trainer import config, losses
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    return build_random_sdxl(tmp_path_factory.mktemp("sdxl") / "model")
 
 
 def test_identifier_is_one_token_in_both_tokenizers(tiny_sdxl):
