@@ -29,18 +29,12 @@ import yaml
 
 from dreambooth import checkpoints
 from dreambooth.atomic import write_text_atomic
-from dreambooth.config import PATH_OPTIONS, TrainConfig, from_dict, read_config_file
+from dreambooth.config import TrainConfig, changed_settings, from_dict, read_config_file
 from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.export import CONFIG_FILE
 
 log = logging.getLogger("dreambooth")
 STARTED_FILE = "dreambooth_batch_run.yaml"  # the options a run started with, until its model is saved
-RESOLVED_AT_SETUP = ("identifier", "resolution", "mixed_precision")  # None asks the trainer to choose; the saved config has its choice
-# options that change how a run is watched, logged or checkpointed, not the model it trains
-NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
-                 "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
-                 "inference_steps", "guidance_scale", "eval_every", "eval_encoder", "eval_prompt_scorer", "keep_best",
-                 "allow_pickle", "keep_checkpoints")
 # what accelerate reads to join a process group; a launched batch's processes train apart
 DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                    "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -147,24 +141,13 @@ def recorded_options(run: Run, status: str) -> Path | None:
     return record if status != "new" and record.is_file() else None
 
 
-def changed_settings(run: Run, record: Path) -> list[str]:
+def run_changed_settings(run: Run, record: Path) -> list[str]:
     """Options that shape the model and that the file now sets otherwise than `record` does."""
     try:
-        saved = read_config_file(record)
-        had = from_dict({k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}, source=str(record))
+        return changed_settings(run.cfg, read_config_file(record), str(record))
     except ConfigError as error:
         raise ConfigError(f"{run.name}: {record} is unreadable ({str(error).splitlines()[-1].strip()}); "
                           "delete the output_dir to train the run again") from None
-    changed = []
-    for name in sorted(set(saved) & set(TrainConfig.__dataclass_fields__) - set(NOT_THE_MODEL)):
-        asked, was = getattr(run.cfg, name), getattr(had, name)
-        if asked is None and name in RESOLVED_AT_SETUP:
-            continue
-        if name in PATH_OPTIONS and asked and was:
-            asked, was = (str(Path(v).expanduser().resolve()) for v in (asked, was))
-        if asked != was:
-            changed.append(f"{name}: trained with {was!r}, now {asked!r}")
-    return changed
 
 
 def check(runs: list[Run], shard_spec: str | None = None) -> list[str]:
@@ -185,7 +168,7 @@ def check(runs: list[Run], shard_spec: str | None = None) -> list[str]:
             continue
         record = recorded_options(run, status)
         try:
-            changed = changed_settings(run, record) if record else []
+            changed = run_changed_settings(run, record) if record else []
         except ConfigError as error:
             problems.append(str(error))
             continue

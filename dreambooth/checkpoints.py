@@ -3,7 +3,8 @@
 A checkpoint is written under a temporary name, flushed to disk, and renamed into place, so a
 folder named `checkpoint-<step>` is always complete; leftovers of an interrupted write are ignored
 and removed. It holds what accelerate saves (models, optimizer, LR schedule, RNG states) and
-`dreambooth_state.json` with the step; data order and noise are derived from (seed, step).
+`dreambooth_state.json` with the step and the run's config (a resume with other options is refused);
+data order and noise are derived from (seed, step).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def latest(output_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None) -> Path:
-    """Save a checkpoint for `step` atomically and prune to the newest `keep`."""
+def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None, config: dict) -> Path:
+    """Save a checkpoint for `step` (of the run `config` describes) atomically and prune to the newest `keep`."""
     final = output_dir / f"checkpoint-{step}"
     temp = output_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process:
@@ -48,7 +49,7 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
     with removed_on_failure(temp, remove=accelerator.is_main_process):
         accelerator.save_state(str(temp), safe_serialization=True)
         if accelerator.is_main_process:
-            (temp / STATE_FILE).write_text(json.dumps({"step": step}))
+            (temp / STATE_FILE).write_text(json.dumps({"step": step, "config": config}))
             fsync_tree(temp)
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
@@ -85,6 +86,11 @@ def named(output_dir: Path, which: str) -> Path:
         raise ConfigError(f"--resume_from_checkpoint: {path} is not a complete checkpoint "
                           f"(no {STATE_FILE}); use 'latest' or a checkpoint-<step> folder")
     return path
+
+
+def trained_with(checkpoint: Path) -> dict:
+    """The config of the run that wrote `checkpoint` ({} for checkpoints from before it was kept)."""
+    return json.loads((checkpoint / STATE_FILE).read_text()).get("config", {})
 
 
 def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int:

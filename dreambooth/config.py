@@ -269,6 +269,32 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     return TrainConfig(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
 
 
+RESOLVED_AT_SETUP = ("identifier", "resolution", "mixed_precision")  # None asks the trainer; records hold its choice
+# options that change how a run is watched, logged or checkpointed, not the model it trains
+NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
+                 "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
+                 "inference_steps", "guidance_scale", "eval_every", "eval_encoder", "eval_prompt_scorer", "keep_best",
+                 "allow_pickle", "keep_checkpoints")
+
+
+def changed_settings(asked: TrainConfig, recorded: dict[str, Any], source: str,
+                     may_change: tuple[str, ...] = ()) -> list[str]:
+    """Options that shape the model and that `asked` sets otherwise than a run's `recorded` config (its
+    saved config or a checkpoint's): resuming would mix two trainings. A ConfigError if the record is invalid."""
+    fields_ = set(TrainConfig.__dataclass_fields__)
+    had = from_dict({k: v for k, v in recorded.items() if k in fields_}, source=source)
+    changed = []
+    for name in sorted(set(recorded) & fields_ - set(NOT_THE_MODEL) - set(may_change)):
+        now, was = getattr(asked, name), getattr(had, name)
+        if now is None and name in RESOLVED_AT_SETUP:
+            continue
+        if name in PATH_OPTIONS and now and was:
+            now, was = (str(Path(v).expanduser().resolve()) for v in (now, was))
+        if now != was:
+            changed.append(f"{name}: trained with {was!r}, now {now!r}")
+    return changed
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml), TOML (.toml) or JSON file of config keys."""
     path = Path(path).expanduser()

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dreambooth import checkpoints
-from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
+from dreambooth.config import TrainConfig, changed_settings, fill_prompt, identifier_in_prompts
 from dreambooth.data.images import scan_images
 from dreambooth.errors import DreamBoothError, ModelError
 from dreambooth.models import check_model_folder, native_resolution
@@ -243,7 +243,13 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
     output_dir = Path(cfg.output_dir).expanduser()
     if cfg.resume_from_checkpoint:
         try:
-            checkpoints.named(output_dir, cfg.resume_from_checkpoint)
+            checkpoint = checkpoints.named(output_dir, cfg.resume_from_checkpoint)
+            recorded = checkpoints.trained_with(checkpoint)
+            # training on for more steps is what a resume is often for
+            if changed := changed_settings(cfg, recorded, str(checkpoint), ("max_train_steps",)) if recorded else []:
+                report.problems.append(f"--resume_from_checkpoint: {checkpoint} was trained with other settings "
+                                       f"({'; '.join(changed)}); resume with those, or start afresh in another "
+                                       "--output_dir")
         except DreamBoothError as exc:
             report.problems.append(str(exc))
     elif (earlier := checkpoints.latest(output_dir)) is not None:

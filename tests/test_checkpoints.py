@@ -16,6 +16,11 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_sd, subject_dir, t
     train(part)
     out = tmp_path / "part" / "out"
     assert [p.name for p in checkpoints.complete_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]  # limit 2
+    with pytest.raises(DreamBoothError, match=r"checkpoint-2 was trained with other settings \(learning_rate: "
+                                              r"trained with 0.001, now 0.002; lora: trained with False, now True\)"):
+        # (more steps than the interrupted run's 3 is no change: training on is what a resume is for)
+        train(config(tiny_sd, subject_dir, tmp_path / "part", **{**common, "learning_rate": 2e-3}, lora=True,
+                     resume_from_checkpoint="latest"))  # refused up front, not mixed into one model
     resumed = config(tiny_sd, subject_dir, tmp_path / "part", **common, resume_from_checkpoint="latest")
     train(resumed)
     assert [r["step"] for r in losses(out)] == [1, 2, 3, 4, 5, 6]
