@@ -30,7 +30,7 @@ import yaml
 from dreambooth import checkpoints
 from dreambooth.atomic import write_text_atomic
 from dreambooth.config import TrainConfig, changed_settings, from_dict, read_config_file
-from dreambooth.errors import ConfigError, DreamBoothError
+from dreambooth.errors import OUT_OF_MEMORY, ConfigError, DreamBoothError
 from dreambooth.export import CONFIG_FILE
 
 log = logging.getLogger("dreambooth")
@@ -232,7 +232,7 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
                               "the same `dreambooth batch` command goes on from there" + earlier) from None
         except (DreamBoothError, torch.OutOfMemoryError) as error:
             if isinstance(error, torch.OutOfMemoryError):
-                error = "out of device memory; try --gradient_checkpointing, --mixed_precision bf16 or --lora"
+                error = OUT_OF_MEMORY
                 gc.collect()
                 torch.cuda.empty_cache()
             failed.append(f"{run.name}: {error}")

@@ -38,6 +38,10 @@ def disk_full(exc: BaseException, path: object) -> BaseException:
     return exc
 
 
+OUT_OF_MEMORY = ("out of device memory; try --gradient_checkpointing, --mixed_precision bf16, --lora or a smaller "
+                 "--train_batch_size (train), a smaller --batch_size (generate)")
+
+
 def run_command(command: Callable[[], object]) -> int:
     """The exit code of `command`: 0, or 2 with `error: <message>` on stderr for a user mistake."""
     try:
@@ -55,6 +59,12 @@ def run_command(command: Callable[[], object]) -> int:
         print(f"error: the disk is full{where}; free space and run the same command again (train: add "
               "--resume_from_checkpoint latest). Files are written whole or not at all, so nothing half-written "
               "is kept", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        torch = sys.modules.get("torch")  # only ever raised once torch is loaded; importing it here costs seconds
+        if torch is None or not isinstance(exc, torch.OutOfMemoryError):
+            raise
+        print(f"error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 1
     return 0
 

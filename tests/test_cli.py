@@ -121,3 +121,16 @@ def test_check_refuses_a_model_that_predicts_x0(tiny_sd, subject_dir, tmp_path, 
     assert main(["train", "--check", "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
                  str(subject_dir), "--class_noun", "dog"]) == 2
     assert "prediction_type 'sample'; training supports epsilon and v_prediction" in capsys.readouterr().err
+
+
+def test_out_of_device_memory_is_one_line_with_what_to_try(tiny_sd, monkeypatch, capsys):
+    import torch
+
+    import dreambooth.generate
+
+    def too_big(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(dreambooth.generate, "generate", too_big)
+    assert main(["generate", "--model", str(tiny_sd), "--prompt", "a dog"]) == 1
+    assert capsys.readouterr().err.startswith("error: out of device memory; try --gradient_checkpointing")
