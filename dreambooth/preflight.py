@@ -102,9 +102,8 @@ def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
         report.warnings.extend(f"--identifier {cfg.identifier!r}: {w}" for w in check_identifier(tokenizer, cfg.identifier))
 
 
-def _modules(model: Path, component: str) -> dict[str, torch.nn.Module]:
+def _modules(model: Path, component: str, library: str, class_name: str) -> dict[str, torch.nn.Module]:
     """A component's modules by name, built from its config on the meta device (no weights read)."""
-    library, class_name = json.loads((model / "model_index.json").read_text())[component]
     cls = getattr(importlib.import_module(library), class_name)
     with torch.device("meta"):
         built = (cls.from_config(cls.load_config(model / component)) if library == "diffusers"
@@ -119,7 +118,7 @@ def _check_lora_targets(cfg: TrainConfig, model: Path, report: Report) -> None:
     encoders = [e for e in ("text_encoder", "text_encoder_2") if e in listed] if cfg.train_text_encoder else []
     for component, option, targets in [("unet", "lora_target_modules", cfg.lora_target_modules),
                                        *((e, "lora_text_encoder_modules", cfg.lora_text_encoder_modules) for e in encoders)]:
-        modules = _modules(model, component)
+        modules = _modules(model, component, *listed[component])
         adaptable = {n: m for n, m in modules.items() if isinstance(m, ADAPTABLE)}
         examples = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in adaptable if "." in n})[:10])
         for target in targets:

@@ -237,8 +237,7 @@ class Trainer:
                 if flags[0]:
                     self._save_and_stop()
                 if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
-                    checkpoints.save(acc, self.output_dir, self.step, cfg.checkpoints_total_limit,
-                                     cfg.with_absolute_paths().to_dict())
+                    self._save_checkpoint()
                 if cfg.validation_prompts and self.step % cfg.validation_steps == 0:
                     self.validate()
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
@@ -258,9 +257,12 @@ class Trainer:
                 nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss.total.detach())).float())
         return loss, nonfinite
 
-    def _save_and_stop(self) -> None:
-        path = checkpoints.save(self.accelerator, self.output_dir, self.step, self.cfg.checkpoints_total_limit,
+    def _save_checkpoint(self) -> Path:
+        return checkpoints.save(self.accelerator, self.output_dir, self.step, self.cfg.checkpoints_total_limit,
                                 self.cfg.with_absolute_paths().to_dict())
+
+    def _save_and_stop(self) -> None:
+        path = self._save_checkpoint()
         number = self.stop_signal or signal.SIGTERM  # another process may have been the one signalled
         raise Interrupted(f"stopped by {signal.Signals(number).name} at step {self.step}; saved {path}", number)
 

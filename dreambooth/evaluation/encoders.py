@@ -201,18 +201,26 @@ class HFEncoder:
         return F.normalize(self.model.text_projection(text.pooler_output), dim=-1)
 
 
-@functools.cache
 def load_encoder(name: str, option: str = "--encoder") -> ImageEncoder:
     """`dino-imgfocus`, `efficientnet-lite0` or `hf:<local folder or cached hub id>`; a failure names
-    `option`, the flag the user gave the name with. Loaded once per process: training's checks up
-    front, its evaluator at step N and every run of a batch share one (encoders keep no state)."""
+    `option`, the flag the user gave the name with."""
     try:
-        if name == ImgFocusDino.name:
-            return ImgFocusDino()
-        if name == EfficientNetLite0.name:
-            return EfficientNetLite0()
-        if name.startswith("hf:") and len(name) > 3:
-            return HFEncoder(name[3:])
+        encoder = _loaded(name)
     except ModelError as exc:
         raise ModelError(f"{option} {name}: {exc}") from None
-    raise ConfigError(f"{option} {name!r}: unknown; use dino-imgfocus, efficientnet-lite0 or hf:<model folder>")
+    if encoder is None:
+        raise ConfigError(f"{option} {name!r}: unknown; use dino-imgfocus, efficientnet-lite0 or hf:<model folder>")
+    return encoder
+
+
+@functools.cache
+def _loaded(name: str) -> ImageEncoder | None:
+    """Loaded once per process, whichever option named it: training's checks up front, its evaluator at
+    step N and every run of a batch share one (encoders keep no state). None for an unknown name."""
+    if name == ImgFocusDino.name:
+        return ImgFocusDino()
+    if name == EfficientNetLite0.name:
+        return EfficientNetLite0()
+    if name.startswith("hf:") and len(name) > 3:
+        return HFEncoder(name[3:])
+    return None

@@ -88,3 +88,4 @@ def test_an_encoder_loads_once_per_process():
     # training's checks up front load --eval_encoder; the evaluator at step N and a batch's later runs reuse it
     assert load_encoder("efficientnet-lite0", option="--eval_encoder") is load_encoder("efficientnet-lite0",
                                                                                        option="--eval_encoder")
+    assert load_encoder("efficientnet-lite0") is load_encoder("efficientnet-lite0", option="--eval_encoder")
