@@ -35,7 +35,7 @@ from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
 from dreambooth.errors import ConfigError, DreamBoothError
-from dreambooth.finetune import cast_frozen_weights, strategy_for, trainable
+from dreambooth.finetune import cast_frozen_weights, decoding_in_vae_precision, strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
 from dreambooth.preflight import preflight
@@ -346,13 +346,14 @@ class Trainer:
 
     @contextlib.contextmanager
     def sampling(self):
-        """Eval mode (no LoRA dropout) and autocast (frozen parts may be in low precision) while sampling."""
+        """Eval mode (no LoRA dropout) and autocast (frozen parts may be in low precision) while sampling;
+        the VAE decodes in its own precision."""
         modules = [self.unet, *self.text_encoders]
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()
         try:
-            with self.accelerator.autocast():
+            with self.accelerator.autocast(), decoding_in_vae_precision(self.parts.vae):
                 yield
         finally:
             for m, mode in zip(modules, modes):

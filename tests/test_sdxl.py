@@ -15,7 +15,7 @@ from dreambooth.generate import load_trained, sample
 from dreambooth.identifier import find_identifiers
 from dreambooth.models import load_components
 from dreambooth.single_file import unet_namer
-from dreambooth.trainer import train
+from dreambooth.trainer import Trainer, train
 from tests.test_lora import loaded_pipes
 from tests.test_trainer import config, losses
 
@@ -92,3 +92,21 @@ def test_kohya_file_loads_with_the_same_outputs(sdxl_lora, tiny_sdxl):
                        for p in pipes)
         assert ours.keys() == kohya.keys() and all(torch.equal(ours[k], kohya[k]) for k in ours), part
     assert np.abs(image(pipes[0]) - image(pipes[1])).max() <= 1
+
+
+def test_validation_under_fp16_decodes_with_the_float32_vae(tiny_sdxl, subject_dir, tmp_path, monkeypatch):
+    """Under fp16 the VAE stays float32 (force_upcast: SDXL's overflows in half precision); sampling under
+    autocast must not run its convolutions in fp16 anyway. accelerate's CPU autocast ignores fp16, so the
+    test runs the sampling under torch's own."""
+    trainer = Trainer(config(tiny_sdxl, subject_dir, tmp_path, lora=True, prior_mode="prediction", max_train_steps=1,
+                             validation_prompts=["a {identifier} dog"], num_validation_images=1, inference_steps=2))
+    trainer.setup()
+    assert trainer.parts.vae.config.force_upcast
+    monkeypatch.setattr(trainer.accelerator, "autocast", lambda: torch.autocast("cpu", dtype=torch.float16))
+    decoded, unet = [], []
+    trainer.parts.vae.decoder.conv_out.register_forward_hook(lambda m, i, out: decoded.append(out.dtype))
+    trainer.parts.unet.conv_out.register_forward_hook(lambda m, i, out: unet.append(out.dtype))
+    trainer.validate()
+    assert set(unet) == {torch.float16} and decoded == [torch.float32]  # autocast was on, but not for the VAE
+    assert (trainer.output_dir / "validation" / "step-000000.png").is_file()
+    assert "decode" not in vars(trainer.parts.vae)  # unwrapped again
