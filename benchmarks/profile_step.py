@@ -1,6 +1,6 @@
 """Where a training step's time goes: one variant of benchmarks/train_cost.py, timed and profiled.
 
-    python benchmarks/profile_step.py (--model FOLDER | --sd15) --variant "LoRA r=4 + text encoder"
+    python benchmarks/profile_step.py (--model FOLDER | --sd15 | --sdxl) --variant "LoRA r=4 + text encoder"
                                       [--resolution R] [--mixed_precision bf16] [--steps 10]
                                       [--trace FILE] [TRAIN FLAGS]
 

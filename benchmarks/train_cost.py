@@ -1,16 +1,19 @@
 """Peak memory and seconds per step of a DreamBooth run: full fine-tune vs LoRA, and diffusers' example
 scripts side by side with the same settings.
 
-    python benchmarks/train_cost.py [--model FOLDER | --sd15] [--steps 20] [--resolution R]
-                                    [--mixed_precision bf16] [--diffusers_examples DIR]
+    python benchmarks/train_cost.py [--model FOLDER | --sd15 | --sdxl] [--steps 20] [--resolution R]
+                                    [--mixed_precision bf16] [--variants NAME ...] [--diffusers_examples DIR]
+                                    [TRAIN FLAGS]
 
 Each run is its own process. Its peak is torch.cuda.max_memory_allocated (GPU) or the process's maximum
 resident set (CPU); its speed is the median gap between consecutive steps' TensorBoard events, which
 both trainers write once per optimizer step, so loading, class images and saving are not counted.
 Without --model, a random-weight model of the toy world's architecture is used; --sd15 builds one of
-Stable Diffusion 1.5's architecture (860M-parameter UNet, CLIP ViT-L/14 text encoder) in code. Memory
-and speed depend on the architecture, not on the weights. --diffusers_examples DIR (a diffusers
-checkout's examples/dreambooth) adds its train_dreambooth.py and train_dreambooth_lora.py.
+Stable Diffusion 1.5's architecture (860M-parameter UNet, CLIP ViT-L/14 text encoder) in code, --sdxl
+one of SDXL base's (2.6B-parameter UNet, two text encoders). Memory and speed depend on the
+architecture, not on the weights. --diffusers_examples DIR (a diffusers checkout's
+examples/dreambooth) adds its train_dreambooth.py and train_dreambooth_lora.py. --variants runs only
+the named rows of ours; any further `train` flags (`--gradient_checkpointing`, say) go to each of ours.
 """
 
 from __future__ import annotations
@@ -60,6 +63,13 @@ def sd15_sized_model(folder: Path) -> Path:
     from dreambooth.toyworld.random_model import build_random_published
 
     return build_random_published("sd1", folder)
+
+
+def sdxl_sized_model(folder: Path) -> Path:
+    """SDXL base's published architecture at random weights (2.6B-parameter UNet, two text encoders)."""
+    from dreambooth.toyworld.random_model import build_random_published
+
+    return build_random_published("sdxl", folder)
 
 
 def image_folders(tmp: Path, resolution: int) -> tuple[Path, Path]:
@@ -122,6 +132,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model_choice = parser.add_mutually_exclusive_group()
     model_choice.add_argument("--model", type=Path)
     model_choice.add_argument("--sd15", action="store_true", help="a random-weight model of SD 1.5's architecture")
+    model_choice.add_argument("--sdxl", action="store_true", help="a random-weight model of SDXL base's architecture")
     parser.add_argument("--resolution", type=int, help="default: the model's native size")
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
 
@@ -133,7 +144,8 @@ def model_and_data(args: argparse.Namespace, parser: argparse.ArgumentParser, tm
             check_model_folder(args.model, option="--model")
         except ModelError as error:
             parser.error(str(error))
-    model = args.model or (sd15_sized_model if args.sd15 else toy_sized_model)(tmp / "model")
+    build = sd15_sized_model if args.sd15 else sdxl_sized_model if args.sdxl else toy_sized_model
+    model = args.model or build(tmp / "model")
     resolution = args.resolution or native_resolution(model)
     instance, classes = image_folders(tmp, resolution)
     return ["--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(instance),
@@ -146,8 +158,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--variants", nargs="+", choices=list(OURS), default=list(OURS), help="which of ours to run")
     parser.add_argument("--diffusers_examples", type=Path, help="a diffusers checkout's examples/dreambooth")
-    args = parser.parse_args()
+    args, train_flags = parser.parse_known_args()
     if args.steps < 4:
         parser.error(f"--steps must be at least 4 (three warm-up steps, then timed ones), got {args.steps}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,9 +168,9 @@ def main() -> None:
         common = [*model_and_data(args, parser, tmp), "--max_train_steps", str(args.steps),
                   "--report_to", "tensorboard"]
         rows = []
-        for i, (name, extra) in enumerate(OURS.items()):
+        for i, name in enumerate(args.variants):
             out = tmp / f"out-{i}"
-            argv = ["train", *common, "--class_noun", "bag", "--output_dir", str(out), *extra]
+            argv = ["train", *common, "--class_noun", "bag", "--output_dir", str(out), *OURS[name], *train_flags]
             rows.append((f"dreambooth: {name}", run(OURS_CHILD, argv, out)))
             print(rows[-1], flush=True)
         for i, (name, (script, extra)) in enumerate(DIFFUSERS.items() if args.diffusers_examples else ()):
