@@ -157,6 +157,14 @@ def identifier_in_prompts(instance_prompt: str, class_prompt: str) -> str | None
     return extra[0] if len(extra) == 1 else None
 
 
+def literal_identifier(cfg: TrainConfig) -> str | None:
+    """The identifier a literal (diffusers-style) --instance_prompt names, told by the class prompt;
+    None for a template, or when no one word tells it."""
+    if "{identifier}" in cfg.instance_prompt:
+        return None
+    return identifier_in_prompts(cfg.instance_prompt, fill_prompt(cfg.class_prompt, None, cfg.class_noun))
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check every field once; all problems are reported together."""
     problems: list[str] = []
@@ -203,6 +211,12 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.eval_every is None or bool(cfg.class_noun), "eval_every",
          "needs --class_noun: its prompts are \"a [V] <class noun> ...\"; e.g. --class_noun dog")
     need(not cfg.keep_best or cfg.eval_every is not None, "keep_best", "needs --eval_every N to score steps")
+    if cfg.identifier is None and "{identifier}" not in cfg.instance_prompt and literal_identifier(cfg) is None:
+        users = [name for name, uses in (("--eval_every", cfg.eval_every is not None),
+                                         ("--validation_prompt", any("{identifier}" in p for p in cfg.validation_prompts)))
+                 if uses]
+        need(not users, "identifier", f"{' and '.join(users)} use the identifier, and no one word of --instance_prompt "
+             f"'{cfg.instance_prompt}' tells it; pass the word that names your subject, e.g. --identifier sks")
     need(cfg.lora_rank >= 1, "lora_rank", f"must be >= 1, got {cfg.lora_rank}")
     need(cfg.lora_alpha is None or cfg.lora_alpha > 0, "lora_alpha", f"must be > 0, got {cfg.lora_alpha}")
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {cfg.lora_dropout}")

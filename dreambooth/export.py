@@ -76,7 +76,7 @@ def model_card(cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> str
     prior = (f"on, lambda = {cfg.prior_loss_weight}, {cfg.num_class_images} class images for "
              f"\"{class_prompt}\"" if cfg.with_prior_preservation else "off")
     rows = [
-        ("base model", cfg.pretrained_model_name_or_path), ("identifier", cfg.identifier),
+        ("base model", cfg.pretrained_model_name_or_path), ("identifier", cfg.identifier or "none named (a literal instance prompt)"),
         ("class noun", cfg.class_noun), ("instance prompt", instance_prompt), ("class prompt", class_prompt),
         ("prior preservation", prior), ("steps", cfg.max_train_steps), ("learning rate", cfg.learning_rate),
         ("batch size", cfg.train_batch_size), ("resolution", cfg.resolution),
@@ -89,6 +89,8 @@ def model_card(cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> str
     else:
         load = f'pipe = DiffusionPipeline.from_pretrained("{cfg.output_dir}")'
     lines = "\n".join(f"{k}: {json.dumps(v)}" for k, v in front.items())
+    # a literal instance prompt may name no identifier the record could fill in
+    generate_prompt = "a {identifier} {class_noun}" if cfg.identifier and cfg.class_noun else instance_prompt
     return f"""---
 {lines}
 ---
@@ -107,7 +109,7 @@ from diffusers import DiffusionPipeline
 image = pipe("{instance_prompt} on the beach").images[0]
 ```
 
-or `dreambooth generate --model {cfg.output_dir} --prompt "a {{identifier}} {{class_noun}} on the beach"`.
+or `dreambooth generate --model {cfg.output_dir} --prompt "{generate_prompt} on the beach"`.
 The full resolved configuration is in `{CONFIG_FILE}`.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dreambooth import checkpoints
-from dreambooth.config import TrainConfig, changed_settings, fill_prompt, identifier_in_prompts
+from dreambooth.config import TrainConfig, changed_settings, fill_prompt
 from dreambooth.data.images import scan_images
 from dreambooth.errors import DreamBoothError, ModelError
 from dreambooth.models import check_model_folder, native_resolution
@@ -90,10 +90,6 @@ def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
 
     from dreambooth.identifier import check_identifier
 
-    literal = "{identifier}" not in cfg.instance_prompt and cfg.identifier is None
-    if literal and identifier_in_prompts(cfg.instance_prompt, fill_prompt(cfg.class_prompt, None, cfg.class_noun)) is None:
-        report.problems.append(f"--instance_prompt {cfg.instance_prompt!r}: cannot tell which word is the identifier; "
-                               "pass it as --identifier (e.g. --identifier sks)")
     instance = fill_prompt(cfg.instance_prompt, cfg.identifier or "[V]", cfg.class_noun)
     if instance == fill_prompt(cfg.class_prompt, cfg.identifier, cfg.class_noun):
         report.problems.append(f"--instance_prompt {instance!r} equals the class prompt; it needs the identifier")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from dreambooth import checkpoints, export, runlog
 from dreambooth.atomic import removed_on_failure
 from dreambooth.class_images import ClassImageSpec, ensure_class_images
-from dreambooth.config import TrainConfig, fill_prompt, identifier_in_prompts
+from dreambooth.config import TrainConfig, fill_prompt, literal_identifier
 from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
@@ -86,9 +86,9 @@ class Trainer:
         # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.
         self.parts: Components = load_components(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
         identifier = cfg.identifier
-        if identifier is None and "{identifier}" not in cfg.instance_prompt:  # a literal diffusers-style prompt
-            identifier = identifier_in_prompts(cfg.instance_prompt, fill_prompt(cfg.class_prompt, None, cfg.class_noun))
-        identifier = identifier or find_identifiers(self.parts.tokenizers, top_k=1)[0].text
+        if identifier is None:  # a template gets the tokenizer's best; a literal prompt names its own, or none
+            templated = "{identifier}" in cfg.instance_prompt
+            identifier = find_identifiers(self.parts.tokenizers, top_k=1)[0].text if templated else literal_identifier(cfg)
         self.cfg = cfg = dataclasses.replace(cfg, identifier=identifier,
                                              resolution=cfg.resolution or self.parts.native_resolution)
         self.instance_prompt = fill_prompt(cfg.instance_prompt, identifier, cfg.class_noun)

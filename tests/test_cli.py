@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
@@ -108,6 +109,17 @@ def test_a_literal_diffusers_prompt_records_its_own_identifier(tiny_sd, subject_
                  "--class_cache_dir", str(tmp_path / "c"), "--max_train_steps", "1", "--report_to", "none",
                  "--output_dir", str(tmp_path / "o")]) == 0
     assert "identifier: sks" in (tmp_path / "o" / "dreambooth_config.yaml").read_text()
+
+
+def test_diffusers_plain_recipe_trains_without_naming_the_identifier(tiny_sd, subject_dir, tmp_path):
+    """No class prompt tells which word of "a photo of sks dog" is the identifier, and nothing here needs it."""
+    out = tmp_path / "o"
+    assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
+                 "--instance_prompt", "a photo of sks dog", "--no_prior_preservation", "--max_train_steps", "1",
+                 "--report_to", "none", "--output_dir", str(out)]) == 0
+    assert yaml.safe_load((out / "dreambooth_config.yaml").read_text())["identifier"] is None  # no made-up word
+    card = (out / "README.md").read_text()
+    assert '--prompt "a photo of sks dog on the beach"' in card and "{identifier}" not in card
 
 
 def test_check_refuses_a_model_that_predicts_x0(tiny_sd, subject_dir, tmp_path, capsys):

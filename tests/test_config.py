@@ -49,6 +49,13 @@ def test_scoring_during_training_needs_the_class_noun_its_prompts_name():
                    "instance_prompt": "a photo of sks dog", "class_prompt": "a photo of dog"})
 
 
+@pytest.mark.parametrize("uses", [{"eval_every": 10, "class_noun": "dog"}, {"validation_prompts": ["a {identifier} dog"]}])
+def test_a_literal_prompt_that_names_no_identifier_is_refused_where_one_is_used(uses):
+    with pytest.raises(ConfigError, match="--identifier: .* use the identifier, and no one word of --instance_prompt"):
+        from_dict({"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "with_prior_preservation": False,
+                   "instance_prompt": "a photo of sks dog", **uses})
+
+
 def test_diffusers_flags_parse_unchanged(tmp_path):
     argv = ["train", "--pretrained_model_name_or_path", "m", "--instance_data_dir", "d",
             "--instance_prompt", "a photo of sks dog", "--class_prompt", "a photo of dog", "--class_data_dir", "c",
