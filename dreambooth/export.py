@@ -115,14 +115,16 @@ The full resolved configuration is in `{CONFIG_FILE}`.
 
 
 def kohya_key(diffusers_key: str, ldm_unet: Callable[[str], str | None] | None = None) -> str:
-    """`unet.<module>.lora_A.weight` -> `lora_unet_<module_with_underscores>.lora_down.weight` (kohya/A1111).
+    """`unet.<module>.lora_A.weight` -> `lora_unet_<module_with_underscores>.lora_down.weight` (kohya/A1111);
+    `lora_linear_layer.down`/`up` (diffusers' text-encoder names) likewise.
 
     kohya trains SD 1.x/2.x on the diffusers UNet but SDXL on the original (SGM) one, so SDXL's UNet
     modules take their LDM names (pass `ldm_unet`, see `single_file.unet_namer`) and its two text
     encoders become `te1` and `te2`.
     """
     component, rest = diffusers_key.split(".", 1)
-    for marker, kind in ((".lora_A.", "lora_down"), (".lora_B.", "lora_up")):
+    for marker, kind in ((".lora_A.", "lora_down"), (".lora_B.", "lora_up"),  # peft's names, then diffusers'
+                         (".lora_linear_layer.down.", "lora_down"), (".lora_linear_layer.up.", "lora_up")):
         if marker in rest:
             module, tail = rest.split(marker)
             break

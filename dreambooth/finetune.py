@@ -72,9 +72,15 @@ class LoRAFineTune:
         encoders = [n for n in ("text_encoder", "text_encoder_2") if hasattr(pipe, n)] if cfg.train_text_encoder else []
         for name in ["unet", *encoders]:
             model = getattr(pipe, name)
-            # peft's own key names throughout: diffusers would rename only the attention projections', and its
-            # UNet loader reads a file of mixed names by its first key, silently dropping the other kind
-            layers[f"{name}_lora_layers"] = get_peft_model_state_dict(model)
+            # The UNet's keep peft's names: diffusers would rename only its attention projections', and its
+            # UNet loader reads a file of mixed names by its first key, silently dropping the other kind. A
+            # text encoder's take diffusers' own: its loader finds peft's only on attention projections, so
+            # adapters on other layers alone (--lora_text_encoder_modules fc1) would not load.
+            adapters = get_peft_model_state_dict(model)
+            if name != "unet":
+                adapters = {k.replace(".lora_A.", ".lora_linear_layer.down.")
+                             .replace(".lora_B.", ".lora_linear_layer.up."): v for k, v in adapters.items()}
+            layers[f"{name}_lora_layers"] = adapters
             # the adapter config (alpha above all) travels in the file, so loaders scale it as trained
             metadata[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()
         out.mkdir(parents=True, exist_ok=True)

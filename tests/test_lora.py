@@ -42,7 +42,7 @@ def lora_run(tiny_sd, subject_dir, tmp_path_factory):
     os.chdir(tiny_sd.parent)
     try:
         # the validation grid at the last step is our own sampling of the adapted model (1 image, seed 0);
-        # proj_in and fc1 are adapted too: diffusers leaves their keys in peft's naming, which kohya's must map
+        # proj_in and fc1 are adapted too: layers off attention, whose names the files must carry as well
         out = train(config(tiny_sd, subject_dir, tmp, lora=True, lora_rank=4, lora_alpha=8, train_text_encoder=True,
                            lora_target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
                            lora_text_encoder_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"],
@@ -78,6 +78,19 @@ def test_kohya_file_loads_with_the_same_outputs(lora_run, tiny_sd):
     assert metadata["ss_training_comment"] == f"dreambooth: a {identifier} dog"  # the trigger words
     ours, kohya = (image(p) for p in loaded_pipes(StableDiffusionPipeline, tiny_sd, lora_run, safety_checker=None))
     assert np.abs(ours - kohya).max() <= 1
+
+
+def test_text_encoder_adapters_off_attention_alone_load_in_diffusers(tiny_sd, subject_dir, tmp_path):
+    """diffusers' text-encoder loader tells a file's format by its key names; adapters on fc1 alone must load too."""
+    out = train(config(tiny_sd, subject_dir, tmp_path, lora=True, train_text_encoder=True, lora_text_encoder_modules=["fc1"],
+                       prior_mode="prediction", max_train_steps=2, learning_rate=5e-2, validation_prompts=["a dog"],
+                       validation_steps=2, num_validation_images=1, inference_steps=2))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(out, weight_name=LORA_WEIGHTS)
+    assert any(n.endswith("fc1.lora_A") for n, _ in pipe.text_encoder.named_modules())
+    in_training = np.asarray(Image.open(out / "validation" / "step-000002.png"), dtype=np.int16)
+    assert np.abs(image(pipe) - in_training).max() <= 1  # the text encoder's adapters, as trained
 
 
 def test_prediction_prior_needs_no_class_images(tiny_sd, subject_dir, tmp_path):
