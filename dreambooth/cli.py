@@ -190,19 +190,48 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from dreambooth.evaluation.evaluate import DEFAULT_ENCODERS, evaluate
     from dreambooth.evaluation.report import write_report
 
-    scorer = None
-    if args.prompt_scorer == "toy-judge":
-        from dreambooth.toyworld.judge import JudgeScorer
-
-        scorer = JudgeScorer()
+    generation = {"prompts": "--prompts", "num_images": "-n", "steps": "--steps", "seed": "--seed", "base": "--base"}
+    if args.images:
+        given = [flag for name, flag in generation.items() if getattr(args, name) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only with --model, whose images are generated; "
+                              "--images scores the images as they are")
+        if not args.class_noun:
+            raise ConfigError("--images needs --class_noun: its 'a <class noun>' folder is scored as PRES")
+    scorer = prompt_scorer(args.prompt_scorer)
     if args.model:
         checked_trained(args.model, args.base)
-    prompts = args.prompts.removeprefix("dreambench-") if args.prompts else None
-    result = evaluate(Path(args.images or args.model), Path(args.real), class_noun=args.class_noun,
-                      prompts=prompts, encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,
-                      n_per_prompt=args.num_images, seed=args.seed, steps=args.steps, out=args.output, base=args.base)
-    paths = write_report(result, args.output)
+    prompts = args.prompts
+    if prompts in {f"dreambench-{name}" for name in ("object", "live", "toyworld")}:
+        prompts = prompts.removeprefix("dreambench-")
+    # unset generation options take evaluate()'s defaults, so the CLI and the API sample alike
+    sampling = {key: value for key, value in (("n_per_prompt", args.num_images), ("steps", args.steps),
+                                              ("seed", args.seed)) if value is not None}
+    result = evaluate(Path(args.images or args.model).expanduser(), Path(args.real).expanduser(),
+                      class_noun=args.class_noun, identifier=args.identifier, prompts=prompts,
+                      encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,
+                      out=args.output.expanduser(), base=args.base, **sampling)
+    paths = write_report(result, args.output.expanduser())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def prompt_scorer(name: str):
+    """--prompt_scorer: none, the toy world's judge, or CLIP-T with a local CLIP model."""
+    if name == "none":
+        return None
+    if name == "toy-judge":
+        from dreambooth.toyworld.judge import JudgeScorer
+
+        return JudgeScorer()
+    if name.startswith("hf:"):
+        from dreambooth.evaluation.encoders import load_encoder
+        from dreambooth.evaluation.metrics.prompt_fidelity import ClipT
+
+        try:
+            return ClipT(load_encoder(name, option="--prompt_scorer"))
+        except ConfigError as exc:
+            raise ConfigError(f"--prompt_scorer: {exc}") from None
+    raise ConfigError(f"--prompt_scorer {name!r}: unknown; use none, toy-judge or hf:<CLIP model folder>")
 
 
 class Parser(argparse.ArgumentParser):
@@ -322,15 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="personalized model folder (images are generated)")
     source.add_argument("--images", help="folder of generated images: one sub-folder per prompt with prompt.txt")
     ev.add_argument("--real", required=True, help="folder of the real subject photos")
-    ev.add_argument("--class_noun", "--class-noun", help="default: recorded in the model")
+    ev.add_argument("--class_noun", "--class-noun", help="default: recorded in the model (required with --images)")
+    ev.add_argument("--identifier", help="default: recorded in the model; with --images, removed from the prompts "
+                                         "before prompt fidelity")
     ev.add_argument("--prompts",
                     help="dreambench-object, dreambench-live, dreambench-toyworld or a file (default: by class noun)")
     ev.add_argument("--encoder", action="append", default=None,
                     help="dino-imgfocus, efficientnet-lite0 or hf:<folder>; repeatable")
-    ev.add_argument("--prompt_scorer", "--prompt-scorer", choices=("none", "toy-judge"), default="none")
-    ev.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=4)
-    ev.add_argument("--steps", type=positive_int, default=25)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--prompt_scorer", "--prompt-scorer", default="none",
+                    help="none, toy-judge or hf:<CLIP model folder> (CLIP-T)")
+    ev.add_argument("-n", "--num_images", "--num-images", type=positive_int, help="images per prompt (default: 4)")
+    ev.add_argument("--steps", type=positive_int, help="sampler steps (default: 50)")
+    ev.add_argument("--seed", type=int, help="image i uses seed + i (default: 0)")
     ev.add_argument("--base", help=BASE_HELP)
     ev.add_argument("--output", "--output_dir", type=Path, required=True, help="folder for images and reports")
     ev.set_defaults(run=cmd_evaluate)

@@ -152,10 +152,14 @@ class EfficientNetLite0:
         return F.normalize(head.mean(dim=(2, 3)), dim=-1)
 
 
+DINO_TYPES = ("vit", "dinov2", "dinov2_with_registers", "dinov3_vit")  # transformers model types read by CLS
+
+
 class HFEncoder:
-    """A local transformers model: a CLIP (`CLIPModel`, projected image/text features) or a DINO-type
-    ViT (`AutoModel`, CLS token of `last_hidden_state`). The folder needs its image processor
-    (`preprocessor_config.json`); CLIP folders also need their tokenizer for CLIP-T.
+    """A local transformers model: a CLIP (`CLIPModel`, or its image tower with the projection,
+    `CLIPVisionModelWithProjection`: projected image features) or a DINO-type ViT (`AutoModel`, CLS
+    token of `last_hidden_state`). The folder needs its image processor (`preprocessor_config.json`);
+    CLIP-T also needs the whole CLIPModel and its tokenizer.
     """
 
     family: Family
@@ -169,11 +173,19 @@ class HFEncoder:
         except (OSError, ValueError) as err:
             raise ModelError(f"not a local transformers model folder with its image processor "
                              f"({err.__class__.__name__}); save the model and processor there") from None
-        self.family = "clip" if config.model_type == "clip" else "dino"
-        model_class = transformers.CLIPModel if self.family == "clip" else transformers.AutoModel
-        self.model = model_class.from_pretrained(path, local_files_only=True).eval()
+        model_class = {"clip": transformers.CLIPModel, "clip_vision_model": transformers.CLIPVisionModelWithProjection,
+                       **dict.fromkeys(DINO_TYPES, transformers.AutoModel)}.get(config.model_type)
+        if model_class is None:
+            raise ModelError(f"model type {config.model_type!r} is neither CLIP nor a DINO-type ViT "
+                             f"({', '.join(DINO_TYPES)}); pass one of those")
+        self.family = "dino" if model_class is transformers.AutoModel else "clip"
+        self.model, loading = model_class.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        self.model.eval()
+        if any(k.startswith("visual_projection") for k in loading["missing_keys"]):
+            raise ModelError("a CLIP image tower without its projection (a bare CLIPVisionModel); save "
+                             "CLIPVisionModelWithProjection or the whole CLIPModel there")
         self.tokenizer = None
-        if self.family == "clip":
+        if config.model_type == "clip":
             try:
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
             except (OSError, ValueError):
@@ -194,6 +206,9 @@ class HFEncoder:
         """(N, D) L2-normalised CLIP text embeddings (CLIP models only)."""
         if self.family != "clip":
             raise ConfigError(f"{self.name} is not a CLIP model; prompt fidelity (CLIP-T) needs one")
+        if not hasattr(self.model, "text_model"):
+            raise ConfigError(f"{self.name} is CLIP's image tower alone; prompt fidelity (CLIP-T) needs the whole "
+                              "CLIPModel")
         if self.tokenizer is None:
             raise ModelError(f"{self.name} has no tokenizer files; save the CLIP tokenizer into that folder")
         tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from dreambooth.data.images import IMAGE_SUFFIXES
+from dreambooth.data.images import IMAGE_SUFFIXES, load_rgb
 from dreambooth.config import fill_prompt
 from dreambooth.errors import ConfigError, DataError
 from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, EfficientNetLite0, ImageEncoder, load_encoder
@@ -39,13 +39,8 @@ class PromptImages:
 
 
 def open_images(paths: Sequence[Path]) -> list[Image.Image]:
-    """Decoded images (EXIF kept: the encoders apply it)."""
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            image.load()
-            images.append(image)
-    return images
+    """Decoded as training decodes the photos: upright 8-bit RGB, transparency over white."""
+    return [load_rgb(path) for path in paths]
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -94,8 +89,6 @@ def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], clas
           identifier: str | None, encoders: Sequence[ImageEncoder], prompt_scorer: PromptScorer | None = None,
           div_features: div_metric.FeatureMaps | None = None) -> dict[str, Any]:
     """Per-prompt and mean metrics; every number carries the encoder (or scorer) that produced it."""
-    if len(real_images) < 2:
-        raise DataError("evaluation needs at least 2 real subject photos (the paper uses 3-6)")
     class_prompt = f"a {class_noun}" if class_noun else None
     real = {e.name: e.embed(list(real_images)) for e in encoders}
     per_prompt, pres_rows = [], []
@@ -154,6 +147,16 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
     `div_features` is "efficientnet-lite0", any `FeatureMaps`, or None to skip DIV. `base`: the base
     model of a LoRA folder, if not the one recorded at training.
     """
+    # every input is checked, and every encoder loaded, before any image is generated (hours on a big model)
+    if isinstance(real_images, Path) and not real_images.is_dir():
+        raise DataError(f"{real_images}: not a folder; pass the folder of the subject's real photos")
+    real = open_images(image_files(real_images)) if isinstance(real_images, Path) else list(real_images)
+    if len(real) < 2:
+        raise DataError("evaluation needs at least 2 real subject photos (the paper uses 3-6)")
+    image_encoders = [load_encoder(e) if isinstance(e, str) else e for e in encoders]
+    if isinstance(div_features, str):
+        div_features = next((e for e in image_encoders if e.name == div_features and hasattr(e, "feature_maps")),
+                            None) or load_div_features(div_features)
     protocol = None
     if isinstance(source, Path) and is_model_folder(source):
         from dreambooth.generate import training_record
@@ -166,20 +169,19 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
             raise ConfigError("evaluating a model generates images; pass --output_dir for them")
         if prompts is None or isinstance(prompts, (str, Path)):
             prompts = load_prompts(prompts or prompt_set_for(class_noun))
+        if not identifier and any("{identifier}" in t for t in prompts):
+            raise ConfigError(f"{source} records no identifier (it was trained on a literal prompt); pass "
+                              "--identifier, the word your prompt named the subject by")
+        if (out / "images").is_dir() and any((out / "images").iterdir()):
+            raise ConfigError(f"--output {out} holds an earlier evaluation's images, which would be scored too; "
+                              "pass a new --output folder or delete that one")
         texts = [fill_prompt(t, identifier, class_noun) for t in prompts] + [f"a {class_noun}"]
         protocol = {"model": str(source), "n_per_prompt": n_per_prompt, "seed": seed, "steps": steps,
                     "guidance": guidance, **({"base": str(base)} if base else {})}
         source = generate_images(source, texts, n_per_prompt, seed, steps, guidance, out / "images", base)
     if isinstance(source, Path) and not source.is_dir():
         raise DataError(f"{source}: not a folder; pass a model folder or a folder of generated images")
-    if isinstance(real_images, Path) and not real_images.is_dir():
-        raise DataError(f"{real_images}: not a folder; pass the folder of the subject's real photos")
     sets = load_image_folder(source) if isinstance(source, Path) else list(source)
-    real = open_images(image_files(real_images)) if isinstance(real_images, Path) else list(real_images)
-    image_encoders = [load_encoder(e) if isinstance(e, str) else e for e in encoders]
-    if isinstance(div_features, str):
-        div_features = next((e for e in image_encoders if e.name == div_features and hasattr(e, "feature_maps")),
-                            None) or load_div_features(div_features)
     with torch.no_grad():
         result = score(sets, real, class_noun, identifier, image_encoders, prompt_scorer, div_features)
     return {"generation": protocol, **result}

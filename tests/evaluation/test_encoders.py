@@ -2,8 +2,9 @@ import importlib.util
 
 import pytest
 import torch
-from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer, ViTConfig, ViTImageProcessor,
-                          ViTModel)
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer, CLIPVisionConfig,
+                          CLIPVisionModel, CLIPVisionModelWithProjection, DeiTConfig, DeiTModel, ViTConfig,
+                          ViTImageProcessor, ViTModel)
 
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.evaluation.encoders import load_encoder
@@ -65,16 +66,52 @@ def test_hf_clip_image_and_text(tiny_clip):
     assert -1.0 <= clip_t(IMAGES, "a dog") <= 1.0 and clip_t.name == f"CLIP-T[hf:{tiny_clip}]"
 
 
-def test_hf_vit_is_dino_type_and_cannot_score_prompts(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vit")
     torch.manual_seed(0)
     ViTModel(ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       image_size=32, patch_size=8)).save_pretrained(tmp_path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
-    encoder = load_encoder(f"hf:{tmp_path}")
+                       image_size=32, patch_size=8)).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def test_hf_vit_is_dino_type_and_cannot_score_prompts(tiny_vit):
+    encoder = load_encoder(f"hf:{tiny_vit}")
     assert encoder.family == "dino"
     assert_unit_rows(encoder.embed(IMAGES), 2, 16)
     with pytest.raises(ConfigError, match="not a CLIP model"):
         ClipT(encoder)
+
+
+def test_hf_clip_image_tower_is_clip_with_its_projection(tmp_path):
+    """A CLIP image tower saved alone is read as CLIP (projected embeddings), not as a DINO-type CLS."""
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=8)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    tower = CLIPVisionModelWithProjection(vision)
+    for folder, model in ((tmp_path / "with", tower), (tmp_path / "bare", CLIPVisionModel(vision))):
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    encoder = load_encoder(f"hf:{tmp_path / 'with'}")
+    assert encoder.family == "clip"
+    pixels = processor(images=[im.convert("RGB") for im in IMAGES], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(tower(pixel_values=pixels).image_embeds, dim=-1)
+    assert torch.allclose(encoder.embed(IMAGES), expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="image tower alone"):
+        ClipT(encoder)
+    with pytest.raises(ModelError, match="without its projection"):
+        load_encoder(f"hf:{tmp_path / 'bare'}")
+
+
+def test_hf_model_of_another_type_is_refused(tmp_path):
+    DeiTModel(DeiTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         image_size=32, patch_size=8)).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="model type 'deit' is neither CLIP nor a DINO-type ViT"):
+        load_encoder(f"hf:{tmp_path}")
 
 
 def test_unknown_or_missing_encoders_say_what_to_do(tmp_path):

@@ -1,8 +1,16 @@
-import pytest
+import importlib
+import json
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreambooth.cli import main
 from dreambooth.errors import ConfigError, DataError
-from dreambooth.evaluation.evaluate import PromptImages, evaluate, load_image_folder, scored_images, without_identifier
+from dreambooth.evaluation.evaluate import (PromptImages, evaluate, load_image_folder, open_images, scored_images,
+                                            without_identifier)
 from tests.evaluation.fakes import PixelEncoder, PixelMaps, RecordingScorer, noise_image
+from tests.evaluation.test_encoders import tiny_clip, tiny_vit  # noqa: F401 (fixtures)
 
 REAL = [noise_image(0), noise_image(0)]
 
@@ -90,3 +98,73 @@ def test_bad_inputs_are_data_errors(tmp_path):
 def test_without_identifier():
     assert without_identifier("a zwx dog in the zwxy snow", "zwx") == "a dog in the zwxy snow"
     assert without_identifier("a dog", None) == "a dog"
+
+
+def test_real_photos_are_decoded_as_training_decodes_them(tmp_path):
+    """A cut-out photo's transparent background is white, as in training, not its hidden (black) colour."""
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[2:6, 2:6] = (200, 0, 0, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    pixels = np.asarray(open_images([tmp_path / "cutout.png"])[0])
+    assert pixels[0, 0].tolist() == [255, 255, 255] and pixels[3, 3].tolist() == [200, 0, 0]
+
+
+def test_bad_inputs_are_found_before_any_image_is_generated(tiny_sd, tmp_path, monkeypatch):
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("images were generated before the inputs were checked")
+
+    # the module, not the function the package exports under the same name
+    monkeypatch.setattr(importlib.import_module("dreambooth.evaluation.evaluate"), "generate_images", no_sampling)
+    common = dict(class_noun="dog", identifier="zwx", out=tmp_path / "eval")
+    with pytest.raises(DataError, match="not a folder"):
+        evaluate(tiny_sd, tmp_path / "typo", encoders=[PixelEncoder()], **common)
+    with pytest.raises(DataError, match="at least 2 real subject photos"):
+        evaluate(tiny_sd, [noise_image(0)], encoders=[PixelEncoder()], **common)
+    with pytest.raises(ConfigError, match="unknown"):
+        evaluate(tiny_sd, REAL, encoders=["dino-vits16"], **common)
+    with pytest.raises(ConfigError, match="records no identifier"):  # the prompts name {identifier}
+        evaluate(tiny_sd, REAL, class_noun="dog", encoders=[PixelEncoder()], out=tmp_path / "eval")
+    (tmp_path / "eval" / "images" / "00-old").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="earlier evaluation's images"):
+        evaluate(tiny_sd, REAL, encoders=[PixelEncoder()], div_features=None, **common)
+
+
+@pytest.fixture
+def real_folder(tmp_path):
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i in range(2):
+        noise_image(0).save(folder / f"{i}.png")
+    return folder
+
+
+def test_cli_scores_an_image_folder_with_clip_t(image_folder, real_folder, tiny_vit, tiny_clip, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--images", str(image_folder), "--real", str(real_folder), "--class_noun", "dog",
+                 "--identifier", "zwx", "--encoder", f"hf:{tiny_vit}", "--prompt_scorer", f"hf:{tiny_clip}",
+                 "--output", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    metrics = {r["metric"] for r in result["summary"]}
+    assert {"DINO", "PRES", "prompt fidelity", "DIV"} <= metrics and result["identifier"] == "zwx"
+
+
+def test_cli_refuses_what_an_image_folder_cannot_use(image_folder, real_folder, tmp_path, capsys):
+    args = ["evaluate", "--images", str(image_folder), "--real", str(real_folder), "--output", str(tmp_path / "e")]
+    assert main([*args, "--class_noun", "dog", "--steps", "10", "-n", "2"]) == 2
+    assert "-n, --steps: only with --model" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "--images needs --class_noun" in capsys.readouterr().err
+    assert main([*args, "--class_noun", "dog", "--prompt_scorer", "clip"]) == 2
+    assert "--prompt_scorer 'clip': unknown" in capsys.readouterr().err
+
+
+def test_cli_evaluates_a_model_with_a_prompt_file_and_identifier(tiny_sd, real_folder, tiny_vit, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dreambench-mine.txt").write_text("a {identifier} {class_noun} on the moon\n")
+    assert main(["evaluate", "--model", str(tiny_sd), "--real", str(real_folder), "--class_noun", "dog",
+                 "--identifier", "zwx", "--prompts", "dreambench-mine.txt", "-n", "2", "--steps", "2",
+                 "--encoder", f"hf:{tiny_vit}", "--output", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [p["prompt"] for p in result["prompts"]] == ["a zwx dog on the moon"]
+    assert result["generation"]["steps"] == 2 and result["generation"]["n_per_prompt"] == 2
