@@ -40,7 +40,10 @@ def removed_on_failure(partial: Path, remove: bool = True, writing: Path | None 
             shutil.rmtree(partial, ignore_errors=True)
         elif remove:
             partial.unlink(missing_ok=True)
-        raise disk_full(exc, writing or partial) from exc
+        error = disk_full(exc, writing or partial)
+        if error is exc:  # not a full disk: as it was, not as its own cause
+            raise
+        raise error from exc
 
 
 def _whole_or_nothing(write, tmp: Path, path: Path) -> None:

@@ -9,7 +9,8 @@
     dreambooth batch runs.yaml [--check] [--shard K/N]
 
 Every run is checked before any trains. Running the same file again skips the finished runs and
-resumes an interrupted one from its last checkpoint, so a batch survives crashes and restarts; a run
+resumes an interrupted one from its last checkpoint (a signal saves one; a crash resumes from the last
+periodic one, or starts the run over); a run
 whose options the file has changed since it started is refused, not mixed. A run that fails is
 reported at the end and the others go on. Runs whose class images are the same (class prompt, base
 model, seed, sampler settings) find them in the class-image cache, so they are generated once.
@@ -172,11 +173,11 @@ def check(runs: list[Run], shard_spec: str | None = None) -> list[str]:
         except ConfigError as error:
             problems.append(str(error))
             continue
-        if changed:
+        if changed:  # its checkpoint would say the same again: one report
             state = "finished" if status == "done" else "started"
             problems.append(f"{run.name} was {state} with other settings ({'; '.join(changed)}); "
                             "delete its output_dir to train it again, or give it another one")
-        if status == "done":
+        if status == "done" or changed:
             continue
         report = preflight(run.config_to_train(), check_disk=False)
         problems += [f"{run.name}: {p}" for p in report.problems]

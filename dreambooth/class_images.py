@@ -8,6 +8,7 @@ don't depend on the batch size and an interrupted run resumes by generating only
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -75,7 +76,8 @@ def model_fingerprint(model_dir: Path, memo_dir: Path | None = None) -> str:
     """
     model_dir = Path(model_dir).resolve()
     memo_file = memo_dir / FINGERPRINT_MEMO if memo_dir is not None else None
-    memo = _read_memo(memo_file) if memo_file is not None else {}
+    read = _read_memo(memo_file) if memo_file is not None else {}
+    memo = dict(read)
     index = model_dir / "model_index.json"
     if not index.is_file():
         raise ModelError(f"{model_dir}: no model_index.json to fingerprint; pass a diffusers pipeline folder")
@@ -91,9 +93,11 @@ def model_fingerprint(model_dir: Path, memo_dir: Path | None = None) -> str:
         if entry is None or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
             entry = memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _file_sha256(path)}
         total.update(f"{path.relative_to(model_dir).as_posix()}\0{entry['sha256']}\n".encode())
-    if memo_file is not None:
-        memo = {p: e for p, e in memo.items() if Path(p).is_file()}  # forget deleted models
-        _write_atomic(memo_file, json.dumps(memo, indent=1, sort_keys=True).encode())
+    kept = {p: e for p, e in memo.items() if Path(p).is_file()}  # forget deleted models
+    if memo_file is not None and kept != read:
+        # a speed-up only: a cache shared read-only (full, by another user) is read on without it
+        with contextlib.suppress(OSError):
+            _write_atomic(memo_file, json.dumps(kept, indent=1, sort_keys=True).encode())
     return total.hexdigest()
 
 
@@ -197,8 +201,12 @@ def _file_sha256(path: Path) -> str:
 
 
 def _write_atomic(path: Path, content: bytes | Image.Image) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: readers never see a partial file."""
+    """Write to a temp file beside `path`, fsync, then rename: readers never see a partial file. The
+    file gets the mode any new file would (mkstemp's is 0600), so a cache shared by users stays readable."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "wb") as f:
             if isinstance(content, Image.Image):

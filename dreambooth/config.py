@@ -284,11 +284,12 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
 
 
 RESOLVED_AT_SETUP = ("identifier", "resolution", "mixed_precision")  # None asks the trainer; records hold its choice
-# options that change how a run is watched, logged or checkpointed, not the model it trains
+# options that change how a run is watched, logged, checkpointed or computed, or where its class images are
+# cached (the cache is keyed by their content), not the model it trains
 NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
                  "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
                  "inference_steps", "guidance_scale", "eval_every", "eval_encoder", "eval_prompt_scorer", "keep_best",
-                 "allow_pickle", "keep_checkpoints")
+                 "allow_pickle", "keep_checkpoints", "class_cache_dir", "gradient_checkpointing", "attention")
 
 
 def changed_settings(asked: TrainConfig, recorded: dict[str, Any], source: str,

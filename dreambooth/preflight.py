@@ -7,8 +7,10 @@ tokenizer (not the model weights).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +156,15 @@ def _check_eval_encoder(cfg: TrainConfig, report: Report) -> None:
 
 
 def _bytes_under(paths: list[Path]) -> int:
-    return sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
+    """Bytes of the files under `paths`; a file another process deletes meanwhile (a batch shard pruning
+    its checkpoints while this one checks) counts as gone."""
+    total = 0
+    for path in paths:
+        for folder, _, files in os.walk(path):  # a folder deleted meanwhile is skipped
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(folder, name)).st_size
+    return total
 
 
 def disk_needs(cfg: TrainConfig, model: Path, num_user_class: int) -> list[DiskNeed]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -327,11 +328,11 @@ class Trainer:
         return [p for m in modules for p in trainable(m)]
 
     def _fail_on_nan(self) -> None:
-        last = checkpoints.latest(self.output_dir)
-        where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        # a resume keeps the options a run started with, so the fix is a new run, not the last checkpoint
         precision = " or use --mixed_precision no" if self.cfg.mixed_precision != "no" else ""
         raise DreamBoothError(f"step {self.step}: the loss is not finite; lower --learning_rate "
-                              f"(now {self.cfg.learning_rate:g}){precision}; {where}")
+                              f"(now {self.cfg.learning_rate:g}){precision} and train again, into another "
+                              f"--output_dir or after deleting {self.output_dir}")
 
     def pipeline(self, for_saving: bool = False):
         """The current model as a sampling pipeline. For saving a full fine-tune, parts that were cast
@@ -433,12 +434,43 @@ class Interrupted(DreamBoothError):
         self.exit_code = 128 + signal_number
 
 
+@contextlib.contextmanager
+def only_run_in(output_dir: Path):
+    """One run at a time in an --output_dir: two (a batch started twice, say) would delete each other's
+    checkpoints as leftovers. An flock on the folder, taken by the main process (the others write through
+    it), goes with the process, so a crash never leaves it held; where the disk has no locks, none is taken."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    created = not output_dir.exists()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(output_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"--output_dir {output_dir} is in use by another dreambooth run; wait for it to "
+                              "finish, or choose another folder") from None
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
+        if created and not any(output_dir.iterdir()):  # refused before writing anything: leave no trace
+            output_dir.rmdir()
+
+
 def train(cfg: TrainConfig) -> Path:
     """Personalize `cfg.pretrained_model_name_or_path` on `cfg.instance_data_dir`; return the output folder.
 
     SIGINT/SIGTERM during the loop finish the current step, save a checkpoint and raise `Interrupted`;
     during the final save, they let it finish and then raise `Interrupted`, so no signal goes unheard.
     """
+    with only_run_in(Path(cfg.output_dir).expanduser()):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> Path:
     trainer = Trainer(cfg)
     trainer.setup()
     if threading.current_thread() is not threading.main_thread():

@@ -34,7 +34,9 @@ def test_runs_train_once_and_a_changed_setting_is_refused(tiny_sd, subject_dir, 
     capsys.readouterr()
     assert run_batch(runs) == []  # both finished: nothing trains again
     # options that do not shape the model, and another spelling of a path, are no change
-    respelled = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {"report_to": "tensorboard", "checkpointing_steps": 7}),
+    respelled = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {"report_to": "tensorboard", "checkpointing_steps": 7,
+                                                                  "class_cache_dir": str(tmp_path / "moved"),
+                                                                  "gradient_checkpointing": True}),
                            ("b", {"lora": True, "learning_rate": 1e-2, "instance_data_dir": f"{subject_dir}/"}))
     assert run_batch(respelled) == []
     assert "run 2 (" in plan(read_runs(runs)) and "finished, skipped" in plan(read_runs(runs))
@@ -82,8 +84,9 @@ def test_an_interrupted_batch_resumes_where_it_stopped(tiny_sd, subject_dir, tmp
     monkeypatch.undo()
     assert f"run 2 ({tmp_path / 'b'}): to resume from checkpoint-3" in plan(read_runs(runs))
     changed = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"seed": 1}), max_train_steps=4)
-    with pytest.raises(ConfigError, match=r"run 2 .* was started with other settings \(seed: trained with 0, now 1\)"):
+    with pytest.raises(ConfigError, match=r"run 2 .* was started with other settings \(seed: trained with 0, now 1\)") as error:
         run_batch(changed)  # not resumed into a mix of two configurations
+    assert str(error.value).count("seed: trained with 0") == 1  # once, not again from its checkpoint
     run_batch(write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}), max_train_steps=4))
     assert [row["step"] for row in runlog.read(tmp_path / "b")] == [1, 2, 3, 4]
 

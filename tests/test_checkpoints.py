@@ -131,3 +131,12 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(full, tiny_sd, subject_dir,
     monkeypatch.undo()
     assert main([*argv, "--resume_from_checkpoint", "latest"]) == 0
     assert [row["step"] for row in runlog.read(out)] == [1, 2, 3]
+
+
+def test_an_error_other_than_a_full_disk_is_raised_as_it_was(tmp_path):
+    from dreambooth.atomic import removed_on_failure
+
+    with pytest.raises(ValueError, match="boom") as error:
+        with removed_on_failure(tmp_path / "partial"):
+            raise ValueError("boom")
+    assert error.value.__cause__ is None  # not its own cause: a loop for anything walking the chain

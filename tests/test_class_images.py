@@ -1,4 +1,6 @@
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -87,6 +89,30 @@ def test_fingerprint_is_memoized(tiny_sd, tmp_path, monkeypatch):
     assert (tmp_path / "fingerprints.json").is_file()
     monkeypatch.setattr(class_images, "_file_sha256", lambda path: pytest.fail(f"re-hashed {path}"))
     assert model_fingerprint(tiny_sd, tmp_path) == first
+
+
+def test_a_shared_cache_is_readable_by_other_users(tiny_sd, pipe, tmp_path):
+    """Cache files get the mode any new file gets (0644 under umask 022), not mkstemp's owner-only 0600."""
+    previous = os.umask(0o022)
+    try:
+        paths = ensure_class_images(make_spec(tiny_sd), tmp_path, 1, None, Loader(pipe), batch_size=1, progress=False)
+    finally:
+        os.umask(previous)
+    for path in (paths[0], paths[0].parent / "spec.json", tmp_path / "fingerprints.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_a_full_cache_that_cannot_be_written_is_read_as_it_is(tiny_sd, pipe, tmp_path, monkeypatch):
+    """A cache another user filled (read-only here) serves its images; the fingerprint memo is a speed-up."""
+    paths = ensure_class_images(make_spec(tiny_sd), tmp_path, 2, None, Loader(pipe), batch_size=2, progress=False)
+
+    def read_only(path, content):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(class_images, "_write_atomic", read_only)
+    assert ensure_class_images(make_spec(tiny_sd), tmp_path, 2, None, no_load, batch_size=2, progress=False) == paths
+    (tmp_path / "fingerprints.json").unlink()  # the memo would change: its write fails, and is skipped
+    assert ensure_class_images(make_spec(tiny_sd), tmp_path, 2, None, no_load, batch_size=2, progress=False) == paths
 
 
 @pytest.mark.parametrize("change", [dict(prompt="a cat"), dict(seed=1), dict(num_inference_steps=3),

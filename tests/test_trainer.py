@@ -74,7 +74,8 @@ def test_text_encoder_training_changes_it_and_stops(tiny_sd, subject_dir, tmp_pa
 def test_nan_loss_stops_with_advice(tiny_sd, subject_dir, tmp_path):
     from dreambooth.errors import DreamBoothError
 
-    with pytest.raises(DreamBoothError, match=r"the loss is not finite; lower --learning_rate"):
+    with pytest.raises(DreamBoothError, match=r"the loss is not finite; lower --learning_rate \(now 1e\+30\) and "
+                                              r"train again, into another --output_dir or after deleting .*out"):
         train(config(tiny_sd, subject_dir, tmp_path, learning_rate=1e30, max_train_steps=20, max_grad_norm=1e30))
 
 
@@ -133,3 +134,26 @@ def test_unset_mixed_precision_is_accelerates(tiny_sd, subject_dir, tmp_path, mo
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert Trainer(config(tiny_sd, subject_dir, tmp_path)).cfg.mixed_precision == "bf16"
     assert Trainer(config(tiny_sd, subject_dir, tmp_path, mixed_precision="no")).cfg.mixed_precision == "no"
+
+
+def test_a_second_run_into_a_busy_output_dir_is_refused(tiny_sd, subject_dir, tmp_path):
+    """Two runs in one folder would delete each other's checkpoints as leftovers."""
+    import fcntl
+    import os
+
+    from dreambooth.errors import ConfigError, DreamBoothError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    held = os.open(out, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as another run's process holds it
+    try:
+        with pytest.raises(ConfigError, match="--output_dir .*out is in use by another dreambooth run"):
+            train(config(tiny_sd, subject_dir, tmp_path))
+    finally:
+        os.close(held)
+    assert not any(out.iterdir())
+    new = tmp_path / "new"  # a run refused up front leaves no folder behind
+    with pytest.raises(DreamBoothError, match="nothing"):
+        train(config(tiny_sd, subject_dir, tmp_path, output_dir=str(new), instance_data_dir=str(tmp_path / "nothing")))
+    assert not new.exists()
