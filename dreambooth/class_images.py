@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from dreambooth.models import (check_model_folder, load_pipeline as load_model_p
 
 FINGERPRINT_PATTERNS = ("*.safetensors", "*.bin", "*.json", "*.txt")  # weights, configs, tokenizer merges
 FINGERPRINT_MEMO = "fingerprints.json"
+STALE_WRITE_SECONDS = 3600  # a temp file this old was left by a killed write
 SPEC_FILE = "spec.json"
 
 
@@ -113,6 +115,11 @@ def cache_folder(spec: ClassImageSpec, cache_root: Path) -> Path:
     slug = re.sub(r"[^a-z0-9]+", "-", spec.prompt.lower()).strip("-")[:48] or "prompt"
     folder = cache_root / f"{slug}-{cache_key(spec, fingerprint)[:16]}"
     folder.mkdir(exist_ok=True)
+    for leftover in [*folder.glob(".*.tmp"), *cache_root.glob(".*.tmp")]:
+        # a write killed midway (SIGKILL, power loss); one in progress in another process is younger
+        with contextlib.suppress(OSError):
+            if time.time() - leftover.stat().st_mtime > STALE_WRITE_SECONDS:
+                leftover.unlink()
     if not (folder / SPEC_FILE).is_file():
         record = {"model_path": str(spec.model_path), **spec.record(fingerprint)}
         _write_atomic(folder / SPEC_FILE, json.dumps(record, indent=2, default=str).encode())

@@ -115,6 +115,18 @@ def test_a_full_cache_that_cannot_be_written_is_read_as_it_is(tiny_sd, pipe, tmp
     assert ensure_class_images(make_spec(tiny_sd), tmp_path, 2, None, no_load, batch_size=2, progress=False) == paths
 
 
+def test_temp_files_of_killed_writes_are_cleaned_up(tiny_sd, pipe, tmp_path):
+    folder = class_images.cache_folder(make_spec(tiny_sd), tmp_path)
+    stale, live = folder / ".000000.png.k1ll3d.tmp", folder / ".000001.png.wr1t1n.tmp"
+    for leftover in (stale, live, tmp_path / ".fingerprints.json.old.tmp"):
+        leftover.write_bytes(b"partial")
+    for old in (stale, tmp_path / ".fingerprints.json.old.tmp"):
+        os.utime(old, (0, 0))  # written long ago: its writer is gone
+    ensure_class_images(make_spec(tiny_sd), tmp_path, 1, None, Loader(pipe), batch_size=1, progress=False)
+    assert not stale.exists() and not (tmp_path / ".fingerprints.json.old.tmp").exists()
+    assert live.exists()  # maybe another process writing right now
+
+
 @pytest.mark.parametrize("change", [dict(prompt="a cat"), dict(seed=1), dict(num_inference_steps=3),
                                     dict(guidance_scale=5.0), dict(resolution=64), dict(negative_prompt="blurry"),
                                     dict(sampler="EulerDiscreteScheduler")])
