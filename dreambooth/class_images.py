@@ -134,7 +134,8 @@ def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int,
     `load_pipeline` is called only if an image is missing, so a warm cache costs no model load.
     """
     # a --class_data_dir that does not exist yet counts as empty (diffusers recipes name one to be filled)
-    user_images = list(scan_images(user_dir, role="class").images) if user_dir is not None and user_dir.exists() else []
+    user_images = (list(scan_images(user_dir, role="class", min_side=spec.resolution).images)
+                   if user_dir is not None and user_dir.exists() else [])
     if len(user_images) >= num_images:
         return user_images[:num_images]
     folder = cache_folder(spec, Path(cache_root))

@@ -19,6 +19,7 @@ from dreambooth.errors import ConfigError
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+FULL_LEARNING_RATE, LORA_LEARNING_RATE = 5e-6, 1e-4  # diffusers' full-fine-tune default; its SDXL LoRA script's
 PATH_OPTIONS = ("pretrained_model_name_or_path", "instance_data_dir", "output_dir", "class_data_dir", "class_cache_dir")
 
 
@@ -54,7 +55,8 @@ class TrainConfig:
 
     # --- optimisation ----------------------------------------------------------------------------
     max_train_steps: int = option(400, "optimizer steps")
-    learning_rate: float = option(5e-6, "UNet learning rate")
+    learning_rate: float | None = option(None, "UNet learning rate; unset: 5e-6, or 1e-4 with --lora (whose "
+                                         "adapters start at zero and need a larger step)")
     train_batch_size: int = option(1, "instance images per step (as many class images join them)")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
     lr_scheduler: LRScheduler = option("constant", "learning-rate schedule")
@@ -122,6 +124,8 @@ class TrainConfig:
     report_to: Literal["tensorboard", "none"] = option("tensorboard", "where metrics are logged")
 
     def __post_init__(self) -> None:
+        if self.learning_rate is None:  # resolved here, so records and resume checks hold the rate used
+            object.__setattr__(self, "learning_rate", LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE)
         validate(self)
 
     @property
@@ -178,7 +182,9 @@ def validate(cfg: TrainConfig) -> None:
     used_prompts = ("instance_prompt", "class_prompt") if cfg.with_prior_preservation else ("instance_prompt",)
     for name in used_prompts:
         if "{class_noun}" in getattr(cfg, name) and not cfg.class_noun:
-            need(False, "class_noun", f"required because --{name} uses {{class_noun}}; e.g. --class_noun dog")
+            no_prior = (" (or --no_prior_preservation to train without class images, as diffusers' scripts do "
+                        "without --with_prior_preservation)") if name == "class_prompt" else ""
+            need(False, "class_noun", f"required because --{name} uses {{class_noun}}; e.g. --class_noun dog{no_prior}")
             break
     if cfg.identifier is not None:
         need(cfg.identifier.strip() == cfg.identifier and cfg.identifier != "", "identifier", "must be a non-empty word")
@@ -224,6 +230,8 @@ def validate(cfg: TrainConfig) -> None:
          "'prediction' needs --lora (the frozen model is the base with adapters disabled)")
     for name in LORA_OPTIONS:  # diffusers' LoRA scripts take --rank alone: here it would full fine-tune
         need(cfg.lora or getattr(cfg, name) == _default(name), name, "only takes effect with --lora; add --lora")
+    if len(problems) == 1:
+        raise ConfigError(f"invalid config: {problems[0]}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -129,11 +129,25 @@ def _check_lora_targets(cfg: TrainConfig, model: Path, report: Report) -> None:
                                        f"LoRA cannot adapt; name its linear or conv layers ({examples})")
 
 
-def _check_prediction_type(model: Path, report: Report) -> None:
+def _check_scheduler(model: Path, report: Report) -> None:
+    """Training is DDPM-style (epsilon or v targets on the model's beta schedule); a model trained otherwise
+    would be silently trained on a schedule it never saw."""
     config_file = model / "scheduler" / "scheduler_config.json"
-    kind = json.loads(config_file.read_text()).get("prediction_type", "epsilon") if config_file.is_file() else "epsilon"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    kind = config.get("prediction_type", "epsilon")
     if kind not in ("epsilon", "v_prediction"):
         report.problems.append(f"{config_file}: prediction_type {kind!r}; training supports epsilon and v_prediction")
+    if "EDM" in config.get("_class_name", ""):
+        report.problems.append(f"{config_file}: {config['_class_name']}, an EDM-trained model (such as Playground "
+                               "v2.5); training here is DDPM-style, which such a model was not trained with")
+
+
+def _check_learning_rate(cfg: TrainConfig, model: Path, report: Report) -> None:
+    """A diffusers LoRA recipe pasted without --lora (its scripts have none) would fully fine-tune a real
+    model at a LoRA's rate. Real models only: the toy world's small UNet trains well at such rates."""
+    if not cfg.lora and cfg.learning_rate >= 5e-5 and _weights_bytes(model, ("unet",)) > 2**30:
+        report.warnings.append(f"--learning_rate {cfg.learning_rate:g} for a full fine-tune of every UNet weight "
+                               "is a LoRA's rate: add --lora to train adapters, or use about 5e-6")
 
 
 def _check_runtime(cfg: TrainConfig, report: Report) -> None:
@@ -266,7 +280,8 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         _check_eval_encoder(cfg, report)
     if model is not None:
         _check_prompts(cfg, model, report)
-        _check_prediction_type(model, report)
+        _check_scheduler(model, report)
+        _check_learning_rate(cfg, model, report)
         if cfg.lora:
             _check_lora_targets(cfg, model, report)
         report.disk = disk_needs(cfg, model, num_user_class)

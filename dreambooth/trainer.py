@@ -167,9 +167,9 @@ class Trainer:
 
     def _build_data(self, class_paths: list[Path] | None) -> DreamBoothData:
         cfg = self.cfg
-        instance_scan = scan_images(Path(cfg.instance_data_dir).expanduser(), role="instance")
+        instance_scan = scan_images(Path(cfg.instance_data_dir).expanduser(), role="instance", min_side=cfg.resolution)
         views = dict(vae=self.parts.vae, resolution=cfg.resolution, center_crop=cfg.center_crop,
-                     random_flip=cfg.random_flip, cache=cfg.cache_latents)
+                     random_flip=cfg.random_flip, cache=cfg.cache_latents, latents_mean_std=self.parts.is_sdxl)
         prior = LatentImages(class_paths, **views) if class_paths is not None else None
         return DreamBoothData(LatentImages(list(instance_scan.images), **views), prior,
                               batch_size=cfg.train_batch_size, seed=cfg.seed)

@@ -122,6 +122,31 @@ def test_diffusers_plain_recipe_trains_without_naming_the_identifier(tiny_sd, su
     assert '--prompt "a photo of sks dog on the beach"' in card and "{identifier}" not in card
 
 
+def test_check_refuses_an_edm_model(tiny_sd, subject_dir, tmp_path, capsys):
+    import json
+    import shutil as shutil_module
+
+    model = tmp_path / "model"
+    shutil_module.copytree(tiny_sd, model)
+    config = model / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "_class_name": "EDMDPMSolverMultistepScheduler"}))
+    assert main(["train", "--check", "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
+                 str(subject_dir), "--class_noun", "dog"]) == 2
+    assert "EDMDPMSolverMultistepScheduler, an EDM-trained model" in capsys.readouterr().err
+
+
+def test_check_warns_when_a_real_model_gets_a_lora_rate_without_lora(tiny_sd, subject_dir, monkeypatch, capsys):
+    from dreambooth import preflight
+
+    monkeypatch.setattr(preflight, "_weights_bytes", lambda model, parts: 3 * 2**30)  # an SD 1.5-sized UNet
+    args = ["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
+            str(subject_dir), "--class_noun", "dog", "--learning_rate", "1e-4"]
+    assert main(args) == 0
+    assert "--learning_rate 0.0001 for a full fine-tune of every UNet weight is a LoRA's rate" in capsys.readouterr().out
+    assert main([*args, "--lora"]) == 0
+    assert "a LoRA's rate" not in capsys.readouterr().out
+
+
 def test_check_refuses_a_model_that_predicts_x0(tiny_sd, subject_dir, tmp_path, capsys):
     import json
     import shutil as shutil_module

@@ -44,12 +44,17 @@ class LatentImages:
     """A fixed list of images that yields (augmented) latents through a frozen VAE."""
 
     def __init__(self, paths: list[Path], vae: AutoencoderKL, resolution: int, center_crop: bool,
-                 random_flip: bool, cache: bool) -> None:
+                 random_flip: bool, cache: bool, latents_mean_std: bool = False) -> None:
         # kept at training size: 20 phone photos at full size would hold over a GB for nothing
         self.paths = list(paths)
         self.images = [fit_shorter_side(load_rgb(p), resolution) for p in paths]
         self.vae, self.resolution, self.center_crop, self.random_flip = vae, resolution, center_crop, random_flip
         self.scaling_factor = float(vae.config.scaling_factor)
+        # SDXL's pipeline decodes latents * std / scaling_factor + mean when the VAE's config has them
+        # (none of SD 1.x/2.x/SDXL's own do; Playground-style VAEs do), so training latents must match
+        mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+        self.mean_std = ((torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1))
+                         if latents_mean_std and mean is not None and std is not None else None)
         self.cached: list[dict[bool, tuple[Tensor, Tensor]]] = [{} for _ in self.images]
         if cache:
             flips = (False, True) if random_flip else (False,)
@@ -80,7 +85,11 @@ class LatentImages:
             else:
                 mean, std = self._encode(prepare(self.images[i], self.resolution, self.center_crop, rng), flip)
             out.append(mean + std * torch.randn(mean.shape, generator=generator))
-        return torch.stack(out) * self.scaling_factor
+        latents = torch.stack(out)
+        if self.mean_std is not None:
+            latents = latents - self.mean_std[0]
+            return latents * self.scaling_factor / self.mean_std[1]
+        return latents * self.scaling_factor
 
 
 @lru_cache(maxsize=8)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from dreambooth.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff",
+                  *([".avif"] if features.check("avif") else [])}
 HEIF_SUFFIXES = {".heic", ".heif"}
 MAX_PIXELS = 100_000_000  # larger is refused as a possible decompression bomb
 MIN_SIDE = 256  # a shorter side below this is upscaled a lot for SD, so it is warned about
@@ -100,8 +101,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def load_rgb(path: Path) -> Image.Image:
     """The image at `path` as 8-bit RGB, upright and over white, ready for `prepare`."""
-    with _open(path) as image:
-        return _to_rgb(image)
+    with warnings.catch_warnings():
+        # the scan refused what is over our own limit; Pillow's lower one would only alarm
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _open(path) as image:
+            return _to_rgb(image)
 
 
 def _problem(data: bytes, max_pixels: int) -> tuple[str | None, tuple[int, int]]:
@@ -162,7 +166,12 @@ def scan_images(folder: Path, role: str = "instance", min_side: int = MIN_SIDE,
         raise DataError(f"--{role}_data_dir {folder}: is a file; pass the folder that holds the {role} images")
     heif = _heif_available()
     images, skipped, notes, seen = [], [], [], {}
-    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise DataError(f"--{role}_data_dir {folder}: cannot be listed ({exc.strerror or exc}); "
+                        "check its permissions") from None
+    for path in entries:
         reason = _skip_reason(path, heif)
         if reason is None:
             try:
@@ -175,6 +184,10 @@ def scan_images(folder: Path, role: str = "instance", min_side: int = MIN_SIDE,
                 reason = f"duplicate of {seen[digest].name} (same content)"
             else:
                 reason, (width, height) = _problem(data, max_pixels)
+        if reason is None and min_side * min_side * max(width, height) / min(width, height) > max_pixels:
+            # resized to the training size on its shorter side, a thin strip would be a gigapixel image
+            reason = (f"{width}x{height} is too thin: at {min_side} px on its shorter side it would be over "
+                      f"{max_pixels / 1e6:g} MP; crop it nearer to square")
         if reason is not None:
             skipped.append((path, reason))
             continue

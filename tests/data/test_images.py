@@ -181,3 +181,34 @@ def test_heic_is_decoded_when_pillow_heif_is_installed(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "_heif_available", lambda: True)
     reason = scan_images(tmp_path).skipped[0][1]
     assert "pillow-heif" not in reason and reason.startswith("not an image")  # decoded, not skipped by name
+
+
+def test_a_thin_strip_is_skipped_before_it_becomes_a_gigapixel_image(tmp_path):
+    """Resized to the training size on its shorter side, a 3x3000 strip would be 512x512000 (262 MP)."""
+    Image.new("RGB", (3, 3000), (10, 200, 30)).save(tmp_path / "strip.png")
+    rgb(tmp_path / "ok.png")
+    scan = scan_images(tmp_path, min_side=512)
+    assert [p.name for p in scan.images] == ["ok.png"]
+    assert "3x3000 is too thin" in dict((p.name, r) for p, r in scan.skipped)["strip.png"]
+
+
+def test_browser_jpeg_names_are_images(tmp_path):
+    rgb(tmp_path / "IMG_1.jfif", format="JPEG")
+    assert [p.name for p in scan_images(tmp_path).images] == ["IMG_1.jfif"]
+
+
+def test_sdxl_latents_follow_the_vaes_mean_and_std(tiny_sdxl, tmp_path):
+    """SDXL's pipeline decodes latents * std / scaling_factor + mean when the VAE config has them."""
+    from diffusers import AutoencoderKL
+
+    from dreambooth.data.dataset import LatentImages
+
+    rgb(tmp_path / "a.png", size=(32, 32))
+    vae = AutoencoderKL.from_pretrained(tiny_sdxl / "vae")
+    plain = LatentImages([tmp_path / "a.png"], vae, 32, True, False, cache=True, latents_mean_std=True)
+    vae.register_to_config(latents_mean=[0.5, -0.5, 0.0, 1.0], latents_std=[2.0, 1.0, 0.5, 4.0])
+    shifted = LatentImages([tmp_path / "a.png"], vae, 32, True, False, cache=True, latents_mean_std=True)
+    z = plain.latents([0], torch.Generator().manual_seed(0)) / plain.scaling_factor
+    expected = (z - torch.tensor([0.5, -0.5, 0.0, 1.0]).view(1, 4, 1, 1)) * plain.scaling_factor
+    expected = expected / torch.tensor([2.0, 1.0, 0.5, 4.0]).view(1, 4, 1, 1)
+    assert torch.allclose(shifted.latents([0], torch.Generator().manual_seed(0)), expected, atol=1e-6)
