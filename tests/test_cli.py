@@ -122,19 +122,6 @@ def test_diffusers_plain_recipe_trains_without_naming_the_identifier(tiny_sd, su
     assert '--prompt "a photo of sks dog on the beach"' in card and "{identifier}" not in card
 
 
-def test_check_refuses_an_edm_model(tiny_sd, subject_dir, tmp_path, capsys):
-    import json
-    import shutil as shutil_module
-
-    model = tmp_path / "model"
-    shutil_module.copytree(tiny_sd, model)
-    config = model / "scheduler" / "scheduler_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "_class_name": "EDMDPMSolverMultistepScheduler"}))
-    assert main(["train", "--check", "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
-                 str(subject_dir), "--class_noun", "dog"]) == 2
-    assert "EDMDPMSolverMultistepScheduler, an EDM-trained model" in capsys.readouterr().err
-
-
 def test_check_warns_when_a_real_model_gets_a_lora_rate_without_lora(tiny_sd, subject_dir, monkeypatch, capsys):
     from dreambooth import preflight
 
@@ -147,17 +134,21 @@ def test_check_warns_when_a_real_model_gets_a_lora_rate_without_lora(tiny_sd, su
     assert "a LoRA's rate" not in capsys.readouterr().out
 
 
-def test_check_refuses_a_model_that_predicts_x0(tiny_sd, subject_dir, tmp_path, capsys):
+@pytest.mark.parametrize("scheduler, message", [
+    ({"prediction_type": "sample"}, "prediction_type 'sample'; training supports epsilon and v_prediction"),
+    ({"_class_name": "EDMDPMSolverMultistepScheduler"}, "EDMDPMSolverMultistepScheduler, an EDM-trained model")])
+def test_check_refuses_a_model_trained_otherwise(tiny_sd, subject_dir, tmp_path, capsys, scheduler, message):
+    """x0 prediction and EDM schedules: training here is DDPM-style with epsilon or v targets."""
     import json
     import shutil as shutil_module
 
     model = tmp_path / "model"
     shutil_module.copytree(tiny_sd, model)
     config = model / "scheduler" / "scheduler_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "sample"}))
+    config.write_text(json.dumps({**json.loads(config.read_text()), **scheduler}))
     assert main(["train", "--check", "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
                  str(subject_dir), "--class_noun", "dog"]) == 2
-    assert "prediction_type 'sample'; training supports epsilon and v_prediction" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_out_of_device_memory_is_one_line_with_what_to_try(tiny_sd, monkeypatch, capsys):
