@@ -3,7 +3,8 @@
 A checkpoint is written under a temporary name, flushed to disk, and renamed into place, so a
 folder named `checkpoint-<step>` is always complete; leftovers of an interrupted write are ignored
 and removed. It holds what accelerate saves (models, optimizer, LR schedule, RNG states) and
-`dreambooth_state.json` with the step and the run's config (a resume with other options is refused);
+`dreambooth_state.json` with the step, the run's config and its photos' sha256s (a resume with other
+options or photos is refused);
 data order and noise are derived from (seed, step).
 """
 
@@ -37,8 +38,10 @@ def latest(output_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None, config: dict) -> Path:
-    """Save a checkpoint for `step` (of the run `config` describes) atomically and prune to the newest `keep`."""
+def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None, config: dict,
+         photos: list[str]) -> Path:
+    """Save a checkpoint for `step` (of the run `config` describes, on the subject photos whose sha256s are
+    `photos`) atomically and prune to the newest `keep`."""
     final = output_dir / f"checkpoint-{step}"
     temp = output_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process:
@@ -49,7 +52,7 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
     with removed_on_failure(temp, remove=accelerator.is_main_process):
         accelerator.save_state(str(temp), safe_serialization=True)
         if accelerator.is_main_process:
-            (temp / STATE_FILE).write_text(json.dumps({"step": step, "config": config}))
+            (temp / STATE_FILE).write_text(json.dumps({"step": step, "config": config, "photos": sorted(photos)}))
             fsync_tree(temp)
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
@@ -88,9 +91,11 @@ def named(output_dir: Path, which: str) -> Path:
     return path
 
 
-def trained_with(checkpoint: Path) -> dict:
-    """The config of the run that wrote `checkpoint` ({} for checkpoints from before it was kept)."""
-    return json.loads((checkpoint / STATE_FILE).read_text()).get("config", {})
+def trained_with(checkpoint: Path) -> tuple[dict, list[str] | None]:
+    """The config of the run that wrote `checkpoint` and the sha256s of its subject photos ({} and None
+    for checkpoints from before they were kept)."""
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    return state.get("config", {}), state.get("photos")
 
 
 def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int:

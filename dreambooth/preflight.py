@@ -19,7 +19,7 @@ import torch
 
 from dreambooth import checkpoints
 from dreambooth.config import TrainConfig, changed_settings, fill_prompt
-from dreambooth.data.images import scan_images
+from dreambooth.data.images import ImageScan, scan_images
 from dreambooth.errors import DreamBoothError, ModelError
 from dreambooth.models import check_model_folder, native_resolution
 from dreambooth.single_file import weight_files
@@ -74,17 +74,17 @@ def _weights_bytes(folder: Path, parts: tuple[str, ...]) -> int:
     return total
 
 
-def _check_images(folder: str, role: str, min_side: int | None, report: Report) -> int:
+def _check_images(folder: str, role: str, min_side: int | None, report: Report) -> ImageScan | None:
     try:
         scan = scan_images(Path(folder).expanduser(), role=role, **({"min_side": min_side} if min_side else {}))
         if role == "instance":
             scan.require()
     except DreamBoothError as exc:
         report.problems.append(str(exc))
-        return 0
+        return None
     report.warnings.extend(scan.warnings)
     report.notes.append(scan.summary())
-    return len(scan.images)
+    return scan
 
 
 def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
@@ -256,19 +256,26 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         resolution = resolution or native_resolution(model)
     except DreamBoothError as exc:
         report.problems.append(str(exc))
-    _check_images(cfg.instance_data_dir, "instance", resolution, report)
+    photos = _check_images(cfg.instance_data_dir, "instance", resolution, report)
     user_class = Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None
-    num_user_class = _check_images(str(user_class), "class", resolution, report) if user_class and user_class.exists() else 0
+    class_scan = _check_images(str(user_class), "class", resolution, report) if user_class and user_class.exists() else None
+    num_user_class = len(class_scan.images) if class_scan else 0
     output_dir = Path(cfg.output_dir).expanduser()
     if cfg.resume_from_checkpoint:
         try:
             checkpoint = checkpoints.named(output_dir, cfg.resume_from_checkpoint)
-            recorded = checkpoints.trained_with(checkpoint)
+            recorded, recorded_photos = checkpoints.trained_with(checkpoint)
             # training on for more steps is what a resume is often for
             if changed := changed_settings(cfg, recorded, str(checkpoint), ("max_train_steps",)) if recorded else []:
                 report.problems.append(f"--resume_from_checkpoint: {checkpoint} was trained with other settings "
                                        f"({'; '.join(changed)}); resume with those, or start afresh in another "
                                        "--output_dir")
+            now, then = set(photos.digests) if photos else set(), set(recorded_photos or ())
+            if photos and recorded_photos is not None and now != then:
+                added, removed = len(now - then), len(then - now)
+                report.problems.append(f"--instance_data_dir: its photos changed since {checkpoint} ({added} added or "
+                                       f"edited, {removed} gone); resume with the photos it trained on, or start "
+                                       "afresh in another --output_dir")
         except DreamBoothError as exc:
             report.problems.append(str(exc))
     elif (earlier := checkpoints.latest(output_dir)) is not None:

@@ -168,6 +168,7 @@ class Trainer:
     def _build_data(self, class_paths: list[Path] | None) -> DreamBoothData:
         cfg = self.cfg
         instance_scan = scan_images(Path(cfg.instance_data_dir).expanduser(), role="instance", min_side=cfg.resolution)
+        self.photos = instance_scan.digests  # checkpoints record them: a resume on other photos is refused
         views = dict(vae=self.parts.vae, resolution=cfg.resolution, center_crop=cfg.center_crop,
                      random_flip=cfg.random_flip, cache=cfg.cache_latents, latents_mean_std=self.parts.is_sdxl)
         prior = LatentImages(class_paths, **views) if class_paths is not None else None
@@ -260,7 +261,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> Path:
         return checkpoints.save(self.accelerator, self.output_dir, self.step, self.cfg.checkpoints_total_limit,
-                                self.cfg.with_absolute_paths().to_dict())
+                                self.cfg.with_absolute_paths().to_dict(), list(self.photos))
 
     def _save_and_stop(self) -> None:
         path = self._save_checkpoint()

@@ -1,6 +1,9 @@
 """Checkpoints are atomic, resume is exact, and a resume with nothing to resume fails loudly."""
 
+import shutil
+
 import pytest
+from PIL import Image
 
 from dreambooth import checkpoints
 from dreambooth.errors import DreamBoothError
@@ -12,16 +15,23 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_sd, subject_dir, t
     common = dict(max_train_steps=6, checkpointing_steps=3, random_flip=True, train_text_encoder=True)
     full = losses(train(config(tiny_sd, subject_dir, tmp_path / "full", **common)))
     # the same run stopped after step 3, then resumed from its checkpoint
-    part = config(tiny_sd, subject_dir, tmp_path / "part", **{**common, "max_train_steps": 3, "checkpointing_steps": 1})
+    photos = tmp_path / "photos"  # a copy, so a photo can be added
+    shutil.copytree(subject_dir, photos)
+    part = config(tiny_sd, photos, tmp_path / "part", **{**common, "max_train_steps": 3, "checkpointing_steps": 1})
     train(part)
     out = tmp_path / "part" / "out"
     assert [p.name for p in checkpoints.complete_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]  # limit 2
     with pytest.raises(DreamBoothError, match=r"checkpoint-2 was trained with other settings \(learning_rate: "
                                               r"trained with 0.001, now 0.002; lora: trained with False, now True\)"):
         # (more steps than the interrupted run's 3 is no change: training on is what a resume is for)
-        train(config(tiny_sd, subject_dir, tmp_path / "part", **{**common, "learning_rate": 2e-3}, lora=True,
+        train(config(tiny_sd, photos, tmp_path / "part", **{**common, "learning_rate": 2e-3}, lora=True,
                      resume_from_checkpoint="latest"))  # refused up front, not mixed into one model
-    resumed = config(tiny_sd, subject_dir, tmp_path / "part", **common, resume_from_checkpoint="latest")
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(photos / "new.png")  # same folder, other photos
+    resumed = config(tiny_sd, photos, tmp_path / "part", **common, resume_from_checkpoint="latest")
+    with pytest.raises(DreamBoothError, match=r"--instance_data_dir: its photos changed since .*checkpoint-2 "
+                                              r"\(1 added or edited, 0 gone\)"):
+        train(resumed)
+    (photos / "new.png").unlink()
     train(resumed)
     assert [r["step"] for r in losses(out)] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in losses(out)] == [r["loss"] for r in full]

@@ -51,6 +51,7 @@ class ImageScan:
     warnings: tuple[str, ...]
     folder: Path
     role: str = "instance"
+    digests: tuple[str, ...] = ()  # sha256 of each usable image's file, in the order of `images`
 
     def summary(self) -> str:
         """A few lines for the console: counts, then each skipped file and each warning."""
@@ -165,7 +166,7 @@ def scan_images(folder: Path, role: str = "instance", min_side: int = MIN_SIDE,
     if not folder.is_dir():
         raise DataError(f"--{role}_data_dir {folder}: is a file; pass the folder that holds the {role} images")
     heif = _heif_available()
-    images, skipped, notes, seen = [], [], [], {}
+    images, digests, skipped, notes, seen = [], [], [], [], {}
     try:
         entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError as exc:
@@ -193,11 +194,12 @@ def scan_images(folder: Path, role: str = "instance", min_side: int = MIN_SIDE,
             continue
         seen[digest] = path
         images.append(path)
+        digests.append(digest)
         notes += _size_warnings(path.name, width, height, min_side)
     low, high = GOOD_INSTANCE_COUNT
     if role == "instance" and images and not low <= len(images) <= high:
         notes.append(f"{folder}: {len(images)} instance image(s); DreamBooth works best with 3-5 (at most ~{high})")
-    return ImageScan(tuple(images), tuple(skipped), tuple(notes), folder, role)
+    return ImageScan(tuple(images), tuple(skipped), tuple(notes), folder, role, tuple(digests))
 
 
 def fit_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
