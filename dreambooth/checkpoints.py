@@ -11,6 +11,7 @@ data order and noise are derived from (seed, step).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from dreambooth.atomic import fsync_tree, removed_on_failure
 from dreambooth.errors import ConfigError
 
 STATE_FILE = "dreambooth_state.json"
+log = logging.getLogger("dreambooth")
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -52,7 +54,9 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
     with removed_on_failure(temp, remove=accelerator.is_main_process):
         accelerator.save_state(str(temp), safe_serialization=True)
         if accelerator.is_main_process:
-            (temp / STATE_FILE).write_text(json.dumps({"step": step, "config": config, "photos": sorted(photos)}))
+            state = {"step": step, "config": config, "photos": sorted(photos),
+                     "num_processes": accelerator.num_processes}
+            (temp / STATE_FILE).write_text(json.dumps(state))
             fsync_tree(temp)
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
@@ -104,7 +108,12 @@ def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int
         return 0
     path = named(output_dir, which)
     accelerator.load_state(str(path))
-    step = int(json.loads((path / STATE_FILE).read_text())["step"])
+    state = json.loads((path / STATE_FILE).read_text())
+    step, ran_on = int(state["step"]), state.get("num_processes", accelerator.num_processes)
+    if ran_on != accelerator.num_processes and accelerator.is_main_process:
+        # each process draws its own block of examples, so the split changes what every later step sees
+        log.warning("warning: %s ran on %d process(es), this resume on %d: the examples from here on differ "
+                    "from an uninterrupted run's (the training stays valid)", path, ran_on, accelerator.num_processes)
     if accelerator.is_main_process:  # checkpoints of the abandoned future would otherwise win `latest`
         for newer in complete_checkpoints(output_dir):
             if int(_NAME.match(newer.name).group(1)) > step:

@@ -150,3 +150,19 @@ def test_an_error_other_than_a_full_disk_is_raised_as_it_was(tmp_path):
         with removed_on_failure(tmp_path / "partial"):
             raise ValueError("boom")
     assert error.value.__cause__ is None  # not its own cause: a loop for anything walking the chain
+
+
+def test_a_resume_on_another_number_of_processes_is_warned_about(tiny_sd, subject_dir, tmp_path, caplog):
+    """Each process draws its own block of examples: a resume on another count is valid but not exact."""
+    import json
+    import logging
+
+    train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=2, checkpointing_steps=1))
+    state_file = tmp_path / "out" / "checkpoint-1" / checkpoints.STATE_FILE
+    state = json.loads(state_file.read_text())
+    assert state["num_processes"] == 1
+    state_file.write_text(json.dumps({**state, "num_processes": 2}))  # as if it ran on two GPUs
+    with caplog.at_level(logging.WARNING, logger="dreambooth"):
+        train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=2, checkpointing_steps=1,
+                     resume_from_checkpoint="latest"))
+    assert "ran on 2 process(es), this resume on 1" in caplog.text
