@@ -172,13 +172,6 @@ def encode_text(text_encoders: list[CLIPTextModel], input_ids: list[torch.Tensor
     return TextConditioning(hidden, outputs[-1].text_embeds)
 
 
-def sdxl_time_ids(resolution: int, batch: int) -> torch.Tensor:
-    """SDXL's size/crop conditioning (original size, crop top-left, target size), shaped (B, 6).
-    Training images are resized so their shorter side is `resolution` and cropped to a square, so
-    original = target = resolution and crop = (0, 0), as SDXL is prompted at inference."""
-    return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, dtype=torch.float32)
-
-
 def load_sampling_scheduler(path: str | Path) -> SchedulerMixin:
     """The folder's own inference scheduler (the class named in model_index.json)."""
     folder = Path(path)

@@ -41,7 +41,7 @@ from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
 from dreambooth.preflight import preflight
 from dreambooth.models import (Components, TextConditioning, encode_text, load_components, load_sampling_scheduler,
-                               reload_frozen, sdxl_time_ids, tokenize)
+                               reload_frozen, tokenize)
 
 log = logging.getLogger("dreambooth")
 
@@ -279,11 +279,11 @@ class Trainer:
         timesteps = timesteps.to(device)
         noisy = sched.add_noise(latents, noise, timesteps)
         target = training_target(self.parts.prediction_type, latents, noise, sched.alphas_cumprod, timesteps)
-        rows = [0] * batch.num_instance + [1] * (latents.shape[0] - batch.num_instance)
+        rows, sizes = [0] * batch.num_instance + [1] * (latents.shape[0] - batch.num_instance), batch.sizes.to(device)
         if cfg.with_prior_preservation and cfg.prior_mode == "prediction":
-            noisy, timesteps, target, rows = self._append_frozen_prior(noisy, timesteps, target, rows)
+            noisy, timesteps, target, rows, sizes = self._append_frozen_prior(noisy, timesteps, target, rows, sizes)
         conditioning = self.prompt_embeddings().rows(torch.tensor(rows, device=device))  # row 0: instance, 1: class
-        prediction = self.denoise(self.unet, noisy, timesteps, conditioning)
+        prediction = self.denoise(self.unet, noisy, timesteps, conditioning, sizes)
         weights = loss_weights(cfg.snr_gamma, sched.alphas_cumprod, timesteps, self.parts.prediction_type)
         loss = dreambooth_loss(prediction, target, batch.num_instance, cfg.prior_loss_weight, weights)
         self.accelerator.backward(loss.total)
@@ -295,7 +295,7 @@ class Trainer:
         return loss
 
     @torch.no_grad()
-    def _append_frozen_prior(self, noisy, timesteps, target, rows):
+    def _append_frozen_prior(self, noisy, timesteps, target, rows, sizes):
         """Prior rows whose target is the base model's own prediction for the class prompt on the same
         noisy latents (adapters disabled), instead of the paper's denoising of generated class images."""
         unet = self.accelerator.unwrap_model(self.unet)
@@ -303,18 +303,19 @@ class Trainer:
         class_conditioning = self.base_embeddings.rows(torch.ones(n, dtype=torch.long, device=noisy.device))
         unet.disable_adapters()
         try:
-            prior_target = self.denoise(unet, noisy, timesteps, class_conditioning)
+            prior_target = self.denoise(unet, noisy, timesteps, class_conditioning, sizes)
         finally:
             unet.enable_adapters()
         return (torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]), torch.cat([target, prior_target]),
-                rows + [1] * n)
+                rows + [1] * n, torch.cat([sizes, sizes]))
 
-    def denoise(self, unet, noisy: torch.Tensor, timesteps: torch.Tensor, text: TextConditioning) -> torch.Tensor:
-        """The UNet's prediction; SDXL also takes pooled text and size/crop conditioning."""
+    def denoise(self, unet, noisy: torch.Tensor, timesteps: torch.Tensor, text: TextConditioning,
+                sizes: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction; SDXL also takes pooled text and each row's size/crop conditioning (`sizes`,
+        (B, 6): original size, crop corner, target size)."""
         added = None
         if text.pooled is not None:
-            time_ids = sdxl_time_ids(self.cfg.resolution, noisy.shape[0]).to(noisy.device)
-            added = {"text_embeds": text.pooled, "time_ids": time_ids}
+            added = {"text_embeds": text.pooled, "time_ids": sizes}
         return unet(noisy, timesteps, text.hidden, added_cond_kwargs=added).sample
 
     def prompt_embeddings(self) -> TextConditioning:

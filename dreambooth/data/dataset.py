@@ -21,15 +21,18 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from dreambooth.data.images import fit_shorter_side, load_rgb, prepare, to_tensor
+from dreambooth.data.images import crop_corner, fit_shorter_side, load_rgb, prepare, to_tensor
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One micro-batch: subject latents first, then class-prior latents (the layout the loss assumes)."""
+    """One micro-batch: subject latents first, then class-prior latents (the layout the loss assumes),
+    each row with its image's size and crop (SDXL's micro-conditioning)."""
 
     instance: Tensor  # (n, 4, h, w), scaled by the VAE's scaling_factor
     prior: Tensor | None  # (m, 4, h, w) or None without prior preservation
+    instance_sizes: Tensor  # (n, 6): original height, width, crop top, left, target height, width
+    prior_sizes: Tensor | None = None  # (m, 6)
 
     @property
     def num_instance(self) -> int:
@@ -39,6 +42,10 @@ class Batch:
     def latents(self) -> Tensor:
         return self.instance if self.prior is None else torch.cat([self.instance, self.prior])  # (n+m, 4, h, w)
 
+    @property
+    def sizes(self) -> Tensor:
+        return self.instance_sizes if self.prior is None else torch.cat([self.instance_sizes, self.prior_sizes])
+
 
 class LatentImages:
     """A fixed list of images that yields (augmented) latents through a frozen VAE."""
@@ -47,7 +54,10 @@ class LatentImages:
                  random_flip: bool, cache: bool, latents_mean_std: bool = False) -> None:
         # kept at training size: 20 phone photos at full size would hold over a GB for nothing
         self.paths = list(paths)
-        self.images = [fit_shorter_side(load_rgb(p), resolution) for p in paths]
+        originals = [load_rgb(p) for p in paths]
+        self.original_sizes = [(image.height, image.width) for image in originals]
+        self.images = [fit_shorter_side(image, resolution) for image in originals]
+        del originals
         self.vae, self.resolution, self.center_crop, self.random_flip = vae, resolution, center_crop, random_flip
         self.scaling_factor = float(vae.config.scaling_factor)
         # SDXL's pipeline decodes latents * std / scaling_factor + mean when the VAE's config has them
@@ -74,22 +84,29 @@ class LatentImages:
         dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
         return dist.mean[0].float().cpu(), dist.std[0].float().cpu()
 
-    def latents(self, indices: list[int], generator: torch.Generator) -> Tensor:
-        """Sampled, scaled latents for `indices`, shaped (len(indices), 4, h, w)."""
+    def latents(self, indices: list[int], generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Sampled, scaled latents for `indices`, shaped (len(indices), 4, h, w), and each one's size row:
+        the photo's original size, the crop's top-left corner (in the flipped image when flipped, as the
+        model sees it) and the target size, as SDXL was trained with and diffusers' SDXL script passes."""
         rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
-        out = []
+        out, sizes = [], []
         for i in indices:
+            image, res = self.images[i], self.resolution
             flip = self.random_flip and rng.random() < 0.5
             if flip in self.cached[i]:
                 mean, std = self.cached[i][flip]
+                top, left = crop_corner(image, res, True, None)
             else:
-                mean, std = self._encode(prepare(self.images[i], self.resolution, self.center_crop, rng), flip)
+                top, left = crop_corner(image, res, self.center_crop, rng)
+                mean, std = self._encode(image.crop((left, top, left + res, top + res)), flip)
+            if flip:
+                left = image.width - res - left
             out.append(mean + std * torch.randn(mean.shape, generator=generator))
-        latents = torch.stack(out)
+            sizes.append([*self.original_sizes[i], top, left, res, res])
+        latents, sizes = torch.stack(out), torch.tensor(sizes, dtype=torch.float32)
         if self.mean_std is not None:
-            latents = latents - self.mean_std[0]
-            return latents * self.scaling_factor / self.mean_std[1]
-        return latents * self.scaling_factor
+            return (latents - self.mean_std[0]) * self.scaling_factor / self.mean_std[1], sizes
+        return latents * self.scaling_factor, sizes
 
 
 @lru_cache(maxsize=8)
@@ -115,8 +132,8 @@ class DreamBoothData:
 
     def batch(self, micro_step: int, generator: torch.Generator) -> Batch:
         n = self.batch_size
-        inst = self.instance.latents(take(len(self.instance), self.seed, micro_step * n, n), generator)
+        inst, inst_sizes = self.instance.latents(take(len(self.instance), self.seed, micro_step * n, n), generator)
         if self.prior is None:
-            return Batch(instance=inst, prior=None)
-        prior = self.prior.latents(take(len(self.prior), self.seed + 1, micro_step * n, n), generator)
-        return Batch(instance=inst, prior=prior)
+            return Batch(instance=inst, prior=None, instance_sizes=inst_sizes)
+        prior, prior_sizes = self.prior.latents(take(len(self.prior), self.seed + 1, micro_step * n, n), generator)
+        return Batch(instance=inst, prior=prior, instance_sizes=inst_sizes, prior_sizes=prior_sizes)

@@ -214,16 +214,21 @@ def fit_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def prepare(image: Image.Image, resolution: int, center_crop: bool, rng: random.Random | None) -> Image.Image:
-    """Resize the shorter side to `resolution`, then crop a square: centered, or placed by `rng`
+def crop_corner(image: Image.Image, resolution: int, center_crop: bool, rng: random.Random | None) -> tuple[int, int]:
+    """(top, left) of a `resolution` square in an image already fit to it: centered, or placed by `rng`
     (with no `rng` the crop is centered)."""
-    image = fit_shorter_side(image, resolution)
     dx, dy = image.width - resolution, image.height - resolution
     if center_crop or rng is None:
-        x, y = dx // 2, dy // 2
-    else:
-        x, y = rng.randint(0, dx), rng.randint(0, dy)
-    return image.crop((x, y, x + resolution, y + resolution))
+        return dy // 2, dx // 2
+    x = rng.randint(0, dx)
+    return rng.randint(0, dy), x
+
+
+def prepare(image: Image.Image, resolution: int, center_crop: bool, rng: random.Random | None) -> Image.Image:
+    """Resize the shorter side to `resolution`, then crop a square (see `crop_corner`)."""
+    image = fit_shorter_side(image, resolution)
+    top, left = crop_corner(image, resolution, center_crop, rng)
+    return image.crop((left, top, left + resolution, top + resolution))
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -208,7 +208,42 @@ def test_sdxl_latents_follow_the_vaes_mean_and_std(tiny_sdxl, tmp_path):
     plain = LatentImages([tmp_path / "a.png"], vae, 32, True, False, cache=True, latents_mean_std=True)
     vae.register_to_config(latents_mean=[0.5, -0.5, 0.0, 1.0], latents_std=[2.0, 1.0, 0.5, 4.0])
     shifted = LatentImages([tmp_path / "a.png"], vae, 32, True, False, cache=True, latents_mean_std=True)
-    z = plain.latents([0], torch.Generator().manual_seed(0)) / plain.scaling_factor
+    z = plain.latents([0], torch.Generator().manual_seed(0))[0] / plain.scaling_factor
     expected = (z - torch.tensor([0.5, -0.5, 0.0, 1.0]).view(1, 4, 1, 1)) * plain.scaling_factor
     expected = expected / torch.tensor([2.0, 1.0, 0.5, 4.0]).view(1, 4, 1, 1)
-    assert torch.allclose(shifted.latents([0], torch.Generator().manual_seed(0)), expected, atol=1e-6)
+    assert torch.allclose(shifted.latents([0], torch.Generator().manual_seed(0))[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_each_latent_carries_its_photos_size_and_crop(tiny_sdxl, tmp_path, cache):
+    """SDXL's micro-conditioning, as diffusers' SDXL script passes it: a 60x40 photo at 32 px is resized to
+    48x32; its centre crop starts 8 px in, and a random crop anywhere from 0 to 16 (mirrored when flipped)."""
+    from diffusers import AutoencoderKL
+
+    from dreambooth.data.dataset import LatentImages
+
+    rgb(tmp_path / "wide.png", size=(60, 40))
+    vae = AutoencoderKL.from_pretrained(tiny_sdxl / "vae")
+    centred = LatentImages([tmp_path / "wide.png"], vae, 32, center_crop=True, random_flip=True, cache=cache)
+    for seed in range(4):  # flipped or not, a centred crop is symmetric
+        _, sizes = centred.latents([0], torch.Generator().manual_seed(seed))
+        assert sizes.tolist() == [[40, 60, 0, 8, 32, 32]]
+    anywhere = LatentImages([tmp_path / "wide.png"], vae, 32, center_crop=False, random_flip=False, cache=cache)
+    lefts = {anywhere.latents([0], torch.Generator().manual_seed(seed))[1][0, 3].item() for seed in range(12)}
+    assert len(lefts) > 1 and lefts <= set(range(17))
+
+
+def test_an_sdxl_step_conditions_each_row_on_its_own_size(tiny_sdxl, subject_dir, tmp_path):
+    from dreambooth.trainer import Trainer
+    from tests.test_trainer import config
+
+    trainer = Trainer(config(tiny_sdxl, subject_dir, tmp_path, max_train_steps=1))
+    trainer.setup()
+    seen = []
+    trainer.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"]),
+                                           with_kwargs=True)
+    trainer.training_step(0)
+    expected = trainer.data.batch(0, torch.Generator().manual_seed(trainer.cfg.seed * 1_000_003)).sizes
+    assert len(seen) == 1 and torch.equal(seen[0].cpu(), expected)
+    originals = {tuple(Image.open(p).size[::-1]) for p in trainer.data.instance_paths}  # (height, width)
+    assert {tuple(row[:2]) for row in expected[:1].int().tolist()} <= originals
