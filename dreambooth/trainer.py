@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -42,6 +41,11 @@ from dreambooth.identifier import find_identifiers
 from dreambooth.preflight import preflight
 from dreambooth.models import (Components, TextConditioning, encode_text, load_components, load_sampling_scheduler,
                                reload_frozen, tokenize)
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: runs there are not locked against each other
+    fcntl = None
 
 log = logging.getLogger("dreambooth")
 
@@ -441,7 +445,7 @@ def only_run_in(output_dir: Path):
     """One run at a time in an --output_dir: two (a batch started twice, say) would delete each other's
     checkpoints as leftovers. An flock on the folder, taken by the main process (the others write through
     it), goes with the process, so a crash never leaves it held; where the disk has no locks, none is taken."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if int(os.environ.get("RANK", "0")) != 0 or fcntl is None:
         yield
         return
     created = not output_dir.exists()

@@ -237,5 +237,6 @@ def _loaded(name: str) -> ImageEncoder | None:
     if name == EfficientNetLite0.name:
         return EfficientNetLite0()
     if name.startswith("hf:") and len(name) > 3:
-        return HFEncoder(name[3:])
+        local = Path(name[3:]).expanduser()
+        return HFEncoder(str(local) if local.exists() else name[3:])  # else a hub id already in the cache
     return None
