@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import get_origin
 
 from dreambooth.config import TrainConfig, config_types, default_of, from_dict, read_config_file
-from dreambooth.errors import ConfigError, positive_int, run_command
+from dreambooth.errors import (ConfigError, finite_float, non_negative_int, positive_int, run_command,
+                               writable_folder)
 
 log = logging.getLogger("dreambooth")
 
@@ -175,6 +176,8 @@ def checked_trained(path: str | Path, base: str | None = None) -> Path:
     if is_lora_folder(folder):
         lora_base(folder, base)
         return folder
+    if base is not None:
+        raise ConfigError(f"--base: only for a LoRA folder, and {folder} is a full pipeline; drop --base")
     return checked_model(folder)
 
 
@@ -195,7 +198,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from dreambooth.generate import generate
 
     checked_trained(args.model, args.base)
-    out = args.output or Path(args.model) / "samples"
+    out = writable_folder(args.output or Path(args.model).expanduser() / "samples", "--output")
     paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed,
                      args.base, args.batch_size)
     print(f"wrote {len(paths)} images and grid.png to {out}")
@@ -204,7 +207,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_class_images(args: argparse.Namespace) -> None:
     from dreambooth.class_images import generate_for_model
 
-    paths = generate_for_model(Path(args.model), args.prompt, args.num_images, Path(args.cache_dir).expanduser(),
+    if args.resolution is not None and args.resolution % 8:
+        raise ConfigError(f"--resolution {args.resolution}: must be a multiple of 8 (the VAE downsamples by 8)")
+    paths = generate_for_model(Path(args.model), args.prompt, args.num_images, writable_folder(args.cache_dir, "--cache_dir"),
                                args.resolution, args.steps, args.guidance_scale, args.seed, args.batch_size)
     print(f"{len(paths)} class images in {paths[0].parent if paths else args.cache_dir}")
 
@@ -215,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if args.model:
         checked_model(args.model)
     settings = DemoSettings.fast() if args.fast else DemoSettings()
-    run_demo(args.output, args.subject, args.model, settings=settings)
+    run_demo(writable_folder(args.output, "--output"), args.subject, args.model, settings=settings)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -242,7 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate(Path(args.images or args.model).expanduser(), Path(args.real).expanduser(),
                       class_noun=args.class_noun, identifier=args.identifier, prompts=prompts,
                       encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,
-                      out=args.output.expanduser(), base=args.base, **sampling)
+                      out=writable_folder(args.output, "--output"), base=args.base, **sampling)
     paths = write_report(result, args.output.expanduser())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
@@ -276,20 +281,24 @@ class Parser(argparse.ArgumentParser):
 def cmd_merge(args: argparse.Namespace) -> None:
     from dreambooth.export import merge_lora
 
-    out = merge_lora(Path(args.lora), Path(args.output), args.scale, Path(args.base) if args.base else None)
+    out = merge_lora(Path(args.lora).expanduser(), writable_folder(args.output, "--output"), args.scale,
+                     Path(args.base) if args.base else None)
     print(f"merged {args.lora} at scale {args.scale} into {out}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from dreambooth.single_file import export_single_file
 
-    out = export_single_file(checked_model(args.model), Path(args.output), half=args.half)
+    output = Path(args.output).expanduser()
+    writable_folder(output.parent, "--output's folder")
+    out = export_single_file(checked_model(args.model), output, half=args.half)
     print(f"wrote {out} (original Stable Diffusion key layout, for AUTOMATIC1111 / ComfyUI)")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
     from dreambooth.single_file_import import import_single_file
 
+    writable_folder(Path(args.output).expanduser().parent, "--output's folder")  # it stages the model there
     out = import_single_file(args.file, args.output, args.family, args.config, args.allow_pickle)
     print(f"wrote {out}; train on it with --pretrained_model_name_or_path {out}")
 
@@ -325,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=4)
     gen.add_argument("--output", type=Path, help="folder for the PNGs (default: MODEL/samples)")
     gen.add_argument("--steps", type=positive_int, default=25)
-    gen.add_argument("--guidance_scale", "--guidance-scale", type=float, default=7.5)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--guidance_scale", "--guidance-scale", type=finite_float, default=7.5)
+    gen.add_argument("--seed", type=non_negative_int, default=0)
     gen.add_argument("--batch_size", "--batch-size", type=positive_int, default=4,
                      help="images sampled at once (memory); the images are the same at any batch size")
     gen.add_argument("--base", help=BASE_HELP)
@@ -339,15 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--cache_dir", "--cache-dir", default=default_of("class_cache_dir"))
     cls.add_argument("--resolution", type=positive_int, help="default: the model's native size")
     cls.add_argument("--steps", type=positive_int, default=default_of("class_inference_steps"))
-    cls.add_argument("--guidance_scale", "--guidance-scale", type=float,
+    cls.add_argument("--guidance_scale", "--guidance-scale", type=finite_float,
                      default=default_of("class_guidance_scale"))
-    cls.add_argument("--seed", type=int, default=0)
+    cls.add_argument("--seed", type=non_negative_int, default=0)
     cls.add_argument("--batch_size", "--batch-size", type=positive_int, default=4)
     cls.set_defaults(run=cmd_class_images)
     merge = sub.add_parser("merge", help="fold a LoRA into its base model and save a full pipeline folder")
     merge.add_argument("--lora", required=True, help="folder written by `dreambooth train --lora`")
     merge.add_argument("--output", required=True, help="where the merged pipeline is written")
-    merge.add_argument("--scale", type=float, default=1.0, help="LoRA strength folded in")
+    merge.add_argument("--scale", type=finite_float, default=1.0, help="LoRA strength folded in")
     merge.add_argument("--base", help=BASE_HELP)
     merge.set_defaults(run=cmd_merge)
 
@@ -373,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole method on the shipped toy-world model (CPU, minutes)")
     demo.add_argument("--output", type=Path, default=Path("dreambooth-demo"))
-    demo.add_argument("--subject", default="striped-bag", help="a folder name under examples/")
+    demo.add_argument("--subject", default="striped-bag",
+                      help='a folder name under examples/, or a folder of photos with a subject.json '
+                           '({"class_noun": "bag"})')
     demo.add_argument("--model", type=Path, default=None, help="base model (default: the shipped toy-world model)")
     demo.add_argument("--fast", action="store_true", help="a few steps only: a smoke test of the pipeline")
     demo.set_defaults(run=cmd_demo)
@@ -394,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="none, toy-judge or hf:<CLIP model folder> (CLIP-T)")
     ev.add_argument("-n", "--num_images", "--num-images", type=positive_int, help="images per prompt (default: 4)")
     ev.add_argument("--steps", type=positive_int, help="sampler steps (default: 50)")
-    ev.add_argument("--seed", type=int, help="image i uses seed + i (default: 0)")
+    ev.add_argument("--seed", type=non_negative_int, help="image i uses seed + i (default: 0)")
     ev.add_argument("--base", help=BASE_HELP)
     ev.add_argument("--output", "--output_dir", type=Path, required=True, help="folder for images and reports")
     ev.set_defaults(run=cmd_evaluate)

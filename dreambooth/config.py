@@ -222,7 +222,8 @@ def validate(cfg: TrainConfig) -> None:
                                          ("--validation_prompt", any("{identifier}" in p for p in cfg.validation_prompts)))
                  if uses]
         need(not users, "identifier", f"{' and '.join(users)} use the identifier, and no one word of --instance_prompt "
-             f"'{cfg.instance_prompt}' tells it; pass the word that names your subject, e.g. --identifier sks")
+             f"'{cfg.instance_prompt}' tells it; pass the word that names your subject, e.g. --identifier lun "
+             "(`dreambooth identifier --model MODEL` lists rare ones)")
     need(cfg.lora_rank >= 1, "lora_rank", f"must be >= 1, got {cfg.lora_rank}")
     need(cfg.lora_alpha is None or cfg.lora_alpha > 0, "lora_alpha", f"must be > 0, got {cfg.lora_alpha}")
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {cfg.lora_dropout}")

@@ -63,7 +63,11 @@ def find_subject(name: str) -> tuple[Path, str]:
     if not info.is_file():
         names = sorted(p.name for p in EXAMPLES.iterdir() if (p / "subject.json").is_file()) if EXAMPLES.is_dir() else []
         raise DataError(f"--subject {name}: no {info}; choose one of {', '.join(names) or '(none: run from a source checkout)'}")
-    return folder, json.loads(info.read_text())["class_noun"]
+    try:
+        class_noun = json.loads(info.read_text())["class_noun"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f'--subject {name}: {info} must be JSON like {{"class_noun": "bag"}}') from None
+    return folder, class_noun
 
 
 def labelled_row(label: str, images: list[Image.Image], size: int = 128, label_width: int = 260) -> Image.Image:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
+import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -69,12 +72,46 @@ def run_command(command: Callable[[], object]) -> int:
     return 0
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type for seeds: image files are named by them, and '-00001.png' reads as an option."""
+    return _whole_number(text, minimum=0)
+
+
+def finite_float(text: str) -> float:
+    """argparse type for scales: 'nan' or 'inf' would be written into a model without a word."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text}: give a finite number")
+    return value
+
+
+def writable_folder(path: str | Path, option: str) -> Path:
+    """`path` as a folder that exists, created now, before any work: a file in the way or a place that
+    cannot be written is a one-line error naming `option`, not a traceback after minutes of sampling."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option} {folder}: cannot be created ({exc.strerror or exc}); choose another "
+                          "folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {folder}: is not writable; choose another folder")
+    return folder
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts and sizes: 0 or less is refused at parse time, not deep in a run."""
+    return _whole_number(text, minimum=1)
+
+
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value}: give {minimum} or more")
     return value

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from dreambooth.atomic import fsync_tree, removed_on_failure
@@ -170,10 +171,14 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
 def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None = None) -> Path:
     """Fold a LoRA folder into its base model's weights (W + scale * B A) and save a full pipeline."""
     from dreambooth.finetune import LORA_WEIGHTS
-    from dreambooth.generate import is_lora_folder, load_trained, lora_base
+    from dreambooth.generate import is_lora_folder, load_trained, lora_base, training_record
 
+    if not lora_dir.is_dir():
+        raise ModelError(f"--lora {lora_dir}: no such folder; pass a folder written by `dreambooth train --lora`")
+    if (lora_dir / "model_index.json").is_file():
+        raise ModelError(f"--lora {lora_dir}: a full pipeline already, with nothing to merge; use it as it is")
     if not is_lora_folder(lora_dir):
-        raise ModelError(f"{lora_dir}: no {LORA_WEIGHTS}; pass a folder written by `dreambooth train --lora`")
+        raise ModelError(f"--lora {lora_dir}: no {LORA_WEIGHTS}; pass a folder written by `dreambooth train --lora`")
     base = lora_base(lora_dir, base)
     for name, folder in (("base model", base), ("LoRA", lora_dir)):
         if out.resolve() == folder.resolve():
@@ -187,9 +192,17 @@ def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None 
     shutil.rmtree(staging, ignore_errors=True)
     with removed_on_failure(staging, writing=out):  # a full disk gets the merged model's gigabytes back
         pipe.save_pretrained(staging, safe_serialization=True)
-        for name in (CONFIG_FILE, "README.md"):
-            if (lora_dir / name).is_file():
-                shutil.copy(lora_dir / name, staging / name)
+        # the LoRA's record (identifier, class noun, how it trained), saying what this folder now is
+        record = training_record(lora_dir)
+        if record:
+            merged = {**record, "output_dir": str(out.resolve()), "merged_from": str(lora_dir.resolve()),
+                      "merge_scale": scale}
+            (staging / CONFIG_FILE).write_text(yaml.safe_dump(merged, sort_keys=False))
+        (staging / "README.md").write_text(
+            f"# DreamBooth LoRA, merged\n\n`{lora_dir.resolve()}` folded into `{base}` at scale {scale}: a full "
+            f"pipeline, no LoRA to load.\n\n```python\nfrom diffusers import DiffusionPipeline\n"
+            f'pipe = DiffusionPipeline.from_pretrained("{out.resolve()}")\n```\n\nHow the LoRA was trained: '
+            f"`{CONFIG_FILE}`.\n")
     out.mkdir(parents=True, exist_ok=True)
     publish(staging, out)
     return out

@@ -67,8 +67,13 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False,
     if not folder.is_dir():
         raise ModelError(f"{option}: {folder} is not a folder; pass a local diffusers "
                          "pipeline folder (hub ids cannot be downloaded here)")
+    from dreambooth.finetune import LORA_WEIGHTS  # finetune imports this module
+
+    if not index.is_file() and (folder / LORA_WEIGHTS).is_file():
+        raise ModelError(f"{option}: {folder} is a LoRA folder; fold it into a full model first with "
+                         f"`dreambooth merge --lora {folder} --output FOLDER` and pass FOLDER")
     if not index.is_file():
-        raise ModelError(f"{folder}: no model_index.json; pass the folder written by `save_pretrained` "
+        raise ModelError(f"{option}: {folder} has no model_index.json; pass the folder written by `save_pretrained` "
                          "(or by `dreambooth import` from a single-file checkpoint)")
     try:
         listed = json.loads(index.read_text())

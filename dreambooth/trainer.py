@@ -34,7 +34,7 @@ from dreambooth.config import TrainConfig, fill_prompt, literal_identifier
 from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
-from dreambooth.errors import ConfigError, DreamBoothError
+from dreambooth.errors import ConfigError, DreamBoothError, writable_folder
 from dreambooth.finetune import cast_frozen_weights, decoding_in_vae_precision, strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
@@ -449,7 +449,7 @@ def only_run_in(output_dir: Path):
         yield
         return
     created = not output_dir.exists()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    writable_folder(output_dir, "--output_dir")
     fd = os.open(output_dir, os.O_RDONLY)
     try:
         try:

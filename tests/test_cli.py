@@ -1,5 +1,6 @@
 """The `dreambooth` command end to end on the tiny model, as a user would run it."""
 
+import re
 import subprocess
 import sys
 
@@ -162,3 +163,45 @@ def test_out_of_device_memory_is_one_line_with_what_to_try(tiny_sd, monkeypatch,
     monkeypatch.setattr(dreambooth.generate, "generate", too_big)
     assert main(["generate", "--model", str(tiny_sd), "--prompt", "a dog"]) == 1
     assert capsys.readouterr().err.startswith("error: out of device memory; try --gradient_checkpointing")
+
+
+def test_command_inputs_are_one_line_errors_before_any_work(tiny_sd, tmp_path, capsys):
+    """A file where a folder goes, a LoRA folder where a full model goes, --base on a full model, bad numbers."""
+    (tmp_path / "a-file").write_text("")
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    base = ["--model", str(tiny_sd), "--prompt", "a dog", "-n", "1", "--steps", "1"]
+    cases = [
+        (["generate", *base, "--output", str(tmp_path / "a-file")], "--output .*a-file: cannot be created"),
+        (["generate", *base, "--base", str(tiny_sd)], "--base: only for a LoRA folder"),
+        (["generate", *base, "--seed", "-1"], "-1: give 0 or more"),
+        (["generate", *base, "--guidance_scale", "inf"], "give a finite number"),
+        (["class-images", *base, "--resolution", "7", "--cache_dir", str(tmp_path / "c")], "multiple of 8"),
+        (["class-images", *base, "--cache_dir", str(tmp_path / "a-file")], "--cache_dir .*cannot be created"),
+        (["export", "--model", str(lora), "--output", str(tmp_path / "e.safetensors")],
+         "is a LoRA folder; fold it into a full model first with `dreambooth merge"),
+        (["export", "--model", str(tiny_sd), "--output", str(tmp_path / "a-file" / "e.safetensors")], "cannot be created"),
+        (["demo", "--fast", "--output", str(tmp_path / "a-file")], "--output .*a-file: cannot be created"),
+    ]
+    for args, message in cases:
+        assert exit_code(args) == 2, args
+        err = capsys.readouterr().err
+        assert re.search(message, err) and err.count("\n") == 1, err
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # nothing was generated
+
+
+def test_a_custom_demo_subject_with_a_bad_subject_json_is_one_line(tmp_path, capsys):
+    subject = tmp_path / "mine"
+    subject.mkdir()
+    (subject / "subject.json").write_text("{}")
+    assert main(["demo", "--fast", "--subject", str(subject), "--output", str(tmp_path / "out")]) == 2
+    assert 'must be JSON like {"class_noun": "bag"}' in capsys.readouterr().err
+
+
+def exit_code(args: list[str]) -> int:
+    """main's exit code, whether the parser (SystemExit) or the command refused."""
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return exit_.code

@@ -1,6 +1,7 @@
 """LoRA DreamBooth through the same loop: files diffusers loads, kohya layout, frozen-prediction prior."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dreambooth.cli import main
 from dreambooth.finetune import LORA_WEIGHTS
 from dreambooth.generate import load_trained, sample
 from dreambooth.trainer import Trainer, train
+from tests.test_cli import exit_code
 from tests.test_trainer import config
 
 
@@ -163,7 +165,22 @@ def test_merge_folds_the_lora_into_a_full_pipeline(lora_run, tmp_path):
     merged.set_progress_bar_config(disable=True)
     assert not any("lora" in k for k in merged.unet.state_dict())
     assert np.abs(image(merged) - image(load_trained(lora_run))).max() <= 2
-    assert (tmp_path / "merged" / "dreambooth_config.yaml").is_file()
+    record = yaml.safe_load((tmp_path / "merged" / "dreambooth_config.yaml").read_text())
+    assert record["merged_from"] == str(lora_run.resolve()) and record["output_dir"] == str((tmp_path / "merged").resolve())
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "load_lora_weights" not in card and str((tmp_path / "merged").resolve()) in card  # the merged model's card
+
+
+def test_merge_inputs_are_one_line_errors_before_any_work(lora_run, tiny_sd, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    cases = [(["--lora", str(tmp_path / "nope"), "--output", str(tmp_path / "m")], "--lora .*nope: no such folder"),
+             (["--lora", str(tiny_sd), "--output", str(tmp_path / "m")], "a full pipeline already"),
+             (["--lora", str(lora_run), "--output", str(tmp_path / "a-file" / "m")], "--output .*cannot be created"),
+             (["--lora", str(lora_run), "--output", str(tmp_path / "m"), "--scale", "nan"], "give a finite number")]
+    for args, message in cases:
+        assert exit_code(["merge", *args]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and err.count("\n") == 1, err
 
 
 def test_lora_targets_are_checked_before_any_work(tiny_sd, subject_dir, tmp_path, capsys):

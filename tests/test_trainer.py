@@ -157,3 +157,15 @@ def test_a_second_run_into_a_busy_output_dir_is_refused(tiny_sd, subject_dir, tm
     with pytest.raises(DreamBoothError, match="nothing"):
         train(config(tiny_sd, subject_dir, tmp_path, output_dir=str(new), instance_data_dir=str(tmp_path / "nothing")))
     assert not new.exists()
+
+
+def test_an_output_dir_under_a_file_is_one_line_up_front(tiny_sd, subject_dir, tmp_path, capsys):
+    from dreambooth.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    args = ["train", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
+            "--class_noun", "dog", "--output_dir", str(tmp_path / "a-file" / "out")]
+    assert main([*args, "--check"]) == 2
+    assert "a-file is a file; choose another folder" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "--output_dir" in capsys.readouterr().err
