@@ -85,6 +85,12 @@ def check_identifier(tokenizers: Tokenizers, text: str) -> list[str]:
     meaning = _meaning(text.strip().lower())
     if meaning is not None:
         warnings.append(f"is {meaning}, so the model already has a prior for it; prefer a rare token")
+    elif not warnings:
+        first = _as_list(tokenizers)[0]
+        token_id = _single_token_id(first, text.strip().lower())
+        if token_id is not None and token_id < len(first) // 2:  # a BPE id is its merge rank: low is frequent
+            warnings.append(f"is a frequent token (id {token_id} of {len(first)}), so the model already has a prior "
+                            "for it; prefer a rare token, e.g. from `dreambooth identifier`")
     return warnings
 
 

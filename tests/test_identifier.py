@@ -54,3 +54,16 @@ def test_check_identifier_warnings(tokenizer):
     [split] = check_identifier(tokenizer, "xqzvbw")
     assert "splits into" in split
     assert "rifle" in check_identifier(tokenizer, "sks")[0]
+
+
+def test_a_frequent_single_token_is_warned_about():
+    """One token is not enough: 'horse' and 'photo' are single tokens the model knows well."""
+    from transformers import CLIPTokenizer
+
+    from dreambooth.identifier import check_identifier
+    from dreambooth.models import CLIP_TOKENIZER_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
+    for word in ("horse", "photo", "ak"):
+        assert any("is a frequent token" in w for w in check_identifier(tokenizer, word)), word
+    assert check_identifier(tokenizer, "lun") == []  # the rarest, as `dreambooth identifier` lists it
