@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dreambooth.data.images import scan_images
-from dreambooth.errors import ModelError
+from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import (check_model_folder, load_pipeline as load_model_pipeline, load_sampling_scheduler,
                                native_resolution)
 
@@ -95,11 +95,12 @@ def model_fingerprint(model_dir: Path, memo_dir: Path | None = None) -> str:
         if entry is None or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
             entry = memo[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _file_sha256(path)}
         total.update(f"{path.relative_to(model_dir).as_posix()}\0{entry['sha256']}\n".encode())
-    kept = {p: e for p, e in memo.items() if Path(p).is_file()}  # forget deleted models
-    if memo_file is not None and kept != read:
-        # a speed-up only: a cache shared read-only (full, by another user) is read on without it
-        with contextlib.suppress(OSError):
-            _write_atomic(memo_file, json.dumps(kept, indent=1, sort_keys=True).encode())
+    if memo_file is not None:
+        kept = {p: e for p, e in memo.items() if Path(p).is_file()}  # forget deleted models
+        if kept != read:
+            # a speed-up only: a cache shared read-only (full, by another user) is read on without it
+            with contextlib.suppress(OSError):
+                _write_atomic(memo_file, json.dumps(kept, indent=1, sort_keys=True).encode())
     return total.hexdigest()
 
 
@@ -173,6 +174,8 @@ def _generate(spec: ClassImageSpec, pipe: DiffusionPipeline, indices: list[int],
 def generate_for_model(model: Path, prompt: str, num_images: int, cache_root: Path, resolution: int | None,
                        steps: int, guidance_scale: float, seed: int, batch_size: int) -> list[Path]:
     """`dreambooth class-images`: the class images of a model folder with its own sampler."""
+    if resolution is not None and resolution % 8:
+        raise ConfigError(f"--resolution {resolution}: must be a multiple of 8 (the VAE downsamples by 8)")
     folder = check_model_folder(model, option="--model")
     sampler = load_sampling_scheduler(folder)
     spec = ClassImageSpec(model_path=folder, prompt=prompt, resolution=resolution or native_resolution(folder),

@@ -207,8 +207,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_class_images(args: argparse.Namespace) -> None:
     from dreambooth.class_images import generate_for_model
 
-    if args.resolution is not None and args.resolution % 8:
-        raise ConfigError(f"--resolution {args.resolution}: must be a multiple of 8 (the VAE downsamples by 8)")
     paths = generate_for_model(Path(args.model), args.prompt, args.num_images, writable_folder(args.cache_dir, "--cache_dir"),
                                args.resolution, args.steps, args.guidance_scale, args.seed, args.batch_size)
     print(f"{len(paths)} class images in {paths[0].parent if paths else args.cache_dir}")
@@ -244,11 +242,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # unset generation options take evaluate()'s defaults, so the CLI and the API sample alike
     sampling = {key: value for key, value in (("n_per_prompt", args.num_images), ("steps", args.steps),
                                               ("seed", args.seed)) if value is not None}
+    out = writable_folder(args.output, "--output")
     result = evaluate(Path(args.images or args.model).expanduser(), Path(args.real).expanduser(),
                       class_noun=args.class_noun, identifier=args.identifier, prompts=prompts,
                       encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,
-                      out=writable_folder(args.output, "--output"), base=args.base, **sampling)
-    paths = write_report(result, args.output.expanduser())
+                      out=out, base=args.base, **sampling)
+    paths = write_report(result, out)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 

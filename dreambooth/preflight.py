@@ -261,8 +261,8 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
     class_scan = _check_images(str(user_class), "class", resolution, report) if user_class and user_class.exists() else None
     num_user_class = len(class_scan.images) if class_scan else 0
     output_dir = Path(cfg.output_dir).expanduser()
-    if not _existing(cfg.output_dir).is_dir():
-        report.problems.append(f"--output_dir {output_dir}: {_existing(cfg.output_dir)} is a file; choose another folder")
+    if not (nearest := _existing(cfg.output_dir)).is_dir():
+        report.problems.append(f"--output_dir {output_dir}: {nearest} is a file; choose another folder")
     if cfg.resume_from_checkpoint:
         try:
             checkpoint = checkpoints.named(output_dir, cfg.resume_from_checkpoint)
