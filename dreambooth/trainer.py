@@ -163,7 +163,9 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if not (cfg.with_prior_preservation and cfg.prior_mode == "images"):
             return None
-        with acc.main_process_first():  # one process generates; the others find a warm cache
+        # the main process generates first; then the first process of each other node (whose node-local
+        # cache may still be cold); then the rest, who find their node's cache warm
+        with acc.main_process_first(), acc.local_main_process_first():
             return ensure_class_images(
                 self._class_image_spec(), Path(cfg.class_cache_dir).expanduser(), cfg.num_class_images,
                 Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None,

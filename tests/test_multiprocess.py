@@ -2,6 +2,7 @@
 job across them; `batch` gives each process its own runs."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -63,3 +64,43 @@ def test_two_processes_train_sdxl_with_its_text_encoders(tiny_sdxl, subject_dir,
                              "--checkpointing_steps", "5"), tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [row["step"] for row in runlog.read(tmp_path / "out")] == [1, 2]
+
+
+GENERATE_LOGGED = """
+import os, sys
+from dreambooth import class_images, cli
+
+generate = class_images._generate
+
+
+def logged(*args, **kwargs):
+    with open(os.environ["GENERATE_LOG"], "a") as log:
+        log.write(os.environ["RANK"] + "\\n")
+    return generate(*args, **kwargs)
+
+
+class_images._generate = logged
+sys.exit(cli.main())
+"""
+
+
+def test_each_node_generates_its_class_images_once(tiny_sd, subject_dir, tmp_path):
+    # two nodes of two processes on this machine, each node with a cache of its own (a node-local disk)
+    script = tmp_path / "train_logged.py"
+    script.write_text(GENERATE_LOGGED)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "GENERATE_LOG": str(tmp_path / "log"),
+           "PYTHONPATH": os.getcwd()}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                               "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               str(script), *train_args(tiny_sd, subject_dir, tmp_path, "--max_train_steps", "1",
+                                                        "--class_cache_dir", str(tmp_path / f"cache-{node}"))],
+                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for node in (0, 1)]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=300)
+        assert node.returncode == 0, stderr[-2000:]
+    # the first process of each node generated; the other process of each found the node's cache warm
+    assert sorted((tmp_path / "log").read_text().split()) == ["0", "2"]
