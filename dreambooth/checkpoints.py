@@ -19,7 +19,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from dreambooth.atomic import fsync_tree, removed_on_failure
+from dreambooth.atomic import fsync, fsync_tree, removed_on_failure
 from dreambooth.errors import ConfigError
 
 STATE_FILE = "dreambooth_state.json"
@@ -53,6 +53,7 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
     # a full disk gives its space back now, not at the next save; the others may still be writing into it
     with removed_on_failure(temp, remove=accelerator.is_main_process):
         accelerator.save_state(str(temp), safe_serialization=True)
+        accelerator.wait_for_everyone()  # every process's part (its RNG states) is in before it is marked complete
         if accelerator.is_main_process:
             state = {"step": step, "config": config, "photos": sorted(photos),
                      "num_processes": accelerator.num_processes}
@@ -61,7 +62,7 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temp, final)
-        fsync_tree(output_dir)
+        fsync(output_dir)  # the rename; not the folder's other entries (a user's dangling link would fail)
         if keep is not None:
             for old in complete_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import diffusers
 import torch
-from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -49,6 +49,15 @@ class ClassImageSpec:
     guidance_scale: float
     seed: int
     negative_prompt: str | None = None
+
+    @classmethod
+    def for_model(cls, folder: Path, prompt: str, resolution: int, num_inference_steps: int,
+                  guidance_scale: float, seed: int) -> "ClassImageSpec":
+        """The spec of a model folder's class images, drawn with the folder's own sampler."""
+        sampler = load_sampling_scheduler(folder)
+        return cls(model_path=folder, prompt=prompt, resolution=resolution, sampler=type(sampler).__name__,
+                   sampler_config=dict(sampler.config), num_inference_steps=num_inference_steps,
+                   guidance_scale=guidance_scale, seed=seed)
 
     def record(self, fingerprint: str) -> dict[str, Any]:
         """The spec as JSON data, with the model named by its content rather than its path."""
@@ -177,10 +186,7 @@ def generate_for_model(model: Path, prompt: str, num_images: int, cache_root: Pa
     if resolution is not None and resolution % 8:
         raise ConfigError(f"--resolution {resolution}: must be a multiple of 8 (the VAE downsamples by 8)")
     folder = check_model_folder(model, option="--model")
-    sampler = load_sampling_scheduler(folder)
-    spec = ClassImageSpec(model_path=folder, prompt=prompt, resolution=resolution or native_resolution(folder),
-                          sampler=type(sampler).__name__, sampler_config=dict(sampler.config),
-                          num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
+    spec = ClassImageSpec.for_model(folder, prompt, resolution or native_resolution(folder), steps, guidance_scale, seed)
     return ensure_class_images(spec, cache_root, num_images, None, lambda: load_model_pipeline(folder),
                                batch_size, progress=True)
 

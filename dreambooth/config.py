@@ -230,7 +230,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.prior_mode == "images" or cfg.lora, "prior_mode",
          "'prediction' needs --lora (the frozen model is the base with adapters disabled)")
     for name in LORA_OPTIONS:  # diffusers' LoRA scripts take --rank alone: here it would full fine-tune
-        need(cfg.lora or getattr(cfg, name) == _default(name), name, "only takes effect with --lora; add --lora")
+        need(cfg.lora or getattr(cfg, name) == default_of(name), name, "only takes effect with --lora; add --lora")
     if len(problems) == 1:
         raise ConfigError(f"invalid config: {problems[0]}")
     if problems:
@@ -239,11 +239,6 @@ def validate(cfg: TrainConfig) -> None:
 
 LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_text_encoder_modules",
                 "lora_format")
-
-
-def _default(name: str) -> Any:
-    spec = TrainConfig.__dataclass_fields__[name]
-    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:

@@ -20,6 +20,7 @@ from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.errors import DataError
 from dreambooth.generate import load_trained, sample, training_record
 from dreambooth.models import load_pipeline
+from dreambooth.toyworld.quality import GUIDANCE, STEPS
 from dreambooth.toyworld.subjects import EXAMPLES
 from dreambooth.trainer import train
 
@@ -39,7 +40,7 @@ class DemoSettings:
     batch_size: int = 2
     num_class_images: int = 50
     images_per_prompt: int = 4
-    inference_steps: int = 20
+    inference_steps: int = STEPS
     train_text_encoder: bool = True  # [V] is learned in the text encoder too: the subject shows far more often
 
     @classmethod
@@ -125,7 +126,7 @@ def run_demo(output: Path, subject: str = "striped-bag", model: Path | None = No
     n, steps = settings.images_per_prompt, settings.inference_steps
     class_prompt = f"a {class_noun}"
     print(f"[1/4] base model: {n} samples of '{class_prompt}' before fine-tuning", flush=True)
-    before = sample(load_pipeline(model), class_prompt, n, steps, 7.5, seed=0)
+    before = sample(load_pipeline(model), class_prompt, n, steps, GUIDANCE, seed=0)
     timings["samples before"] = time.perf_counter() - clock
     print(f"[2/4] DreamBooth with prior preservation: {settings.steps} steps (class images first)", flush=True)
     checkpoints.delete_all(output / "model")  # the demo always starts over; an interrupted one left a checkpoint
@@ -139,8 +140,8 @@ def run_demo(output: Path, subject: str = "striped-bag", model: Path | None = No
             (f"before: {class_prompt}", before)]
     for template in prompts:
         prompt = fill_prompt(template, identifier, class_noun)
-        rows.append((prompt, sample(pipe, prompt, n, steps, 7.5, seed=0)))
-    rows.append((f"after: {class_prompt}", sample(pipe, class_prompt, n, steps, 7.5, seed=0)))
+        rows.append((prompt, sample(pipe, prompt, n, steps, GUIDANCE, seed=0)))
+    rows.append((f"after: {class_prompt}", sample(pipe, class_prompt, n, steps, GUIDANCE, seed=0)))
     timings["samples after"] = time.perf_counter() - clock - sum(timings.values())
     timings["total"] = time.perf_counter() - clock
     print("[4/4] writing the sheet and report", flush=True)

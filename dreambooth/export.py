@@ -12,7 +12,7 @@ import torch
 import yaml
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from dreambooth.atomic import fsync_tree, removed_on_failure
+from dreambooth.atomic import fsync, fsync_tree, removed_on_failure
 from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import Components, load_sampling_scheduler
@@ -55,7 +55,7 @@ def publish(staging: Path, out: Path) -> None:
             shutil.rmtree(target)
         os.replace(entry, target)
     staging.rmdir()
-    fsync_tree(out)
+    fsync(out)  # the renames; what they moved was flushed in staging
 
 
 def write_card_and_config(out: Path, cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import (AutoencoderKL, DDPMScheduler, DiffusionPipeline, SchedulerMixin, StableDiffusionPipeline,
+from diffusers import (AutoencoderKL, DDPMScheduler, DiffusionPipeline, SchedulerMixin,
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -79,7 +79,8 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False,
         listed = json.loads(index.read_text())
     except json.JSONDecodeError as exc:
         raise ModelError(f"{index}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    needed = SDXL_COMPONENTS if "XL" in listed.get("_class_name", "") else SD_COMPONENTS
+    # an SDXL index lacking the second encoder's folder is named missing, not loaded as SD
+    needed = SDXL_COMPONENTS if is_sdxl_folder(folder) or "XL" in listed.get("_class_name", "") else SD_COMPONENTS
     missing = [c for c in needed if c not in listed or not (folder / c).is_dir()]
     if missing:
         raise ModelError(f"{folder}: missing component(s) {', '.join(missing)}; a {listed.get('_class_name')} "
@@ -93,6 +94,11 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False,
             raise ModelError(f"{folder / name}: only pickled .bin weights; convert them to safetensors, or pass "
                              "--allow_pickle if you trust the source")
     return folder
+
+
+def is_sdxl_folder(folder: Path) -> bool:
+    """SDXL is the family with a second text encoder (what its loaders, trainer and exports branch on)."""
+    return (folder / "text_encoder_2").is_dir()
 
 
 def native_resolution(folder: Path) -> int:
@@ -111,7 +117,7 @@ def _weights_kwargs(folder: Path, *components: str) -> dict:
 def load_components(path: str | Path, allow_pickle: bool = False) -> Components:
     """Load tokenizer, text encoder, VAE, UNet and the DDPM training scheduler from a local folder."""
     folder = check_model_folder(path, allow_pickle)
-    suffixes = ("", "_2") if (folder / "text_encoder_2").is_dir() else ("",)
+    suffixes = ("", "_2") if is_sdxl_folder(folder) else ("",)
     return Components(
         path=folder,
         tokenizers=[CLIPTokenizer.from_pretrained(folder, subfolder=f"tokenizer{s}", local_files_only=True)

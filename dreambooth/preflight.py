@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dreambooth import checkpoints
-from dreambooth.config import TrainConfig, changed_settings, fill_prompt
+from dreambooth.config import FULL_LEARNING_RATE, TrainConfig, changed_settings, fill_prompt
 from dreambooth.data.images import ImageScan, scan_images
 from dreambooth.errors import DreamBoothError, ModelError
 from dreambooth.models import check_model_folder, native_resolution
@@ -145,9 +145,9 @@ def _check_scheduler(model: Path, report: Report) -> None:
 def _check_learning_rate(cfg: TrainConfig, model: Path, report: Report) -> None:
     """A diffusers LoRA recipe pasted without --lora (its scripts have none) would fully fine-tune a real
     model at a LoRA's rate. Real models only: the toy world's small UNet trains well at such rates."""
-    if not cfg.lora and cfg.learning_rate >= 5e-5 and _weights_bytes(model, ("unet",)) > 2**30:
+    if not cfg.lora and cfg.learning_rate >= 10 * FULL_LEARNING_RATE and _weights_bytes(model, ("unet",)) > GIB:
         report.warnings.append(f"--learning_rate {cfg.learning_rate:g} for a full fine-tune of every UNet weight "
-                               "is a LoRA's rate: add --lora to train adapters, or use about 5e-6")
+                               f"is a LoRA's rate: add --lora to train adapters, or use about {FULL_LEARNING_RATE:g}")
 
 
 def _check_runtime(cfg: TrainConfig, report: Report) -> None:
@@ -267,8 +267,11 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         try:
             checkpoint = checkpoints.named(output_dir, cfg.resume_from_checkpoint)
             recorded, recorded_photos = checkpoints.trained_with(checkpoint)
-            # training on for more steps is what a resume is often for
-            if changed := changed_settings(cfg, recorded, str(checkpoint), ("max_train_steps",)) if recorded else []:
+            # training on for more steps is what a resume is often for; a run folder moved with its checkpoints
+            # (a preempted machine's disk mounted elsewhere), or photos moved, are the same run: photos are
+            # compared by content below
+            movable = ("output_dir", "instance_data_dir") if recorded_photos is not None else ("output_dir",)
+            if changed := changed_settings(cfg, recorded, str(checkpoint), ("max_train_steps", *movable)) if recorded else []:
                 report.problems.append(f"--resume_from_checkpoint: {checkpoint} was trained with other settings "
                                        f"({'; '.join(changed)}); resume with those, or start afresh in another "
                                        "--output_dir")

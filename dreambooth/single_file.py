@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from dreambooth.atomic import save_file_atomic
 from dreambooth.errors import ConfigError, ModelError
+from dreambooth.models import is_sdxl_folder
 
 Family = Literal["sd1", "sd2", "sdxl"]
 
@@ -62,7 +63,7 @@ def component_config(folder: Path, component: str) -> dict:
 def model_family(folder: Path) -> Family:
     """Which original layout the diffusers pipeline in `folder` maps to: SDXL has a second text encoder;
     of the one-encoder families only SD 2.x has linear transformer projections in its UNet."""
-    if (folder / "text_encoder_2").is_dir():
+    if is_sdxl_folder(folder):
         return "sdxl"
     return "sd2" if component_config(folder, "unet").get("use_linear_projection") else "sd1"
 

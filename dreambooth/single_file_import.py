@@ -24,7 +24,7 @@ from transformers import CLIPTokenizer
 
 from dreambooth.atomic import fsync_tree, removed_on_failure
 from dreambooth.errors import ModelError
-from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
+from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config, is_sdxl_folder
 from dreambooth.single_file import TEXT_ENCODERS
 
 log = logging.getLogger("dreambooth")
@@ -204,7 +204,7 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
         configs = Path(config).expanduser() if config else write_configs(family, Path(tmp) / "configs")
         if not (configs / "model_index.json").is_file():
             raise ModelError(f"--config {configs}: no model_index.json; pass a diffusers pipeline folder")
-        pipeline_class = StableDiffusionXLPipeline if (configs / "text_encoder_2").is_dir() else StableDiffusionPipeline
+        pipeline_class = StableDiffusionXLPipeline if is_sdxl_folder(configs) else StableDiffusionPipeline
         extra = {} if pipeline_class is StableDiffusionXLPipeline else dict(safety_checker=None, feature_extractor=None)
         pickled = file.suffix in PICKLES  # allowed: check_format
         try:

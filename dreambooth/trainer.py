@@ -39,7 +39,7 @@ from dreambooth.finetune import cast_frozen_weights, decoding_in_vae_precision, 
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
 from dreambooth.preflight import preflight
-from dreambooth.models import (Components, TextConditioning, encode_text, load_components, load_sampling_scheduler,
+from dreambooth.models import (Components, TextConditioning, encode_text, is_sdxl_folder, load_components,
                                reload_frozen, tokenize)
 
 try:
@@ -64,7 +64,7 @@ class Trainer:
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
         # SDXL reads its first text encoder's penultimate layer, so that encoder's last layer gets no
         # gradient: DDP must look for such parameters, or its second step fails (as in diffusers' SDXL scripts)
-        sdxl = (Path(cfg.pretrained_model_name_or_path).expanduser() / "text_encoder_2").is_dir()
+        sdxl = is_sdxl_folder(Path(cfg.pretrained_model_name_or_path).expanduser())
         unused = [DistributedDataParallelKwargs(find_unused_parameters=True)] if sdxl and cfg.train_text_encoder else []
         self.accelerator = Accelerator(
             kwargs_handlers=unused,
@@ -109,20 +109,25 @@ class Trainer:
         # autocast that training will run the encoders in
         with torch.no_grad(), acc.autocast():
             self.base_embeddings = encode_text(self.parts.text_encoders, self.prompt_ids).float()
-        # Optimizer after the models (it holds their parameters), schedule after the optimizer.
+        # Optimizer after the models (it holds their parameters), schedule after the resumed step.
         self.optimizer = self._build_optimizer()
-        # accelerate steps a prepared scheduler once per process for each optimizer step
-        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
-                                          num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
-                                          num_training_steps=cfg.max_train_steps * acc.num_processes,
-                                          num_cycles=cfg.lr_num_cycles, power=cfg.lr_power)
+        base_rates = [group["lr"] for group in self.optimizer.param_groups]
         # frozen text encoders are not prepared, so checkpoints don't carry copies of them
         trained_encoders = self.parts.text_encoders if cfg.train_text_encoder else []
-        self.unet, *prepared = acc.prepare(self.parts.unet, *trained_encoders, self.optimizer, self.lr_scheduler)
-        *trained_encoders, self.optimizer, self.lr_scheduler = prepared
+        self.unet, *prepared = acc.prepare(self.parts.unet, *trained_encoders, self.optimizer)
+        *trained_encoders, self.optimizer = prepared
         self.text_encoders = trained_encoders or self.parts.text_encoders
         self.finetune.register_checkpoint_hooks(acc)
         self.start_step = checkpoints.resume(acc, self.output_dir, cfg.resume_from_checkpoint)
+        # The rate is a function of the optimizer step alone: built at the resumed step, not checkpointed
+        # (accelerate's prepared scheduler counts a tick per process, so a resume on another number of
+        # processes would land elsewhere in the schedule).
+        for group, rate in zip(self.optimizer.param_groups, base_rates):
+            group["initial_lr"] = rate
+        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
+                                          num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_train_steps,
+                                          num_cycles=cfg.lr_num_cycles, power=cfg.lr_power,
+                                          last_epoch=self.start_step - 1)
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)
         best = self.output_dir / "best" / "best.json"
@@ -182,14 +187,11 @@ class Trainer:
                               batch_size=cfg.train_batch_size, seed=cfg.seed)
 
     def _class_image_spec(self) -> ClassImageSpec:
-        cfg, sampler = self.cfg, load_sampling_scheduler(self.parts.path)
+        cfg = self.cfg
         # drawn at the model's own size, as diffusers does, and resized like the photos: a model samples
         # worst off its native resolution, and those samples would teach the prior their flaws
-        return ClassImageSpec(model_path=self.parts.path, prompt=self.class_prompt,
-                              resolution=self.parts.native_resolution,
-                              sampler=sampler.__class__.__name__, sampler_config=dict(sampler.config),
-                              num_inference_steps=cfg.class_inference_steps, guidance_scale=cfg.class_guidance_scale,
-                              seed=cfg.seed)
+        return ClassImageSpec.for_model(self.parts.path, self.class_prompt, self.parts.native_resolution,
+                                        cfg.class_inference_steps, cfg.class_guidance_scale, cfg.seed)
 
     def _base_pipeline(self):
         return export.pipeline_from(self.parts, self.parts.unet, self.parts.text_encoders).to(self.accelerator.device)
@@ -295,8 +297,9 @@ class Trainer:
         self.accelerator.backward(loss.total)
         if self.accelerator.sync_gradients:
             self.accelerator.clip_grad_norm_(self.trainable_parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
-        self.lr_scheduler.step()
+        self.optimizer.step()  # accelerate skips it (and zero_grad) while gradients accumulate
+        if self.accelerator.sync_gradients:
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
 

@@ -166,3 +166,18 @@ def test_a_resume_on_another_number_of_processes_is_warned_about(tiny_sd, subjec
         train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=2, checkpointing_steps=1,
                      resume_from_checkpoint="latest"))
     assert "ran on 2 process(es), this resume on 1" in caplog.text
+
+
+def test_a_run_resumes_after_its_folder_and_photos_moved(tiny_sd, subject_dir, tmp_path):
+    """A preempted machine's disk mounted elsewhere: the same run, its photos recognized by content. A
+    dangling link in the folder (a user's) is no part of the run and is left alone."""
+    common = dict(max_train_steps=3, checkpointing_steps=2)
+    full = losses(train(config(tiny_sd, subject_dir, tmp_path / "full", **common)))
+    part = config(tiny_sd, subject_dir, tmp_path / "part", **{**common, "max_train_steps": 2, "checkpointing_steps": 1})
+    (tmp_path / "part" / "out").mkdir(parents=True)
+    (tmp_path / "part" / "out" / "photos").symlink_to(tmp_path / "nowhere")
+    train(part)
+    shutil.move(tmp_path / "part", tmp_path / "moved")
+    photos = shutil.copytree(subject_dir, tmp_path / "photos-elsewhere")
+    out = train(config(tiny_sd, photos, tmp_path / "moved", **common, resume_from_checkpoint="latest"))
+    assert [r["loss"] for r in losses(out)] == [r["loss"] for r in full]

@@ -152,7 +152,7 @@ def test_check_refuses_a_model_trained_otherwise(tiny_sd, subject_dir, tmp_path,
     assert message in capsys.readouterr().err
 
 
-def test_out_of_device_memory_is_one_line_with_what_to_try(tiny_sd, monkeypatch, capsys):
+def test_out_of_device_memory_is_one_line_with_what_to_try(tiny_sd, tmp_path, monkeypatch, capsys):
     import torch
 
     import dreambooth.generate
@@ -161,7 +161,8 @@ def test_out_of_device_memory_is_one_line_with_what_to_try(tiny_sd, monkeypatch,
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(dreambooth.generate, "generate", too_big)
-    assert main(["generate", "--model", str(tiny_sd), "--prompt", "a dog"]) == 1
+    # --output: the default (MODEL/samples) would write into the model other tests share
+    assert main(["generate", "--model", str(tiny_sd), "--prompt", "a dog", "--output", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: out of device memory; try --gradient_checkpointing")
 
 

@@ -6,9 +6,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from dreambooth import checkpoints, runlog
+from dreambooth.cli import main
 from tests.test_batch import write_runs
 
 
@@ -104,3 +106,12 @@ def test_each_node_generates_its_class_images_once(tiny_sd, subject_dir, tmp_pat
         assert node.returncode == 0, stderr[-2000:]
     # the first process of each node generated; the other process of each found the node's cache warm
     assert sorted((tmp_path / "log").read_text().split()) == ["0", "2"]
+
+
+def test_a_resume_on_another_number_of_processes_keeps_the_learning_rate_schedule(tiny_sd, subject_dir, tmp_path):
+    args = train_args(tiny_sd, subject_dir, tmp_path, "--max_train_steps", "4", "--lr_scheduler", "linear")
+    done = launch(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    uninterrupted = [row["lr"] for row in runlog.read(tmp_path / "out")]
+    assert main([*args, "--resume_from_checkpoint", "checkpoint-2"]) == 0  # one process now, not two
+    assert [row["lr"] for row in runlog.read(tmp_path / "out")] == pytest.approx(uninterrupted)

@@ -1,4 +1,4 @@
-"""Scores during training (`--eval_every N`) and the rule `--keep_best` uses to pick a checkpoint.
+"""Scores during training (`--eval_every N`) and the rule `--keep_best` uses to pick the step it saves.
 
 "How many steps?" is DreamBooth's most asked question: too few and the subject isn't learned, too
 many and the class drifts onto the subject (language drift) and prompts stop mattering. Every N

@@ -197,5 +197,5 @@ def is_model_folder(path: Path) -> bool:
 def load_div_features(name: str) -> div_metric.FeatureMaps:
     """The DIV feature extractor by name (only the offline EfficientNet-Lite0 today)."""
     if name != EfficientNetLite0.name:
-        raise ConfigError(f"--div_features {name!r}: unknown; use efficientnet-lite0")
+        raise ConfigError(f"div_features {name!r}: unknown; use efficientnet-lite0")
     return EfficientNetLite0()

@@ -36,7 +36,7 @@ from dreambooth.toyworld.model_card import (GENERATED, PER_CLASS, QUALITY_FILE, 
 from dreambooth.toyworld.readers import to_pixels
 from dreambooth.toyworld.subjects import EXAMPLES
 
-STEPS, GUIDANCE = 20, 7.5  # the demo's and the model card's sampler settings
+STEPS, GUIDANCE = 20, 7.5  # the toy world's sampler settings: the grid's, the demo's and the model card's
 
 
 def grid() -> list[dict[str, str]]:

@@ -1,5 +1,5 @@
-"""Tiny random-weight Stable Diffusion pipelines, built in code: what the tests train on, and the
-demo's stand-in while no pretrained toy-world model is installed."""
+"""Random-weight Stable Diffusion pipelines built in code: the tiny ones the tests train on, and the
+published architectures the benchmarks measure."""
 
 from __future__ import annotations
 
