@@ -138,10 +138,12 @@ def cache_folder(spec: ClassImageSpec, cache_root: Path) -> Path:
 
 def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int, user_dir: Path | None,
                         load_pipeline: Callable[[], DiffusionPipeline], batch_size: int,
-                        progress: bool) -> list[Path]:
+                        progress: bool, share: tuple[int, int] = (0, 1)) -> list[Path]:
     """`num_images` class images: the user's own first, the rest generated (or reused from the cache).
 
     `load_pipeline` is called only if an image is missing, so a warm cache costs no model load.
+    `share=(k, n)`: draw only the missing images whose index is k modulo n (process k of n; the
+    returned list is then complete only once every share is drawn).
     """
     # a --class_data_dir that does not exist yet counts as empty (diffusers recipes name one to be filled)
     user_images = (list(scan_images(user_dir, role="class", min_side=spec.resolution).images)
@@ -152,7 +154,7 @@ def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int,
     paths = [folder / f"{i:06d}.png" for i in range(num_images - len(user_images))]
     # a file that does not decode (damaged by something else: ours are written whole) is replaced, never
     # deleted first: another process sharing the cache may be about to read it
-    missing = [i for i, path in enumerate(paths) if not _decodes(path)]
+    missing = [i for i, path in enumerate(paths) if i % share[1] == share[0] and not _decodes(path)]
     if missing:
         _generate(spec, load_pipeline(), missing, folder, batch_size, progress)
     return user_images + paths

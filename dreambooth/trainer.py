@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -168,13 +169,17 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if not (cfg.with_prior_preservation and cfg.prior_mode == "images"):
             return None
-        # the main process generates first; then the first process of each other node (whose node-local
-        # cache may still be cold); then the rest, who find their node's cache warm
+        ensure = functools.partial(
+            ensure_class_images, self._class_image_spec(), Path(cfg.class_cache_dir).expanduser(), cfg.num_class_images,
+            Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None,
+            load_pipeline=self._base_pipeline, batch_size=cfg.sample_batch_size, progress=acc.is_local_main_process)
+        if acc.num_processes > 1:  # every process draws its share (as diffusers' scripts do)
+            ensure(share=(acc.process_index, acc.num_processes))
+            acc.wait_for_everyone()
+        # where a node's cache is its own, the other nodes' shares are missing there: the main process fills
+        # its node's first, then the first process of each other node, then the rest find theirs complete
         with acc.main_process_first(), acc.local_main_process_first():
-            return ensure_class_images(
-                self._class_image_spec(), Path(cfg.class_cache_dir).expanduser(), cfg.num_class_images,
-                Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None,
-                load_pipeline=self._base_pipeline, batch_size=cfg.sample_batch_size, progress=acc.is_local_main_process)
+            return ensure()
 
     def _build_data(self, class_paths: list[Path] | None) -> DreamBoothData:
         cfg = self.cfg

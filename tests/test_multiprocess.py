@@ -77,7 +77,7 @@ generate = class_images._generate
 
 def logged(*args, **kwargs):
     with open(os.environ["GENERATE_LOG"], "a") as log:
-        log.write(os.environ["RANK"] + "\\n")
+        log.write(os.environ["RANK"] + ":" + ",".join(map(str, args[2])) + "\\n")  # (spec, pipe, indices, ...)
     return generate(*args, **kwargs)
 
 
@@ -86,7 +86,7 @@ sys.exit(cli.main())
 """
 
 
-def test_each_node_generates_its_class_images_once(tiny_sd, subject_dir, tmp_path):
+def test_processes_share_the_class_images_and_each_node_gets_all(tiny_sd, subject_dir, tmp_path):
     # two nodes of two processes on this machine, each node with a cache of its own (a node-local disk)
     script = tmp_path / "train_logged.py"
     script.write_text(GENERATE_LOGGED)
@@ -98,14 +98,16 @@ def test_each_node_generates_its_class_images_once(tiny_sd, subject_dir, tmp_pat
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
                                "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
                                str(script), *train_args(tiny_sd, subject_dir, tmp_path, "--max_train_steps", "1",
+                                                        "--num_class_images", "4",
                                                         "--class_cache_dir", str(tmp_path / f"cache-{node}"))],
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for node in (0, 1)]
     for node in nodes:
         _, stderr = node.communicate(timeout=300)
         assert node.returncode == 0, stderr[-2000:]
-    # the first process of each node generated; the other process of each found the node's cache warm
-    assert sorted((tmp_path / "log").read_text().split()) == ["0", "2"]
+    # each process drew image k (of 4) into its node's cache; then the first process of each node drew what
+    # the other node's processes had drawn, and the other process of each found its node's cache complete
+    assert sorted((tmp_path / "log").read_text().split()) == ["0:0", "0:2,3", "1:1", "2:0,1", "2:2", "3:3"]
 
 
 def test_a_resume_on_another_number_of_processes_keeps_the_learning_rate_schedule(tiny_sd, subject_dir, tmp_path):
