@@ -30,7 +30,7 @@ import yaml
 
 from dreambooth import checkpoints
 from dreambooth.atomic import write_text_atomic
-from dreambooth.config import TrainConfig, changed_settings, from_dict, read_config_file
+from dreambooth.config import TrainConfig, changed_settings, field_keys, from_dict, read_config_file
 from dreambooth.errors import OUT_OF_MEMORY, ConfigError, DreamBoothError
 from dreambooth.export import CONFIG_FILE
 
@@ -81,11 +81,12 @@ def read_runs(path: str | Path) -> list[Run]:
         if not isinstance(entry, dict):
             problems.append(f"run {number}: expected a mapping of option: value")
             continue
-        if "resume_from_checkpoint" in {**defaults, **entry}:
-            problems.append(f"run {number}: remove resume_from_checkpoint; a batch resumes interrupted runs itself")
-            continue
         try:
-            runs.append(Run(number, from_dict({**defaults, **entry}, source=f"run {number}")))
+            values = {**field_keys(defaults, "defaults"), **field_keys(entry, f"run {number}")}
+            if "resume_from_checkpoint" in values:
+                problems.append(f"run {number}: remove resume_from_checkpoint; a batch resumes interrupted runs itself")
+                continue
+            runs.append(Run(number, from_dict(values, source=f"run {number}")))
         except ConfigError as error:
             message = str(error) if str(error).startswith(f"run {number}:") else f"run {number}: {error}"
             problems.append(message.replace("\n", "\n  "))

@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import get_origin
 
-from dreambooth.config import TrainConfig, config_types, default_of, from_dict, read_config_file
+from dreambooth.config import TrainConfig, config_types, default_of, field_keys, from_dict, read_config_file
 from dreambooth.errors import (ConfigError, finite_float, non_negative_int, positive_int, run_command,
                                writable_folder)
 
@@ -105,7 +105,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         if hint is bool:
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, help=help_text)
             parser.add_argument(*_flags(f"no_{f.name}", ()), dest=f.name, action="store_const", const=False,
-                                help=argparse.SUPPRESS)
+                                # (--no_prior_preservation, below, is listed for with_prior_preservation)
+                                help=f"turn --{f.name} off" if default and f.name != "with_prior_preservation"
+                                else argparse.SUPPRESS)
         elif get_origin(hint) is tuple:
             parser.add_argument(*flags, dest=f.name, action="append", metavar="TEXT", help=help_text + "; repeatable")
         else:  # values (choices too) are checked by the config, with one-line messages
@@ -128,7 +130,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
     """Config file values, overridden by the flags given on the command line."""
-    values = read_config_file(args.config) if args.config else {}
+    values = field_keys(read_config_file(args.config), args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if v is not None and k in config_types()}
     if getattr(args, "epochs_ignored", None) is not None and "max_train_steps" not in {**values, **given}:
         raise ConfigError(EPOCHS_REFUSED)
@@ -345,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--prompt", required=True, help='class prompt, e.g. "a dog"')
     cls.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=default_of("num_class_images"))
     cls.add_argument("--cache_dir", "--cache-dir", default=default_of("class_cache_dir"))
-    cls.add_argument("--resolution", type=positive_int, help="default: the model's native size")
+    cls.add_argument("--resolution", type=positive_int,
+                     help="default: the model's native size, the one `train` draws at (other sizes fill a cache "
+                          "that `train` does not read)")
     cls.add_argument("--steps", type=positive_int, default=default_of("class_inference_steps"))
     cls.add_argument("--guidance_scale", "--guidance-scale", type=finite_float,
                      default=default_of("class_guidance_scale"))

@@ -278,9 +278,32 @@ def config_types() -> dict[str, Any]:
     return get_type_hints(TrainConfig)
 
 
+def key_names() -> dict[str, str]:
+    """Every key a config file may spell a field with: its name, its flags' spellings without the dashes
+    (`validation_prompt`, `rank`, `instance-dir`) -> the field's name."""
+    names = {}
+    for f in dataclasses.fields(TrainConfig):
+        for spelling in (f.name, f.name.replace("_", "-"), *(alias.lstrip("-") for alias in f.metadata["aliases"])):
+            names[spelling] = f.name
+    return names
+
+
+def field_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` with each key spelled as its field (before merging two sources, so one overrides the other)."""
+    names = key_names()
+    spelled: dict[str, list[str]] = {}
+    for key in values:
+        spelled.setdefault(names.get(key, key), []).append(key)
+    if twice := [" and ".join(keys) for keys in spelled.values() if len(keys) > 1]:
+        raise ConfigError(f"{source}: {'; '.join(twice)} name the same option; give it once")
+    return {names.get(key, key): value for key, value in values.items()}
+
+
 def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a validated config; unknown keys are an error naming the source and the key."""
+    """Build a validated config from keys spelled as fields or flags; unknown keys are an error naming the
+    source and the key."""
     hints = config_types()
+    values = field_keys(values, source)
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; see `dreambooth train --help`")

@@ -158,3 +158,15 @@ def test_lora_options_without_lora_are_refused():
     assert from_dict({**REQUIRED, "lora": True, "lora_rank": 8}).lora_rank == 8
     with pytest.raises(ConfigError, match="--text_encoder_stop_step: must be >= 1"):
         from_dict({**REQUIRED, "train_text_encoder": True, "text_encoder_stop_step": 0})
+
+
+def test_config_files_take_the_flags_spellings_and_the_command_line_overrides_them(tmp_path):
+    (tmp_path / "run.yaml").write_text("model: m\ninstance-dir: d\nclass: cat\nrank: 8\nlora: true\n"
+                                       "validation_prompt: a {identifier} cat on the beach\n")
+    parser = build_parser()
+    cfg = build_train_config(parser.parse_args(["train", "--config", str(tmp_path / "run.yaml"), "--lora_rank", "2"]))
+    assert (cfg.pretrained_model_name_or_path, cfg.instance_data_dir, cfg.class_noun) == ("m", "d", "cat")
+    assert cfg.lora_rank == 2 and cfg.validation_prompts == ("a {identifier} cat on the beach",)
+    with pytest.raises(ConfigError, match="lora_rank and rank name the same option; give it once"):
+        from_dict({"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "class_noun": "cat",
+                   "lora_rank": 4, "rank": 8})
