@@ -33,6 +33,7 @@ from dreambooth.atomic import write_text_atomic
 from dreambooth.config import TrainConfig, changed_settings, field_keys, from_dict, read_config_file
 from dreambooth.errors import OUT_OF_MEMORY, ConfigError, DreamBoothError
 from dreambooth.export import CONFIG_FILE
+from dreambooth.run_guard import Interrupted
 
 log = logging.getLogger("dreambooth")
 STARTED_FILE = "dreambooth_batch_run.yaml"  # the options a run started with, until its model is saved
@@ -204,7 +205,7 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
     """Check every run of the file (or of its shard; the disk for every shard), then train those not
     finished, one after another.
     Returns the trained runs' output folders; raises listing the runs that failed, after the rest ran."""
-    from dreambooth.trainer import Interrupted, train
+    from dreambooth.trainer import train
 
     shard_spec = own_share(shard_spec)
     every_run = read_runs(path)

@@ -225,6 +225,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dreambooth.evaluation.evaluate import DEFAULT_ENCODERS, evaluate
+    from dreambooth.evaluation.metrics.prompt_fidelity import load_prompt_scorer
     from dreambooth.evaluation.report import write_report
 
     generation = {"prompts": "--prompts", "num_images": "-n", "steps": "--steps", "seed": "--seed", "base": "--base"}
@@ -235,7 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                               "--images scores the images as they are")
         if not args.class_noun:
             raise ConfigError("--images needs --class_noun: its 'a <class noun>' folder is scored as PRES")
-    scorer = prompt_scorer(args.prompt_scorer)
+    scorer = load_prompt_scorer(args.prompt_scorer, option="--prompt_scorer")
     if args.model:
         checked_trained(args.model, args.base)
     prompts = args.prompts
@@ -251,25 +252,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                       out=out, base=args.base, **sampling)
     paths = write_report(result, out)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
-
-
-def prompt_scorer(name: str):
-    """--prompt_scorer: none, the toy world's judge, or CLIP-T with a local CLIP model."""
-    if name == "none":
-        return None
-    if name == "toy-judge":
-        from dreambooth.toyworld.judge import JudgeScorer
-
-        return JudgeScorer()
-    if name.startswith("hf:"):
-        from dreambooth.evaluation.encoders import load_encoder
-        from dreambooth.evaluation.metrics.prompt_fidelity import ClipT
-
-        try:
-            return ClipT(load_encoder(name, option="--prompt_scorer"))
-        except ConfigError as exc:
-            raise ConfigError(f"--prompt_scorer: {exc}") from None
-    raise ConfigError(f"--prompt_scorer {name!r}: unknown; use none, toy-judge or hf:<CLIP model folder>")
 
 
 class Parser(argparse.ArgumentParser):

@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import signal
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +34,14 @@ from dreambooth.config import TrainConfig, fill_prompt, literal_identifier
 from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
-from dreambooth.errors import ConfigError, DreamBoothError, writable_folder
+from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.finetune import cast_frozen_weights, decoding_in_vae_precision, strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
 from dreambooth.preflight import preflight
+from dreambooth.run_guard import Interrupted, only_run_in, signals_noted
 from dreambooth.models import (Components, TextConditioning, encode_text, is_sdxl_folder, load_components,
                                reload_frozen, tokenize)
-
-try:
-    import fcntl
-except ImportError:  # Windows has no flock: runs there are not locked against each other
-    fcntl = None
 
 log = logging.getLogger("dreambooth")
 
@@ -233,7 +228,7 @@ class Trainer:
         with tqdm(total=cfg.max_train_steps, initial=self.step, desc="training", unit="step",
                   disable=not acc.is_local_main_process) as bar:
             while self.step < cfg.max_train_steps:
-                loss, nonfinite = self.optimizer_step()
+                loss, nonfinite = self.update()
                 self.step += 1
                 # every process must agree to stop (signal) or fail (NaN), or the others hang in a collective
                 stopping = torch.tensor(float(self.stop_signal is not None), device=acc.device)
@@ -259,14 +254,14 @@ class Trainer:
                     self.evaluate()
         return self.save()
 
-    def optimizer_step(self) -> tuple[LossParts, torch.Tensor]:
-        """One update: gradient_accumulation_steps micro-steps. Returns the last micro-step's loss and
-        whether any micro-step's loss was not finite (each adds to the same update)."""
+    def update(self) -> tuple[LossParts, torch.Tensor]:
+        """One optimizer step: gradient_accumulation_steps training steps. Returns the last one's loss and
+        whether any one's loss was not finite (each adds to the same update)."""
         cfg, acc = self.cfg, self.accelerator
         nonfinite = torch.zeros((), device=acc.device)
         for micro in range(cfg.gradient_accumulation_steps):
             with acc.accumulate(self.unet, *self.text_encoders):
-                # each process draws its own examples; one process numbers micro-steps 0, 1, 2, ...
+                # each process draws its own examples: draws are numbered across processes, 0, 1, 2, ...
                 micro_step = self.step * cfg.gradient_accumulation_steps + micro
                 loss = self.training_step(micro_step * acc.num_processes + acc.process_index)
                 nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss.total.detach())).float())
@@ -281,11 +276,13 @@ class Trainer:
         number = self.stop_signal or signal.SIGTERM  # another process may have been the one signalled
         raise Interrupted(f"stopped by {signal.Signals(number).name} at step {self.step}; saved {path}", number)
 
-    def training_step(self, micro_step: int) -> LossParts:
-        """One forward/backward pass on a concatenated [instance; prior] batch (paper, Eq. 2)."""
+    def training_step(self, draw: int) -> LossParts:
+        """One forward/backward pass on a concatenated [instance; prior] batch (paper, Eq. 2), its examples,
+        noise and timesteps drawn by `draw` (the run's count of batches over all processes); the optimizer
+        and schedule step at the last of an accumulation (accelerate skips the optimizer's before)."""
         cfg, sched, device = self.cfg, self.parts.noise_scheduler, self.accelerator.device
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + micro_step)
-        batch = self.data.batch(micro_step, generator)
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + draw)
+        batch = self.data.batch(draw, generator)
         latents = batch.latents.to(device)  # (n+m, 4, h, w)
         noise = sample_noise(latents, cfg.noise_offset, generator)
         timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator)
@@ -398,11 +395,9 @@ class Trainer:
             return
         if self.evaluator is None:
             from dreambooth.evaluation.during_training import TrainingEvaluator
+            from dreambooth.evaluation.metrics.prompt_fidelity import load_prompt_scorer
 
-            scorer = None
-            if self.cfg.eval_prompt_scorer == "toy-judge":
-                from dreambooth.toyworld.judge import JudgeScorer
-                scorer = JudgeScorer()
+            scorer = load_prompt_scorer(self.cfg.eval_prompt_scorer, option="--eval_prompt_scorer")
             self.evaluator = TrainingEvaluator(list(self.data.instance_paths), self.cfg.identifier,
                                                self.cfg.class_noun, self.cfg.eval_encoder, seed=self.cfg.seed,
                                                resolution=self.cfg.resolution, prompt_scorer=scorer)
@@ -440,42 +435,6 @@ class Trainer:
         return self.output_dir
 
 
-class Interrupted(DreamBoothError):
-    """SIGINT/SIGTERM during training: a checkpoint was saved; the message says how to resume."""
-
-    def __init__(self, what: str, signal_number: int,
-                 resume: str = "resume with the same command plus --resume_from_checkpoint latest") -> None:
-        super().__init__(f"{what}; {resume}")
-        self.what, self.signal_number = what, signal_number
-        self.exit_code = 128 + signal_number
-
-
-@contextlib.contextmanager
-def only_run_in(output_dir: Path):
-    """One run at a time in an --output_dir: two (a batch started twice, say) would delete each other's
-    checkpoints as leftovers. An flock on the folder, taken by the main process (the others write through
-    it), goes with the process, so a crash never leaves it held; where the disk has no locks, none is taken."""
-    if int(os.environ.get("RANK", "0")) != 0 or fcntl is None:
-        yield
-        return
-    created = not output_dir.exists()
-    writable_folder(output_dir, "--output_dir")
-    fd = os.open(output_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"--output_dir {output_dir} is in use by another dreambooth run; wait for it to "
-                              "finish, or choose another folder") from None
-        except OSError:
-            pass
-        yield
-    finally:
-        os.close(fd)
-        if created and not any(output_dir.iterdir()):  # refused before writing anything: leave no trace
-            output_dir.rmdir()
-
-
 def train(cfg: TrainConfig) -> Path:
     """Personalize `cfg.pretrained_model_name_or_path` on `cfg.instance_data_dir`; return the output folder.
 
@@ -483,27 +442,10 @@ def train(cfg: TrainConfig) -> Path:
     during the final save, they let it finish and then raise `Interrupted`, so no signal goes unheard.
     """
     with only_run_in(Path(cfg.output_dir).expanduser()):
-        return _train(cfg)
-
-
-def _train(cfg: TrainConfig) -> Path:
-    trainer = Trainer(cfg)
-    trainer.setup()
-    if threading.current_thread() is not threading.main_thread():
-        return trainer.train()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def stop_after_this_step(number: int, frame) -> None:
-        trainer.stop_signal = number
-        signal.signal(number, previous[number])  # a second Ctrl-C interrupts at once
-
-    for s in previous:
-        signal.signal(s, stop_after_this_step)
-    try:
-        out = trainer.train()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        trainer = Trainer(cfg)
+        trainer.setup()
+        with signals_noted(functools.partial(setattr, trainer, "stop_signal")):
+            out = trainer.train()
     if trainer.stop_signal is not None:
         raise Interrupted(f"stopped by {signal.Signals(trainer.stop_signal).name} after saving {out}",
                           trainer.stop_signal, "nothing is left to resume")

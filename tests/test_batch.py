@@ -12,7 +12,8 @@ from dreambooth import runlog
 from dreambooth.batch import STARTED_FILE, plan, read_runs, run_batch, shard
 from dreambooth.cli import main
 from dreambooth.errors import ConfigError, DreamBoothError
-from dreambooth.trainer import Interrupted, Trainer
+from dreambooth.run_guard import Interrupted
+from dreambooth.trainer import Trainer
 
 
 def write_runs(tmp_path, tiny_sd, subject_dir, *runs, **defaults):

@@ -11,7 +11,8 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from dreambooth.evaluation.encoders import HFEncoder
+from dreambooth.errors import ConfigError
+from dreambooth.evaluation.encoders import HFEncoder, load_encoder
 
 
 @runtime_checkable
@@ -33,3 +34,19 @@ class ClipT:
     def __call__(self, images: list[Image.Image], prompt: str) -> float:
         text = self.clip.embed_text([prompt])  # (1, D)
         return float((self.clip.embed(images) @ text.T).mean())
+
+
+def load_prompt_scorer(name: str, option: str) -> PromptScorer | None:
+    """By name: none, the toy world's judge, or CLIP-T with a local CLIP model (`hf:<folder>`)."""
+    if name == "none":
+        return None
+    if name == "toy-judge":
+        from dreambooth.toyworld.judge import JudgeScorer
+
+        return JudgeScorer()
+    if name.startswith("hf:"):
+        try:
+            return ClipT(load_encoder(name, option=option))
+        except ConfigError as exc:
+            raise ConfigError(f"{option}: {exc}") from None
+    raise ConfigError(f"{option} {name!r}: unknown; use none, toy-judge or hf:<CLIP model folder>")
