@@ -96,11 +96,11 @@ def named(output_dir: Path, which: str) -> Path:
     return path
 
 
-def trained_with(checkpoint: Path) -> tuple[dict, list[str] | None]:
-    """The config of the run that wrote `checkpoint` and the sha256s of its subject photos ({} and None
-    for checkpoints from before they were kept)."""
+def trained_with(checkpoint: Path) -> tuple[int, dict, list[str] | None]:
+    """The step of `checkpoint`, the config of the run that wrote it and the sha256s of its subject photos
+    ({} and None for checkpoints from before they were kept)."""
     state = json.loads((checkpoint / STATE_FILE).read_text())
-    return state.get("config", {}), state.get("photos")
+    return int(state["step"]), state.get("config", {}), state.get("photos")
 
 
 def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int:

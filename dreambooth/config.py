@@ -126,6 +126,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.learning_rate is None:  # resolved here, so records and resume checks hold the rate used
             object.__setattr__(self, "learning_rate", LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE)
+        for name in ("lora_target_modules", "lora_text_encoder_modules"):  # "to_q,to_k" as diffusers' newer scripts
+            names = tuple(m.strip() for spelled in getattr(self, name) for m in str(spelled).split(",") if m.strip())
+            object.__setattr__(self, name, names)
         validate(self)
 
     @property
@@ -258,8 +261,13 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"--{name}: {value!r} is not one of {', '.join(map(str, args))}")
         return value
     if origin is tuple:
-        items = [value] if isinstance(value, str) else list(value)
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or any(isinstance(v, (list, dict)) for v in items):
+            raise ConfigError(f"--{name}: expected text or a list of texts, got {value!r}")
         return tuple(str(v) for v in items)
+    if isinstance(value, (list, tuple, dict)) or (isinstance(value, bool) and hint is not bool):
+        # str() would make "['dress']" a class noun, and int() a step count of True
+        raise ConfigError(f"--{name}: expected one {hint.__name__}, got {value!r}")
     if hint is bool:
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dreambooth import checkpoints
+from dreambooth import checkpoints, export
 from dreambooth.config import FULL_LEARNING_RATE, TrainConfig, changed_settings, fill_prompt
 from dreambooth.data.images import ImageScan, scan_images
 from dreambooth.errors import DreamBoothError, ModelError
@@ -246,6 +246,20 @@ def disk_problems(needs: list[DiskNeed]) -> list[str]:
     return problems
 
 
+def _foreign_model_in(output_dir: Path, model: Path | None, lora: bool) -> str | None:
+    """Publishing replaces the model files of `output_dir`: the base model's own folder, a model this tool
+    did not train, or (for a LoRA, which writes no pipeline) a full model would be lost or left half."""
+    if model is not None and output_dir.resolve() == model.resolve():
+        return "it is the base model's folder, which the trained model would overwrite"
+    if not (output_dir / "model_index.json").is_file():
+        return None
+    if not (output_dir / export.CONFIG_FILE).is_file():
+        return "it holds a model that dreambooth did not train, which the trained model would overwrite"
+    if lora:
+        return "it holds a full model of an earlier run, which a LoRA's adapters would leave half replaced"
+    return None
+
+
 def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
     """Check the model folder, images, prompts, options and free disk; collect everything found.
     `report.disk` lists what the run will write, for a caller that sums several runs (check_disk=False)."""
@@ -263,10 +277,15 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
     output_dir = Path(cfg.output_dir).expanduser()
     if not (nearest := _existing(cfg.output_dir)).is_dir():
         report.problems.append(f"--output_dir {output_dir}: {nearest} is a file; choose another folder")
+    elif problem := _foreign_model_in(output_dir, model, cfg.lora):
+        report.problems.append(f"--output_dir {output_dir}: {problem}; choose another folder")
     if cfg.resume_from_checkpoint:
         try:
             checkpoint = checkpoints.named(output_dir, cfg.resume_from_checkpoint)
-            recorded, recorded_photos = checkpoints.trained_with(checkpoint)
+            step, recorded, recorded_photos = checkpoints.trained_with(checkpoint)
+            if step >= cfg.max_train_steps:  # the loop would not run, and the model would be labelled with fewer
+                report.problems.append(f"--max_train_steps {cfg.max_train_steps}: {checkpoint} is at step {step} "
+                                       "already; pass more steps to train on from it")
             # training on for more steps is what a resume is often for; a run folder moved with its checkpoints
             # (a preempted machine's disk mounted elsewhere), or photos moved, are the same run: photos are
             # compared by content below

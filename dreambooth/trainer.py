@@ -82,6 +82,8 @@ class Trainer:
         report = preflight(cfg)  # every input problem at once, before anything heavy
         for line in report.warnings:
             log.warning("warning: %s", line)
+        for line in report.notes:  # what the photo folders hold, and any file skipped there
+            log.info(line)
         report.raise_if_problems()
         set_seed(cfg.seed)
         # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.

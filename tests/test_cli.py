@@ -1,6 +1,7 @@
 """The `dreambooth` command end to end on the tiny model, as a user would run it."""
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -206,3 +207,16 @@ def exit_code(args: list[str]) -> int:
         return main(args)
     except SystemExit as exit_:
         return exit_.code
+
+
+def test_train_never_overwrites_the_base_model_or_a_model_it_did_not_train(tiny_sd, subject_dir, tmp_path, capsys):
+    foreign = shutil.copytree(tiny_sd, tmp_path / "someone-elses-model")
+    common = ["train", "--model", str(tiny_sd), "--instance_data_dir", str(subject_dir), "--class_noun", "dog",
+              "--check"]
+    assert main([*common, "--output_dir", str(tiny_sd)]) == 2
+    assert "it is the base model's folder, which the trained model would overwrite" in capsys.readouterr().err
+    assert main([*common, "--output_dir", str(foreign)]) == 2
+    assert "it holds a model that dreambooth did not train" in capsys.readouterr().err
+    (foreign / "dreambooth_config.yaml").write_text("{}")  # as an earlier full fine-tune left it
+    assert main([*common, "--output_dir", str(foreign), "--lora"]) == 2
+    assert "a LoRA's adapters would leave half replaced" in capsys.readouterr().err

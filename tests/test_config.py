@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from dreambooth.cli import build_parser, build_train_config
@@ -170,3 +172,18 @@ def test_config_files_take_the_flags_spellings_and_the_command_line_overrides_th
     with pytest.raises(ConfigError, match="lora_rank and rank name the same option; give it once"):
         from_dict({"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "class_noun": "cat",
                    "lora_rank": 4, "rank": 8})
+
+
+@pytest.mark.parametrize("key, value, expected", [("class_noun", ["dress"], "expected one str, got ['dress']"),
+                                                  ("max_train_steps", True, "expected one int, got True"),
+                                                  ("validation_prompts", [{"a": "b"}], "expected text or a list")])
+def test_a_config_files_value_of_the_wrong_shape_is_refused(key, value, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        from_dict({**REQUIRED, key: value})
+
+
+def test_lora_modules_may_be_one_comma_separated_list():
+    cfg = build_train_config(build_parser().parse_args(["train", "--model", "m", "--instance_data_dir", "d",
+                                                        "--class_noun", "dog", "--lora", "--lora_target_modules",
+                                                        "to_q, to_k,to_v"]))
+    assert cfg.lora_target_modules == ("to_q", "to_k", "to_v")

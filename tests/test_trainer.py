@@ -169,3 +169,14 @@ def test_an_output_dir_under_a_file_is_one_line_up_front(tiny_sd, subject_dir, t
     assert "a-file is a file; choose another folder" in capsys.readouterr().err
     assert main(args) == 2
     assert "--output_dir" in capsys.readouterr().err
+
+
+def test_a_run_says_which_photos_it_skipped(tiny_sd, subject_dir, tmp_path, caplog):
+    import logging
+    import shutil
+
+    photos = shutil.copytree(subject_dir, tmp_path / "photos")
+    (photos / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # a phone's photo, not decodable here
+    with caplog.at_level(logging.INFO, logger="dreambooth"):
+        train(config(tiny_sd, photos, tmp_path, max_train_steps=1))
+    assert "4 usable instance image(s), 1 skipped" in caplog.text and "skipped IMG_0001.HEIC" in caplog.text

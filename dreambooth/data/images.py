@@ -54,10 +54,9 @@ class ImageScan:
     digests: tuple[str, ...] = ()  # sha256 of each usable image's file, in the order of `images`
 
     def summary(self) -> str:
-        """A few lines for the console: counts, then each skipped file and each warning."""
+        """A few lines for the console: counts, then each skipped file (the warnings are reported apart)."""
         lines = [f"{self.folder}: {len(self.images)} usable {self.role} image(s), {len(self.skipped)} skipped"]
         lines += [f"  skipped {path.name}: {why}" for path, why in self.skipped]
-        lines += [f"  warning: {line}" for line in self.warnings]
         return "\n".join(lines)
 
     def require(self, min_count: int = 1) -> None:
