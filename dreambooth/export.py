@@ -183,8 +183,9 @@ def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None 
     for name, folder in (("base model", base), ("LoRA", lora_dir)):
         if out.resolve() == folder.resolve():
             raise ConfigError(f"--output {out} is the {name}'s folder; merge into another folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").is_file():
-        raise ConfigError(f"--output {out} holds files but no pipeline; merge into a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and "merged_from" not in training_record(out):
+        # an earlier merge may be redone (another --scale); anything else would be overwritten or mixed in
+        raise ConfigError(f"--output {out} holds files that no earlier merge wrote; merge into a new or empty folder")
     pipe = load_trained(lora_dir, base)
     pipe.fuse_lora(lora_scale=scale)
     pipe.unload_lora_weights()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -73,8 +75,24 @@ def lora_base(lora_dir: Path, base: str | Path | None = None) -> Path:
 def load_trained(model: Path, base: str | Path | None = None) -> DiffusionPipeline:
     """A pipeline folder, or a LoRA folder on its base model (`base`, or the one recorded at training)."""
     if is_lora_folder(model):
-        pipe = load_pipeline(lora_base(model, base), allow_pickle=training_record(model).get("allow_pickle", False))
-        pipe.load_lora_weights(model, weight_name=LORA_WEIGHTS)
+        base = lora_base(model, base)
+        pipe = load_pipeline(base, allow_pickle=training_record(model).get("allow_pickle", False))
+        # diffusers logs the error below whole and peft warns before it: heard only if the adapters load
+        loader_log = logging.getLogger("diffusers.loaders.peft")
+        level = loader_log.level
+        loader_log.setLevel(logging.CRITICAL)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pipe.load_lora_weights(model, weight_name=LORA_WEIGHTS)
+        except RuntimeError as exc:  # torch's "size mismatch for ...": adapters of another architecture
+            mismatch = str(exc).strip().splitlines()[-1].strip().split(": copying")[0]
+            raise ModelError(f"{model}: its LoRA does not fit the base model {base} ({mismatch}); pass the "
+                             "--base it was trained on") from None
+        finally:
+            loader_log.setLevel(level)
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         return pipe
     return load_pipeline(model)
 

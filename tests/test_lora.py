@@ -194,3 +194,21 @@ def test_lora_targets_are_checked_before_any_work(tiny_sd, subject_dir, tmp_path
     assert "--lora_target_modules attn1: matches a layer of type Attention, which LoRA cannot adapt" in err
     assert "--lora_text_encoder_modules q_prj: no layer of the text_encoder" in err
     assert "to_q:" not in err and "fc1:" not in err
+
+
+def test_merge_redoes_its_own_merge_but_never_overwrites_another_model(lora_run, tiny_sd, tmp_path, capsys):
+    merged = tmp_path / "merged"
+    assert main(["merge", "--lora", str(lora_run), "--output", str(merged)]) == 0
+    assert main(["merge", "--lora", str(lora_run), "--output", str(merged), "--scale", "0.5"]) == 0  # another scale
+    other = shutil.copytree(tiny_sd, tmp_path / "another-model")
+    (other / "dreambooth_config.yaml").write_text("identifier: zwx\n")  # a full fine-tune of another subject
+    assert exit_code(["merge", "--lora", str(lora_run), "--output", str(other)]) == 2
+    assert "holds files that no earlier merge wrote" in capsys.readouterr().err
+
+
+def test_a_lora_on_a_base_of_another_architecture_is_one_line(lora_run, tiny_sdxl, tmp_path, capsys):
+    assert main(["generate", "--model", str(lora_run), "--base", str(tiny_sdxl), "--prompt", "a dog", "-n", "1",
+                 "--steps", "2", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^error: .*its LoRA does not fit the base model .*\(size mismatch for .*\); pass the --base it "
+                     r"was trained on\n$", err), err
