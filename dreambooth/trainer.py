@@ -250,9 +250,10 @@ class Trainer:
                     self._save_and_stop()
                 if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
                     self._save_checkpoint()
-                if cfg.validation_prompts and self.step % cfg.validation_steps == 0:
+                last = self.step == cfg.max_train_steps  # the model saved is looked at too (and may be the best)
+                if cfg.validation_prompts and (self.step % cfg.validation_steps == 0 or last):
                     self.validate()
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
                     self.evaluate()
         return self.save()
 

@@ -43,13 +43,14 @@ def lora_run(tiny_sd, subject_dir, tmp_path_factory):
     here = os.getcwd()
     os.chdir(tiny_sd.parent)
     try:
-        # the validation grid at the last step is our own sampling of the adapted model (1 image, seed 0);
+        # the validation grid at the last step (3, as every 2nd step and the last are sampled) is our own
+        # sampling of the adapted model (1 image, seed 0);
         # proj_in and fc1 are adapted too: layers off attention, whose names the files must carry as well
         out = train(config(tiny_sd, subject_dir, tmp, lora=True, lora_rank=4, lora_alpha=8, train_text_encoder=True,
                            lora_target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
                            lora_text_encoder_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"],
                            lora_format="kohya", max_train_steps=3, learning_rate=5e-2, validation_prompts=["a dog"],
-                           validation_steps=3, num_validation_images=1, inference_steps=2,
+                           validation_steps=2, num_validation_images=1, inference_steps=2,
                            pretrained_model_name_or_path=tiny_sd.name))
     finally:
         os.chdir(here)
@@ -58,6 +59,7 @@ def lora_run(tiny_sd, subject_dir, tmp_path_factory):
 
 def test_lora_output_is_small_and_loads_in_diffusers(lora_run, tiny_sd):
     assert (lora_run / LORA_WEIGHTS).is_file() and not (lora_run / "unet").exists()
+    assert sorted(p.name for p in (lora_run / "validation").iterdir()) == ["step-000002.png", "step-000003.png"]
     base = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
     base.set_progress_bar_config(disable=True)
     before = image(base)
