@@ -11,6 +11,7 @@ import torch
 import yaml
 from diffusers import DiffusionPipeline
 from PIL import Image
+from tqdm.auto import tqdm
 
 from dreambooth.config import fill_prompt
 from dreambooth.errors import ConfigError, ModelError
@@ -31,15 +32,17 @@ def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
 
 @torch.no_grad()
 def sample(pipe: DiffusionPipeline, prompt: str, n: int, steps: int, guidance: float, seed: int,
-           resolution: int | None = None, batch_size: int = 4) -> list[Image.Image]:
+           resolution: int | None = None, batch_size: int = 4, bar: tqdm | None = None) -> list[Image.Image]:
     """n images for one prompt, `batch_size` at a time (memory); image i uses seed + i, so the images
-    don't depend on n or batch size."""
+    don't depend on n or batch size. `bar` counts the images as they come."""
     images = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
         images += pipe(prompt=[prompt] * count, num_inference_steps=steps, guidance_scale=guidance,
                        generator=generators, height=resolution, width=resolution).images
+        if bar is not None:
+            bar.update(count)
     return images
 
 
@@ -105,7 +108,9 @@ def generate(model: Path, prompt: str, n: int, out: Path, steps: int, guidance: 
         if f"{{{name}}}" in prompt and not record.get(name):
             raise ConfigError(f"--prompt uses {{{name}}} but {model} records none; write the word out instead")
     text = fill_prompt(prompt, record.get("identifier"), record.get("class_noun"))
-    images = sample(load_trained(model, base), text, n, steps, guidance, seed, batch_size=batch_size)
+    pipe = load_trained(model, base)
+    with tqdm(total=n, desc="sampling", unit="img") as bar:
+        images = sample(pipe, text, n, steps, guidance, seed, batch_size=batch_size, bar=bar)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(images):

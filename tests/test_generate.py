@@ -13,3 +13,12 @@ def test_images_do_not_depend_on_the_batch_size(tiny_sd):
     assert len(chunked) == 3
     assert max(np.abs(a - b).max() for a, b in zip(whole, chunked)) <= 1
     assert np.abs(whole[0] - whole[1]).max() > 1  # and the seeds do differ
+
+
+def test_generate_shows_its_progress_in_images(tiny_sd, tmp_path, capsys):
+    from dreambooth.cli import main
+
+    assert main(["generate", "--model", str(tiny_sd), "--prompt", "a dog", "-n", "3", "--batch_size", "2",
+                 "--steps", "2", "--output", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "sampling: 100%" in err and "3/3" in err

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from dreambooth.data.images import IMAGE_SUFFIXES, load_rgb
 from dreambooth.config import fill_prompt
@@ -67,12 +68,13 @@ def generate_images(model: Path, prompts: Sequence[str], n_per_prompt: int, seed
     from dreambooth.generate import load_trained, sample  # diffusers import only when generating
 
     pipe = load_trained(model, base)
-    for index, prompt in enumerate(prompts):
-        folder = out / f"{index:02d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:60]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(sample(pipe, prompt, n_per_prompt, steps, guidance, seed)):
-            image.save(folder / f"{seed + i:06d}.png")
-        (folder / PROMPT_FILE).write_text(prompt + "\n", encoding="utf-8")
+    with tqdm(total=len(prompts) * n_per_prompt, desc="sampling for evaluation", unit="img") as bar:
+        for index, prompt in enumerate(prompts):
+            folder = out / f"{index:02d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:60]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(sample(pipe, prompt, n_per_prompt, steps, guidance, seed, bar=bar)):
+                image.save(folder / f"{seed + i:06d}.png")
+            (folder / PROMPT_FILE).write_text(prompt + "\n", encoding="utf-8")
     return out
 
 
