@@ -22,6 +22,15 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
+def umask_modes(path: Path) -> None:
+    """Give `path` (and all under it) the mode a new file or folder gets from the umask: safetensors and
+    mkstemp write files as 0600, which other users of a shared model folder or cache cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for entry in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
 def fsync_tree(folder: Path) -> None:
     """fsync every file and folder under `folder`, and `folder` itself."""
     for path in sorted(folder.rglob("*")) + [folder]:
@@ -50,6 +59,7 @@ def _whole_or_nothing(write, tmp: Path, path: Path) -> None:
     """`write(tmp)`, then rename it onto `path`."""
     with removed_on_failure(tmp, writing=path):
         write(tmp)
+        umask_modes(tmp)
         replace_durably(tmp, path)
 
 

@@ -25,6 +25,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dreambooth.atomic import umask_modes
 from dreambooth.data.images import scan_images
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import (check_model_folder, load_pipeline as load_model_pipeline, load_sampling_scheduler,
@@ -223,9 +224,7 @@ def _write_atomic(path: Path, content: bytes | Image.Image) -> None:
     """Write to a temp file beside `path`, fsync, then rename: readers never see a partial file. The
     file gets the mode any new file would (mkstemp's is 0600), so a cache shared by users stays readable."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    umask_modes(Path(tmp))
     try:
         with os.fdopen(fd, "wb") as f:
             if isinstance(content, Image.Image):

@@ -12,7 +12,7 @@ import torch
 import yaml
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from dreambooth.atomic import fsync, fsync_tree, removed_on_failure
+from dreambooth.atomic import fsync, fsync_tree, removed_on_failure, umask_modes
 from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import Components, load_sampling_scheduler
@@ -45,6 +45,7 @@ def publish(staging: Path, out: Path) -> None:
     looks complete: the files loaders look for first go out first and come back last, the config
     (what `dreambooth batch` takes as "finished") the very last."""
     markers = ("model_index.json", CONFIG_FILE)
+    umask_modes(staging)
     fsync_tree(staging)
     for name in markers:
         (out / name).unlink(missing_ok=True)

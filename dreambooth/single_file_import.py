@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from transformers import CLIPTokenizer
 
-from dreambooth.atomic import fsync_tree, removed_on_failure
+from dreambooth.atomic import fsync_tree, removed_on_failure, umask_modes
 from dreambooth.errors import ModelError
 from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config, is_sdxl_folder
 from dreambooth.single_file import TEXT_ENCODERS
@@ -222,6 +222,7 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
         shutil.rmtree(staging, ignore_errors=True)
         with removed_on_failure(staging):
             pipe.save_pretrained(staging, safe_serialization=True)
+            umask_modes(staging)
             fsync_tree(staging)
     if output.exists():
         output.rmdir()  # empty, checked above

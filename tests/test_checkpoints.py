@@ -184,3 +184,27 @@ def test_a_run_resumes_after_its_folder_and_photos_moved(tiny_sd, subject_dir, t
     photos = shutil.copytree(subject_dir, tmp_path / "photos-elsewhere")
     out = train(config(tiny_sd, photos, tmp_path / "moved", **common, resume_from_checkpoint="latest"))
     assert [r["loss"] for r in losses(out)] == [r["loss"] for r in full]
+
+
+def test_written_models_are_readable_by_the_users_the_umask_lets_read(tmp_path):
+    """safetensors writes 0600: a shared model folder or an exported file would be unreadable to others."""
+    import os
+    import stat
+
+    import torch
+
+    from dreambooth.atomic import save_file_atomic
+    from dreambooth.export import publish
+
+    previous = os.umask(0o022)
+    try:
+        save_file_atomic({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+        staging = tmp_path / "out" / ".final.tmp"
+        (staging / "unet").mkdir(parents=True)
+        save_file_atomic({"w": torch.zeros(2)}, staging / "unet" / "diffusion_pytorch_model.safetensors")
+        os.chmod(staging / "unet" / "diffusion_pytorch_model.safetensors", 0o600)  # as save_pretrained leaves it
+        publish(staging, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "model.safetensors", tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
