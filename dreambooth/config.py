@@ -111,8 +111,7 @@ class TrainConfig:
     num_validation_images: int = option(4, "images per validation prompt")
     inference_steps: int = option(25, "sampler steps for validation images")
     guidance_scale: float = option(7.5, "classifier-free guidance for validation images")
-    eval_every: int | None = option(None, "score subject fidelity, PRES (and prompt fidelity) every N steps "
-                                                    "and at the last")
+    eval_every: int | None = option(None, "score subject fidelity, PRES (and prompt fidelity) every N steps and the last")
     eval_encoder: str = option("efficientnet-lite0", "image encoder for --eval_every (see `dreambooth evaluate`)")
     eval_prompt_scorer: Literal["none", "toy-judge"] = option("none", "prompt-fidelity scorer for --eval_every")
     keep_best: bool = option(False, "with --eval_every: also save the best-scoring step to OUTPUT/best")
