@@ -100,7 +100,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         hint, meta = hints[f.name], f.metadata
         default = default_of(f.name)
-        help_text = f"{meta['help']} (default: {default})"
+        # unset by default: the help says what that means, where it means anything
+        help_text = meta["help"] if default is None else f"{meta['help']} (default: {default})"
         flags = _flags(f.name, meta["aliases"])
         if hint is bool:
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, help=help_text)
@@ -152,7 +153,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from dreambooth.trainer import train
 
     out = train(cfg)
-    print(f"saved the personalized pipeline to {out}")
+    if cfg.lora:
+        print(f"saved the LoRA adapters to {out} (load them onto the base model with pipe.load_lora_weights, "
+              f"or `dreambooth generate --model {out}`)")
+    else:
+        print(f"saved the personalized pipeline to {out}")
 
 
 def cmd_batch(args: argparse.Namespace) -> None:

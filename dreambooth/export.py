@@ -79,7 +79,7 @@ def model_card(cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> str
              f"\"{class_prompt}\"" if cfg.with_prior_preservation else "off")
     rows = [
         ("base model", cfg.pretrained_model_name_or_path), ("identifier", cfg.identifier or "none named (a literal instance prompt)"),
-        ("class noun", cfg.class_noun), ("instance prompt", instance_prompt), ("class prompt", class_prompt),
+        ("class noun", cfg.class_noun or "none named (literal prompts)"), ("instance prompt", instance_prompt), ("class prompt", class_prompt),
         ("prior preservation", prior), ("steps", cfg.max_train_steps), ("learning rate", cfg.learning_rate),
         ("batch size", cfg.train_batch_size), ("resolution", cfg.resolution),
         ("text encoder trained", cfg.train_text_encoder), ("seed", cfg.seed),

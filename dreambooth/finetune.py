@@ -52,7 +52,7 @@ class LoRAFineTune:
         def save(models, weights, output_dir):
             if accelerator.is_main_process:
                 for i, model in enumerate(models):
-                    adapters = get_peft_model_state_dict(accelerator.unwrap_model(model))
+                    adapters = get_peft_model_state_dict(accelerator.unwrap_model(model), save_embedding_layers=False)
                     save_file({k: v.contiguous() for k, v in adapters.items()}, Path(output_dir) / f"adapters_{i}.safetensors")
             weights.clear()  # accelerate saves nothing else for the models
 
@@ -76,7 +76,8 @@ class LoRAFineTune:
             # UNet loader reads a file of mixed names by its first key, silently dropping the other kind. A
             # text encoder's take diffusers' own: its loader finds peft's only on attention projections, so
             # adapters on other layers alone (--lora_text_encoder_modules fc1) would not load.
-            adapters = get_peft_model_state_dict(model)
+            # (the vocabulary is never resized, so no embedding table travels: peft's check of that warned)
+            adapters = get_peft_model_state_dict(model, save_embedding_layers=False)
             if name != "unet":
                 adapters = {k.replace(".lora_A.", ".lora_linear_layer.down.")
                              .replace(".lora_B.", ".lora_linear_layer.up."): v for k, v in adapters.items()}

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import textwrap
 from pathlib import Path
 
 import torch
@@ -213,12 +214,12 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
                                                        torch_dtype=torch.float32, **extra)
         except (KeyError, RuntimeError, ValueError) as exc:  # keys or shapes the architecture does not have
             described = f"--config {configs}" if config else f"the {family} architecture"
-            raise ModelError(f"{file}: does not fit {described} ({str(exc).splitlines()[0][:200]}); "
+            raise ModelError(f"{file}: does not fit {described} ({_first_line(exc)}); "
                              "check --family or --config") from None
         except OSError as exc:
             if exc.errno is not None:  # the disk's own errors keep their one-line message
                 raise
-            raise ModelError(f"{file}: not a loadable checkpoint ({str(exc).splitlines()[0][:200]})") from None
+            raise ModelError(f"{file}: not a loadable checkpoint ({_first_line(exc)})") from None
         shutil.rmtree(staging, ignore_errors=True)
         with removed_on_failure(staging):
             pipe.save_pretrained(staging, safe_serialization=True)
@@ -228,3 +229,9 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
         output.rmdir()  # empty, checked above
     os.replace(staging, output)
     return output
+
+
+def _first_line(exc: Exception) -> str:
+    """The library's message, one line, cut at a word rather than mid-sentence."""
+    return textwrap.shorten(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, 240,
+                            placeholder=" …")
