@@ -30,7 +30,7 @@ import yaml
 
 from dreambooth import checkpoints
 from dreambooth.atomic import write_text_atomic
-from dreambooth.config import TrainConfig, changed_settings, field_keys, from_dict, read_config_file
+from dreambooth.config import TrainConfig, changed_settings, field_keys, from_dict, key_names, read_config_file
 from dreambooth.errors import OUT_OF_MEMORY, ConfigError, DreamBoothError
 from dreambooth.export import CONFIG_FILE
 from dreambooth.run_guard import Interrupted
@@ -68,6 +68,14 @@ class Run:
 
 def read_runs(path: str | Path) -> list[Run]:
     """The file's runs as validated configs; every problem in every run is reported at once."""
+    runs, problems = parse_runs(path)
+    if problems:
+        raise ConfigError(f"{Path(path).expanduser()}:\n  " + "\n  ".join(problems))
+    return runs
+
+
+def parse_runs(path: str | Path) -> tuple[list[Run], list[str]]:
+    """The runs whose options are valid, and the problems of the others (a problem of `defaults` once)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"{path}: no such batch file; see `dreambooth batch --help` for its layout")
@@ -78,6 +86,10 @@ def read_runs(path: str | Path) -> list[Run]:
         raise ConfigError(f"{path}: expected `runs:` (a list of option mappings) and optionally `defaults:`"
                           + (f"; unknown key(s) {', '.join(unknown)}" if unknown else ""))
     runs, problems = [], []
+    known = key_names()
+    if unknown_defaults := sorted(key for key in defaults if key not in known):
+        problems.append(f"defaults: unknown option(s) {', '.join(unknown_defaults)}; see `dreambooth train --help`")
+        defaults = {key: value for key, value in defaults.items() if key in known}
     for number, entry in enumerate(entries, 1):
         if not isinstance(entry, dict):
             problems.append(f"run {number}: expected a mapping of option: value")
@@ -97,9 +109,7 @@ def read_runs(path: str | Path) -> list[Run]:
         if first != run.number:
             problems.append(f"runs {first} and {run.number} both write {run.cfg.output_dir}; "
                             "give each its own output_dir")
-    if problems:
-        raise ConfigError(f"{path}:\n  " + "\n  ".join(problems))
-    return runs
+    return runs, problems
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -208,12 +218,12 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
     from dreambooth.trainer import train
 
     shard_spec = own_share(shard_spec)
-    every_run = read_runs(path)
+    every_run, problems = parse_runs(path)  # the runs that parse are checked too: every problem at once
     runs = shard(every_run, shard_spec)
-    if not runs:
+    if not runs and not problems:
         log.warning("warning: share %s holds no run of %s", shard_spec, path)
     log.info("%s", plan(runs))
-    problems = check(every_run, shard_spec)
+    problems += check(every_run, shard_spec)
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) found before training:\n  " + "\n  ".join(problems))
     if check_only:

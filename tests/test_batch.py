@@ -2,6 +2,7 @@
 failed run reported while the others go on."""
 
 import dataclasses
+import re
 import signal
 from pathlib import Path
 
@@ -48,14 +49,16 @@ def test_runs_train_once_and_a_changed_setting_is_refused(tiny_sd, subject_dir, 
 
 def test_every_problem_of_every_run_is_reported_before_any_trains(tiny_sd, subject_dir, tmp_path):
     runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"instance_data_dir": str(tmp_path / "none")}),
-                      ("c", {"lora_rank": 0}))
+                      ("c", {"lora_rank": 0}), ("a", {"seed": 1}), random_flp=True)
     with pytest.raises(ConfigError) as error:
         run_batch(runs)
-    assert "run 3: invalid config" in str(error.value) and "lora_rank" in str(error.value)
-    fixed = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"instance_data_dir": str(tmp_path / "none")}),
-                       ("a", {"seed": 1}))
-    with pytest.raises(ConfigError, match="runs 1 and 3 both write"):
-        run_batch(fixed)
+    # one pass finds them all: a misspelled default (once, not per run), a run's bad option, two runs in one
+    # folder, and a missing photo folder (found by the checks of the runs that parsed)
+    assert re.fullmatch(r"4 problem\(s\) found before training:\n"
+                        r"  defaults: unknown option\(s\) random_flp; see `dreambooth train --help`\n"
+                        r"  run 3: invalid config:\n    --lora_rank: must be >= 1, got 0\n.*\n"
+                        r"  runs 1 and 4 both write .*\n"
+                        r"  run 2 \(.*\): --instance_data_dir .*none: no such folder.*", str(error.value)), str(error.value)
     only_missing = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"instance_data_dir": str(tmp_path / "none")}))
     with pytest.raises(ConfigError, match=r"1 problem\(s\) found before training:\n  run 2 \(.*none"):
         run_batch(only_missing)
