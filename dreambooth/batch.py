@@ -32,7 +32,7 @@ from dreambooth import checkpoints
 from dreambooth.atomic import write_text_atomic
 from dreambooth.config import TrainConfig, changed_settings, field_keys, from_dict, key_names, read_config_file
 from dreambooth.errors import OUT_OF_MEMORY, ConfigError, DreamBoothError
-from dreambooth.export import CONFIG_FILE
+from dreambooth.outputs import CONFIG_FILE
 from dreambooth.run_guard import Interrupted
 
 log = logging.getLogger("dreambooth")

@@ -177,7 +177,7 @@ def checked_model(path: str | Path) -> Path:
 
 def checked_trained(path: str | Path, base: str | None = None) -> Path:
     """A --model that may also be a LoRA folder `dreambooth train` wrote, loaded onto --base or its recorded base."""
-    from dreambooth.generate import is_lora_folder, lora_base
+    from dreambooth.outputs import is_lora_folder, lora_base
 
     folder = Path(path).expanduser()
     if is_lora_folder(folder):

@@ -18,8 +18,9 @@ from PIL import Image, ImageDraw
 from dreambooth import checkpoints
 from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.errors import DataError
-from dreambooth.generate import load_trained, sample, training_record
+from dreambooth.generate import sample
 from dreambooth.models import load_pipeline
+from dreambooth.outputs import load_trained, training_record
 from dreambooth.toyworld.quality import GUIDANCE, STEPS
 from dreambooth.toyworld.subjects import EXAMPLES
 from dreambooth.trainer import train

@@ -16,8 +16,8 @@ from dreambooth.atomic import fsync, fsync_tree, removed_on_failure, umask_modes
 from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import Components, load_sampling_scheduler
+from dreambooth.outputs import CONFIG_FILE, LORA_WEIGHTS, is_lora_folder, load_trained, lora_base, training_record
 
-CONFIG_FILE = "dreambooth_config.yaml"
 # kohya-ss `ss_base_model_version`; with `ss_v2` it is how A1111 files a LoRA under SD 1, SD 2 or SDXL
 KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
@@ -171,9 +171,6 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
 
 def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None = None) -> Path:
     """Fold a LoRA folder into its base model's weights (W + scale * B A) and save a full pipeline."""
-    from dreambooth.finetune import LORA_WEIGHTS
-    from dreambooth.generate import is_lora_folder, load_trained, lora_base, training_record
-
     if not lora_dir.is_dir():
         raise ModelError(f"--lora {lora_dir}: no such folder; pass a folder written by `dreambooth train --lora`")
     if (lora_dir / "model_index.json").is_file():

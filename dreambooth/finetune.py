@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from dreambooth.config import TrainConfig
 from dreambooth.models import Components
+from dreambooth.outputs import LORA_WEIGHTS
 
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 class FullFineTune:

@@ -15,6 +15,7 @@ from diffusers import (AutoencoderKL, DDPMScheduler, DiffusionPipeline, Schedule
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from dreambooth.errors import ModelError
+from dreambooth.outputs import LORA_WEIGHTS
 
 CLIP_TOKENIZER_DIR = str(Path(__file__).parent / "assets" / "clip-tokenizer")
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -67,8 +68,6 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False,
     if not folder.is_dir():
         raise ModelError(f"{option}: {folder} is not a folder; pass a local diffusers "
                          "pipeline folder (hub ids cannot be downloaded here)")
-    from dreambooth.finetune import LORA_WEIGHTS  # finetune imports this module
-
     if not index.is_file() and (folder / LORA_WEIGHTS).is_file():
         raise ModelError(f"{option}: {folder} is a LoRA folder; fold it into a full model first with "
                          f"`dreambooth merge --lora {folder} --output FOLDER` and pass FOLDER")

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from dreambooth import checkpoints, export
+from dreambooth import checkpoints
 from dreambooth.config import FULL_LEARNING_RATE, TrainConfig, changed_settings, fill_prompt
 from dreambooth.data.images import ImageScan, scan_images
 from dreambooth.errors import DreamBoothError, ModelError
 from dreambooth.models import check_model_folder, native_resolution
+from dreambooth.outputs import CONFIG_FILE
 from dreambooth.single_file import weight_files
 
 GIB = 2**30
@@ -253,7 +254,7 @@ def _foreign_model_in(output_dir: Path, model: Path | None, lora: bool) -> str |
         return "it is the base model's folder, which the trained model would overwrite"
     if not (output_dir / "model_index.json").is_file():
         return None
-    if not (output_dir / export.CONFIG_FILE).is_file():
+    if not (output_dir / CONFIG_FILE).is_file():
         return "it holds a model that dreambooth did not train, which the trained model would overwrite"
     if lora:
         return "it holds a full model of an earlier run, which a LoRA's adapters would leave half replaced"

@@ -38,10 +38,11 @@ from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.finetune import cast_frozen_weights, decoding_in_vae_precision, strategy_for, trainable
 from dreambooth.generate import sample_grid
 from dreambooth.identifier import find_identifiers
-from dreambooth.preflight import preflight
-from dreambooth.run_guard import Interrupted, only_run_in, signals_noted
 from dreambooth.models import (Components, TextConditioning, encode_text, is_sdxl_folder, load_components,
                                reload_frozen, tokenize)
+from dreambooth.outputs import CONFIG_FILE
+from dreambooth.preflight import preflight
+from dreambooth.run_guard import Interrupted, only_run_in, signals_noted
 
 log = logging.getLogger("dreambooth")
 
@@ -131,7 +132,7 @@ class Trainer:
         best = self.output_dir / "best" / "best.json"
         # a resumed --keep_best run must beat the best so far, if that best was published whole
         # (its config goes out last, for full pipelines and LoRA adapters alike)
-        if self.start_step and best.is_file() and (best.parent / export.CONFIG_FILE).is_file():
+        if self.start_step and best.is_file() and (best.parent / CONFIG_FILE).is_file():
             self.best_score = json.loads(best.read_text())["eval/score"]
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("dreambooth", config=export.scalar_config(cfg))

@@ -40,7 +40,7 @@ from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, ImageEncoder, load_
 from dreambooth.evaluation.evaluate import evaluate, generate_images
 from dreambooth.evaluation.metrics.prompt_fidelity import PromptScorer
 from dreambooth.evaluation.prompts import load_prompts
-from dreambooth.generate import training_record
+from dreambooth.outputs import training_record
 from dreambooth.toyworld import locator
 from dreambooth.toyworld.judge import JudgeScorer
 from dreambooth.toyworld.subjects import EXAMPLES

@@ -14,8 +14,8 @@ from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
 from dreambooth.cli import main
-from dreambooth.finetune import LORA_WEIGHTS
-from dreambooth.generate import load_trained, sample
+from dreambooth.generate import sample
+from dreambooth.outputs import LORA_WEIGHTS, load_trained
 from dreambooth.trainer import Trainer, train
 from tests.test_cli import exit_code
 from tests.test_trainer import config

@@ -10,10 +10,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dreambooth.export import kohya_key
-from dreambooth.finetune import LORA_WEIGHTS
-from dreambooth.generate import load_trained, sample
+from dreambooth.generate import sample
 from dreambooth.identifier import find_identifiers
 from dreambooth.models import load_components
+from dreambooth.outputs import LORA_WEIGHTS, load_trained
 from dreambooth.single_file import unet_namer
 from dreambooth.trainer import Trainer, train
 from tests.test_lora import loaded_pipes

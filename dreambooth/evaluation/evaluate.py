@@ -26,6 +26,7 @@ from dreambooth.evaluation.metrics.fidelity import label, self_similarity, subje
 from dreambooth.evaluation.metrics.pres import pres
 from dreambooth.evaluation.metrics.prompt_fidelity import PromptScorer
 from dreambooth.evaluation.prompts import load_prompts, prompt_set_for
+from dreambooth.outputs import is_model_folder, load_trained, training_record
 
 PROMPT_FILE = "prompt.txt"
 
@@ -65,7 +66,7 @@ def load_image_folder(folder: Path) -> list[PromptImages]:
 def generate_images(model: Path, prompts: Sequence[str], n_per_prompt: int, seed: int, steps: int,
                     guidance: float, out: Path, base: str | Path | None = None) -> Path:
     """Sample every (filled) prompt with the same seeds (image i uses seed + i) into `out` in the folder layout."""
-    from dreambooth.generate import load_trained, sample  # diffusers import only when generating
+    from dreambooth.generate import sample  # diffusers import only when generating
 
     pipe = load_trained(model, base)
     with tqdm(total=len(prompts) * n_per_prompt, desc="sampling for evaluation", unit="img") as bar:
@@ -161,8 +162,6 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
                             None) or load_div_features(div_features)
     protocol = None
     if isinstance(source, Path) and is_model_folder(source):
-        from dreambooth.generate import training_record
-
         record = training_record(source)
         identifier, class_noun = identifier or record.get("identifier"), class_noun or record.get("class_noun")
         if not class_noun:
@@ -187,13 +186,6 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
     with torch.no_grad():
         result = score(sets, real, class_noun, identifier, image_encoders, prompt_scorer, div_features)
     return {"generation": protocol, **result}
-
-
-def is_model_folder(path: Path) -> bool:
-    """A diffusers pipeline folder or a LoRA folder `dreambooth train` wrote."""
-    from dreambooth.finetune import LORA_WEIGHTS
-
-    return (path / "model_index.json").is_file() or (path / LORA_WEIGHTS).is_file()
 
 
 def load_div_features(name: str) -> div_metric.FeatureMaps:
