@@ -132,7 +132,7 @@ class TrainConfig:
         validate(self)
 
     @property
-    def lora_scale_alpha(self) -> float:
+    def resolved_lora_alpha(self) -> float:
         """LoRA alpha; the default equals the rank, i.e. the adapters' output is scaled by 1."""
         return self.lora_rank if self.lora_alpha is None else self.lora_alpha
 

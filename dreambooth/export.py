@@ -155,7 +155,7 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
     base = Path(cfg.pretrained_model_name_or_path).expanduser()
     family = model_family(base)
     ldm_unet = unet_namer(component_config(base, "unet")) if family == "sdxl" else None
-    alpha = float(cfg.lora_scale_alpha)
+    alpha = float(cfg.resolved_lora_alpha)
     tensors = {}
     for key, value in load_file(diffusers_file).items():
         new_key = kohya_key(key, ldm_unet)

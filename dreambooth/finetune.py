@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ class LoRAFineTune:
 
     def configure(self, parts: Components, cfg: TrainConfig) -> None:
         def adapter(modules: tuple[str, ...]) -> LoraConfig:
-            return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_scale_alpha, lora_dropout=cfg.lora_dropout,
+            return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, lora_dropout=cfg.lora_dropout,
                               init_lora_weights="gaussian", target_modules=list(modules))
 
         parts.unet.requires_grad_(False)
@@ -105,21 +104,3 @@ def cast_frozen_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
     for param in module.parameters():
         if not param.requires_grad:
             param.data = param.data.to(dtype)
-
-
-@contextlib.contextmanager
-def decoding_in_vae_precision(vae: torch.nn.Module):
-    """The VAE decodes in its own precision, not autocast's. Under fp16 a VAE whose config says
-    force_upcast stays float32 (SDXL's overflows in half precision), but autocast would still run its
-    convolutions in fp16 while sampling, and the images would come out black."""
-    decode = vae.decode
-
-    def decode_unautocast(latents, *args, **kwargs):
-        with torch.autocast(latents.device.type, enabled=False):
-            return decode(latents.to(vae.dtype), *args, **kwargs)
-
-    vae.decode = decode_unautocast
-    try:
-        yield
-    finally:
-        del vae.decode  # the instance attribute; the class's method shows again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -23,6 +24,24 @@ def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
     for i, image in enumerate(images):
         grid.paste(image, ((i % columns) * w, (i // columns) * h))
     return grid
+
+
+@contextlib.contextmanager
+def decoding_in_vae_precision(vae: torch.nn.Module):
+    """The VAE decodes in its own precision, not autocast's. Under fp16 a VAE whose config says
+    force_upcast stays float32 (SDXL's overflows in half precision), but autocast would still run its
+    convolutions in fp16 while sampling, and the images would come out black."""
+    decode = vae.decode
+
+    def decode_unautocast(latents, *args, **kwargs):
+        with torch.autocast(latents.device.type, enabled=False):
+            return decode(latents.to(vae.dtype), *args, **kwargs)
+
+    vae.decode = decode_unautocast
+    try:
+        yield
+    finally:
+        del vae.decode  # the instance attribute; the class's method shows again
 
 
 @torch.no_grad()

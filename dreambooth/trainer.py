@@ -35,8 +35,8 @@ from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
 from dreambooth.diffusion import LossParts, dreambooth_loss, loss_weights, sample_noise, training_target
 from dreambooth.errors import ConfigError, DreamBoothError
-from dreambooth.finetune import cast_frozen_weights, decoding_in_vae_precision, strategy_for, trainable
-from dreambooth.generate import sample_grid
+from dreambooth.finetune import cast_frozen_weights, strategy_for, trainable
+from dreambooth.generate import decoding_in_vae_precision, sample_grid
 from dreambooth.identifier import find_identifiers
 from dreambooth.models import (Components, TextConditioning, encode_text, is_sdxl_folder, load_components,
                                reload_frozen, tokenize)
