@@ -16,82 +16,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import get_origin
 
-from dreambooth.config import TrainConfig, config_types, default_of, field_keys, from_dict, read_config_file
+from dreambooth.config import (TrainConfig, config_types, default_of, field_keys, flag_spellings, from_dict,
+                               read_config_file)
+from dreambooth.diffusers_flags import DIFFUSERS_NO_OPS, EPOCHS_REFUSED, add_diffusers_flags
 from dreambooth.errors import (ConfigError, finite_float, non_negative_int, positive_int, run_command,
                                writable_folder)
 
 log = logging.getLogger("dreambooth")
 
-# Flags of diffusers' train_dreambooth.py that need no option here, and why.
-DIFFUSERS_NO_OPS = {
-    "--enable_xformers_memory_efficient_attention": "PyTorch SDPA attention is used (same memory savings)",
-    "--set_grads_to_none": "gradients are always set to None",
-    "--pre_compute_text_embeddings": "frozen text embeddings are always precomputed",
-    "--local_rank": "accelerate tells each process its rank",
-    "--dataloader_num_workers": "images are encoded once and their latents cached, so loading is not the bottleneck",
-}
-# Flags of diffusers' script that cannot do here what they do there: refused, saying what to do instead.
-_UPLOAD = "nothing is uploaded from here; upload OUTPUT_DIR afterwards (e.g. `huggingface-cli upload`)"
-_IF_ONLY = "an option for DeepFloyd IF, which this tool does not train"
-DIFFUSERS_REFUSED = {
-    "--push_to_hub": _UPLOAD, "--hub_token": _UPLOAD, "--hub_model_id": _UPLOAD,
-    "--revision": "models are never downloaded; pass the local folder of the revision you want",
-    "--variant": "pass a folder with full-precision weights; --mixed_precision sets the training precision",
-    "--tokenizer_name": "the tokenizer is the base model's own (its tokenizer/ folder)",
-    "--prior_generation_precision": "class images are generated in the base model's precision (fp32)",
-    "--tokenizer_max_length": _IF_ONLY, "--text_encoder_use_attention_mask": _IF_ONLY,
-    "--class_labels_conditioning": _IF_ONLY, "--skip_save_text_encoder": _IF_ONLY,
-    "--validation_images": "an option for image-variation and upscaler pipelines, which this tool does not train",
-    "--validation_scheduler": "validation samples with the base model's own sampler",
-    # diffusers' LoRA scripts (train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py)
-    "--validation_epochs": "pass --validation_steps N; and --lora for a LoRA recipe (without it every UNet "
-                           "weight trains)",
-    "--pretrained_vae_model_name_or_path": "put that VAE in a copy of the model folder as its vae/ "
-                                           "(--mixed_precision fp16 keeps a force_upcast VAE in fp32 anyway)",
-    **dict.fromkeys(("--dataset_name", "--dataset_config_name", "--cache_dir", "--image_column", "--caption_column"),
-                    "datasets are not downloaded; put the photos in a folder and pass --instance_data_dir"),
-    "--repeats": "--max_train_steps sets the run's length; the photos repeat as often as it needs",
-    "--do_edm_style_training": "EDM-style training is not supported (nor are base models with an EDM scheduler)",
-    "--use_dora": "DoRA is not supported; --lora trains plain LoRA adapters",
-    "--adam_weight_decay_text_encoder": "the text encoder's adapters use --adam_weight_decay too",
-    **dict.fromkeys(("--prodigy_beta3", "--prodigy_decouple", "--prodigy_use_bias_correction",
-                     "--prodigy_safeguard_warmup"), "the Prodigy optimizer is not supported; AdamW is used"),
-}
-# Flags of diffusers' scripts whose one value here is what they select there: other values are refused.
-DIFFUSERS_ONLY_VALUE = {"--optimizer": ("adamw", "only AdamW is supported (--use_8bit_adam for its 8-bit form)"),
-                        "--image_interpolation_mode": ("lanczos", "photos are always resized with Lanczos")}
-EPOCHS_REFUSED = ("--num_train_epochs: pass --max_train_steps (which diffusers lets win over epochs too); one of "
-                  "diffusers' epochs is max(instance, class images) / train_batch_size steps, divided by "
-                  "--gradient_accumulation_steps (rounded up)")
-# Flags of diffusers' scripts that map onto one of our options.
-DIFFUSERS_RENAMED = {"--offset_noise": ("noise_offset", 0.1), "--output_kohya_format": ("lora_format", "kohya")}
 BASE_HELP = "a LoRA folder's base model (default: the one it was trained on, as its dreambooth_config.yaml records)"
-
-
-class Refused(argparse.Action):
-    """A diffusers flag with no meaning here: a one-line error that says what to do instead."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string}: {DIFFUSERS_REFUSED['--' + self.dest]}")
-
-
-class OnlyValue(argparse.Action):
-    """A diffusers flag whose value must be the one this tool always uses (case aside)."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        value, reason = DIFFUSERS_ONLY_VALUE["--" + self.dest]
-        if values.lower() != value:
-            parser.error(f"{option_string} {values}: {reason}")
-
-
-def _flags(name: str, aliases: tuple[str, ...]) -> list[str]:
-    return list(dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", *aliases]))
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -102,10 +35,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         default = default_of(f.name)
         # unset by default: the help says what that means, where it means anything
         help_text = meta["help"] if default is None else f"{meta['help']} (default: {default})"
-        flags = _flags(f.name, meta["aliases"])
+        flags = flag_spellings(f.name, meta["aliases"])
         if hint is bool:
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, help=help_text)
-            parser.add_argument(*_flags(f"no_{f.name}", ()), dest=f.name, action="store_const", const=False,
+            parser.add_argument(*flag_spellings(f"no_{f.name}"), dest=f.name, action="store_const", const=False,
                                 # (--no_prior_preservation, below, is listed for with_prior_preservation)
                                 help=f"turn --{f.name} off" if default and f.name != "with_prior_preservation"
                                 else argparse.SUPPRESS)
@@ -115,18 +48,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, dest=f.name, metavar=f.name.upper(), help=help_text)
     parser.add_argument("--no_prior_preservation", "--no-prior-preservation", dest="with_prior_preservation",
                         action="store_const", const=False, help="train without the prior term (lambda = 0)")
-    for flag, reason in DIFFUSERS_NO_OPS.items():  # some take a value (--local_rank 0): it is read and unused
-        parser.add_argument(*_flags(flag[2:], ()), nargs="?", const=True, dest=f"noop{flag}", metavar="IGNORED",
-                            help=f"accepted for diffusers recipes: {reason}")
-    for flag in DIFFUSERS_REFUSED:
-        parser.add_argument(*_flags(flag[2:], ()), dest=flag[2:], action=Refused)
-    # diffusers ignores epochs when --max_train_steps is given; so do we, and refuse them alone
-    parser.add_argument(*_flags("num_train_epochs", ()), dest="epochs_ignored", help=argparse.SUPPRESS)
-    for flag in DIFFUSERS_ONLY_VALUE:
-        parser.add_argument(*_flags(flag[2:], ()), dest=flag[2:], action=OnlyValue)
-    for flag, (name, value) in DIFFUSERS_RENAMED.items():
-        parser.add_argument(*_flags(flag[2:], ()), dest=name, action="store_const", const=value,
-                            help=f"same as --{name} {value}")
+    add_diffusers_flags(parser)
 
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
@@ -291,16 +213,15 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(f"wrote {out}; train on it with --pretrained_model_name_or_path {out}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="dreambooth", description="DreamBooth personalization of diffusion models.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="personalize a model on a few subject photos")
     train.add_argument("--config", help="YAML/TOML/JSON file of options (flags override it)")
     train.add_argument("--check", action="store_true", help="validate everything, report, and stop")
     add_train_options(train)
     train.set_defaults(run=cmd_train)
 
+
+def _add_batch(sub) -> None:
     batch = sub.add_parser("batch", help="many personalizations from one YAML/TOML/JSON file of runs",
                            description="Train every run of FILE: `defaults:` (options shared by all runs) and "
                                        "`runs:` (a list of option mappings, each with its own output_dir). All "
@@ -311,11 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--shard", metavar="K/N", help="only runs K, K+N, K+2N, ... (one share of N side by side)")
     batch.set_defaults(run=cmd_batch)
 
+
+def _add_identifier(sub) -> None:
     ident = sub.add_parser("identifier", help="list rare-token identifiers of a model's tokenizer")
     ident.add_argument("--model", required=True, help="diffusers pipeline folder")
     ident.add_argument("--top_k", "--top-k", "-k", type=positive_int, default=10)
     ident.set_defaults(run=cmd_identifier)
 
+
+def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="sample a (personalized) model")
     gen.add_argument("--model", required=True, help="pipeline folder written by `dreambooth train`")
     gen.add_argument("--prompt", required=True, help="may use {identifier} and {class_noun}")
@@ -329,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--base", help=BASE_HELP)
     gen.set_defaults(run=cmd_generate)
 
+
+def _add_class_images(sub) -> None:
     cls = sub.add_parser("class-images", help="generate (or reuse cached) class images for prior preservation")
     cls.add_argument("--model", required=True, help="base model folder")
     cls.add_argument("--prompt", required=True, help='class prompt, e.g. "a dog"')
@@ -343,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--seed", type=non_negative_int, default=default_of("seed"))
     cls.add_argument("--batch_size", "--batch-size", type=positive_int, default=default_of("sample_batch_size"))
     cls.set_defaults(run=cmd_class_images)
+
+
+def _add_merge(sub) -> None:
     merge = sub.add_parser("merge", help="fold a LoRA into its base model and save a full pipeline folder")
     merge.add_argument("--lora", required=True, help="folder written by `dreambooth train --lora`")
     merge.add_argument("--output", required=True, help="where the merged pipeline is written")
@@ -350,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--base", help=BASE_HELP)
     merge.set_defaults(run=cmd_merge)
 
+
+def _add_export(sub) -> None:
     export = sub.add_parser("export", help="write a full pipeline folder as one A1111/ComfyUI .safetensors file")
     export.add_argument("--model", required=True,
                         help="SD 1.x, 2.x or SDXL pipeline folder (e.g. written by train or merge)")
@@ -357,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--half", action="store_true", help="store weights in fp16 (half the size)")
     export.set_defaults(run=cmd_export)
 
+
+def _add_import(sub) -> None:
     imp = sub.add_parser("import", help="turn an A1111/ComfyUI single-file checkpoint into a base-model folder",
                          description="Write a single-file SD 1.x, 2.x or SDXL checkpoint (original key layout) as "
                                      "a diffusers pipeline folder, the base model `train` takes. The family is "
@@ -370,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="load a pickled .ckpt (only from a source you trust)")
     imp.set_defaults(run=cmd_import)
 
+
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="run the whole method on the shipped toy-world model (CPU, minutes)")
     demo.add_argument("--output", type=Path, default=Path("dreambooth-demo"))
     demo.add_argument("--subject", default="striped-bag",
@@ -379,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fast", action="store_true", help="a few steps only: a smoke test of the pipeline")
     demo.set_defaults(run=cmd_demo)
 
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="the paper's metrics: subject fidelity, prompt fidelity, PRES, DIV")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="personalized model folder (images are generated)")
@@ -399,6 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--base", help=BASE_HELP)
     ev.add_argument("--output", "--output_dir", type=Path, required=True, help="folder for images and reports")
     ev.set_defaults(run=cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="dreambooth", description="DreamBooth personalization of diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    _add_train(sub)
+    _add_batch(sub)
+    _add_identifier(sub)
+    _add_generate(sub)
+    _add_class_images(sub)
+    _add_merge(sub)
+    _add_export(sub)
+    _add_import(sub)
+    _add_demo(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -286,14 +286,16 @@ def config_types() -> dict[str, Any]:
     return get_type_hints(TrainConfig)
 
 
+def flag_spellings(name: str, aliases: tuple[str, ...] = ()) -> list[str]:
+    """A flag's spellings: diffusers' (--snake_case), the dashed one, then any aliases."""
+    return list(dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", *aliases]))
+
+
 def key_names() -> dict[str, str]:
-    """Every key a config file may spell a field with: its name, its flags' spellings without the dashes
-    (`validation_prompt`, `rank`, `instance-dir`) -> the field's name."""
-    names = {}
-    for f in dataclasses.fields(TrainConfig):
-        for spelling in (f.name, f.name.replace("_", "-"), *(alias.lstrip("-") for alias in f.metadata["aliases"])):
-            names[spelling] = f.name
-    return names
+    """Every key a config file may spell a field with: its flags' spellings without the dashes
+    (`learning_rate`, `validation_prompt`, `rank`, `instance-dir`) -> the field's name."""
+    return {spelling.lstrip("-"): f.name for f in dataclasses.fields(TrainConfig)
+            for spelling in flag_spellings(f.name, f.metadata["aliases"])}
 
 
 def field_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
