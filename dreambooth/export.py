@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +39,18 @@ def pipeline_from(parts: Components, unet, text_encoders: list, vae=None) -> Dif
 def scalar_config(cfg: TrainConfig) -> dict[str, Any]:
     """The config with only scalar values, as TensorBoard's hparams need."""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()}
+
+
+@contextlib.contextmanager
+def staged(out: Path):
+    """A staging folder in `out` to write a model into: published into `out` if the block succeeds,
+    deleted at once if it fails (a full disk gets its space back; `out` keeps what it held)."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".final.tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # a crashed write's
+    with removed_on_failure(staging, writing=out):
+        yield staging
+    publish(staging, out)
 
 
 def publish(staging: Path, out: Path) -> None:
@@ -187,9 +200,7 @@ def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None 
     pipe = load_trained(lora_dir, base)
     pipe.fuse_lora(lora_scale=scale)
     pipe.unload_lora_weights()
-    staging = out / ".final.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    with removed_on_failure(staging, writing=out):  # a full disk gets the merged model's gigabytes back
+    with staged(out) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
         # the LoRA's record (identifier, class noun, how it trained), saying what this folder now is
         record = training_record(lora_dir)
@@ -202,6 +213,4 @@ def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None 
             f"pipeline, no LoRA to load.\n\n```python\nfrom diffusers import DiffusionPipeline\n"
             f'pipe = DiffusionPipeline.from_pretrained("{out.resolve()}")\n```\n\nHow the LoRA was trained: '
             f"`{CONFIG_FILE}`.\n")
-    out.mkdir(parents=True, exist_ok=True)
-    publish(staging, out)
     return out

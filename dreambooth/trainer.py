@@ -15,7 +15,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from dreambooth import checkpoints, export, runlog
-from dreambooth.atomic import removed_on_failure
 from dreambooth.class_images import ClassImageSpec, ensure_class_images
 from dreambooth.config import TrainConfig, fill_prompt, literal_identifier
 from dreambooth.data.dataset import DreamBoothData, LatentImages
@@ -417,15 +415,11 @@ class Trainer:
     def write_model(self, folder: Path, extra_files: dict[str, str] | None = None) -> None:
         """Weights (or adapters), config and model card, staged and then published into `folder`
         so that a crash never leaves a folder that looks complete."""
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = folder / ".final.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        with removed_on_failure(staging):  # a full disk gets its space back; the checkpoints still hold the run
+        with export.staged(folder) as staging:  # on a full disk, the checkpoints still hold the run
             self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
             export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
             for name, text in (extra_files or {}).items():
                 (staging / name).write_text(text)
-        export.publish(staging, folder)
 
     def save(self) -> Path:
         """Write the diffusers pipeline folder, model card and resolved config; return the folder."""

@@ -28,7 +28,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic
 from dreambooth.diffusion import loss_weights, sample_noise, training_target
 from dreambooth.errors import DataError, positive_int, run_command
-from dreambooth.export import publish
+from dreambooth.export import staged
 from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
 from dreambooth.toyworld import captions, fashion_mnist, world
 from dreambooth.toyworld.model_card import CONFIG_FILE, QUALITY_FILE, write_model_card
@@ -289,21 +289,18 @@ def train_decoder(cfg: PretrainConfig, vae: AutoencoderKL, ckpt: Checkpointer, l
 
 
 def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, out: Path) -> None:
-    """Written beside `out` and published into it, so a crash never leaves old and new files mixed;
+    """Written in a staging folder and published into `out`, so a crash never leaves old and new files mixed;
     the old quality record goes first, since it measured the weights being replaced. A fresh
     tokenizer is saved: one that has encoded writes its padding and truncation into tokenizer.json."""
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler().config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging, safe_serialization=True)
-    (staging / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
-    write_model_card(staging)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / QUALITY_FILE).unlink(missing_ok=True)
-    publish(staging, out)
+    with staged(out) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        (staging / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+        write_model_card(staging)
+        (out / QUALITY_FILE).unlink(missing_ok=True)
 
 
 def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
