@@ -291,10 +291,10 @@ class Trainer:
         timesteps = timesteps.to(device)
         noisy = sched.add_noise(latents, noise, timesteps)
         target = training_target(self.parts.prediction_type, latents, noise, sched.alphas_cumprod, timesteps)
-        rows, sizes = [0] * batch.num_instance + [1] * (latents.shape[0] - batch.num_instance), batch.sizes.to(device)
+        rows, sizes = batch.prompt_rows.to(device), batch.sizes.to(device)
         if cfg.with_prior_preservation and cfg.prior_mode == "prediction":
             noisy, timesteps, target, rows, sizes = self._append_frozen_prior(noisy, timesteps, target, rows, sizes)
-        conditioning = self.prompt_embeddings().rows(torch.tensor(rows, device=device))  # row 0: instance, 1: class
+        conditioning = self.prompt_embeddings().rows(rows)
         prediction = self.denoise(self.unet, noisy, timesteps, conditioning, sizes)
         weights = loss_weights(cfg.snr_gamma, sched.alphas_cumprod, timesteps, self.parts.prediction_type)
         loss = dreambooth_loss(prediction, target, batch.num_instance, cfg.prior_loss_weight, weights)
@@ -312,15 +312,15 @@ class Trainer:
         """Prior rows whose target is the base model's own prediction for the class prompt on the same
         noisy latents (adapters disabled), instead of the paper's denoising of generated class images."""
         unet = self.accelerator.unwrap_model(self.unet)
-        n = len(rows)
-        class_conditioning = self.base_embeddings.rows(torch.ones(n, dtype=torch.long, device=noisy.device))
+        class_rows = torch.ones_like(rows)
+        class_conditioning = self.base_embeddings.rows(class_rows)
         unet.disable_adapters()
         try:
             prior_target = self.denoise(unet, noisy, timesteps, class_conditioning, sizes)
         finally:
             unet.enable_adapters()
         return (torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]), torch.cat([target, prior_target]),
-                rows + [1] * n, torch.cat([sizes, sizes]))
+                torch.cat([rows, class_rows]), torch.cat([sizes, sizes]))
 
     def denoise(self, unet, noisy: torch.Tensor, timesteps: torch.Tensor, text: TextConditioning,
                 sizes: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """The demo end to end in its fast mode: same trainer, sheet and report written."""
 
+import shutil
+
 import pytest
 
 from dreambooth.demo import DemoSettings, find_subject, run_demo
@@ -30,6 +32,7 @@ def test_unknown_subject_lists_the_shipped_ones():
         find_subject("no-such-subject")
 
 
-def test_a_subject_folder_outside_examples(subject_dir):
-    (subject_dir / "subject.json").write_text('{"class_noun": "dog"}')
-    assert find_subject(str(subject_dir)) == (subject_dir, "dog")
+def test_a_subject_folder_outside_examples(subject_dir, tmp_path):
+    subject = shutil.copytree(subject_dir, tmp_path / "subject")  # not the photos other tests share
+    (subject / "subject.json").write_text('{"class_noun": "dog"}')
+    assert find_subject(str(subject)) == (subject, "dog")

@@ -43,6 +43,12 @@ class Batch:
         return self.instance if self.prior is None else torch.cat([self.instance, self.prior])  # (n+m, 4, h, w)
 
     @property
+    def prompt_rows(self) -> Tensor:
+        """Which prompt each row is conditioned on: 0, the instance prompt; 1, the class prompt."""
+        m = 0 if self.prior is None else self.prior.shape[0]
+        return torch.tensor([0] * self.num_instance + [1] * m)  # (n+m,)
+
+    @property
     def sizes(self) -> Tensor:
         return self.instance_sizes if self.prior is None else torch.cat([self.instance_sizes, self.prior_sizes])
 
