@@ -90,12 +90,18 @@ def parse_runs(path: str | Path) -> tuple[list[Run], list[str]]:
     if unknown_defaults := sorted(key for key in defaults if key not in known):
         problems.append(f"defaults: unknown option(s) {', '.join(unknown_defaults)}; see `dreambooth train --help`")
         defaults = {key: value for key, value in defaults.items() if key in known}
+    try:
+        defaults = field_keys(defaults, "defaults")
+    except ConfigError as error:  # an option spelled twice there: said once, and neither spelling used
+        problems.append(str(error))
+        fields_named = [known[key] for key in defaults]
+        defaults = {known[key]: value for key, value in defaults.items() if fields_named.count(known[key]) == 1}
     for number, entry in enumerate(entries, 1):
         if not isinstance(entry, dict):
             problems.append(f"run {number}: expected a mapping of option: value")
             continue
         try:
-            values = {**field_keys(defaults, "defaults"), **field_keys(entry, f"run {number}")}
+            values = {**defaults, **field_keys(entry, f"run {number}")}
             if "resume_from_checkpoint" in values:
                 problems.append(f"run {number}: remove resume_from_checkpoint; a batch resumes interrupted runs itself")
                 continue

@@ -137,6 +137,12 @@ class TrainConfig:
         return self.lora_rank if self.lora_alpha is None else self.lora_alpha
 
     @property
+    def class_images_needed(self) -> bool:
+        """Prior preservation as the paper does it, on generated class images (not on the frozen model's
+        own prediction, --prior_mode prediction)."""
+        return self.with_prior_preservation and self.prior_mode == "images"
+
+    @property
     def text_encoder_learning_rate(self) -> float:
         return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
 

@@ -52,9 +52,8 @@ def run_command(command: Callable[[], object]) -> int:
     except DreamBoothError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training's loop: nothing more is saved
-        print("interrupted at once, saving nothing more (a run resumes from its last checkpoint with "
-              "--resume_from_checkpoint latest)", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training's loop
+        print("interrupted at once, saving nothing more", file=sys.stderr)
         return 130
     except OSError as exc:
         if exc.errno not in DISK_FULL:

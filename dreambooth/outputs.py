@@ -59,7 +59,10 @@ def load_trained(model: Path, base: str | Path | None = None) -> "DiffusionPipel
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 pipe.load_lora_weights(model, weight_name=LORA_WEIGHTS)
-        except RuntimeError as exc:  # torch's "size mismatch for ...": adapters of another architecture
+        except RuntimeError as exc:
+            if "size mismatch" not in str(exc):  # (out of GPU memory, say): not a matter of the base
+                raise
+            # torch's "size mismatch for <key>: copying ...": adapters of another architecture
             mismatch = str(exc).strip().splitlines()[-1].strip().split(": copying")[0]
             raise ModelError(f"{model}: its LoRA does not fit the base model {base} ({mismatch}); pass the "
                              "--base it was trained on") from None

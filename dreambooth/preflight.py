@@ -197,11 +197,12 @@ def disk_needs(cfg: TrainConfig, model: Path, num_user_class: int) -> list[DiskN
     written = _bytes_under(checkpoints.complete_checkpoints(Path(cfg.output_dir).expanduser()))
     to_checkpoint = max(0, per_checkpoint * at_once - written)
     final = adapters if cfg.lora else _weights_bytes(model, ("unet", "text_encoder", "text_encoder_2", "vae"))
+    final *= 2 if cfg.keep_best else 1  # --keep_best keeps a second model, the best step's, in OUT/best
     if cfg.keep_checkpoints:
         needs = [DiskNeed("output", cfg.output_dir, lasting=final + to_checkpoint)]
     else:
         needs = [DiskNeed("output", cfg.output_dir, lasting=final, passing=to_checkpoint)]
-    if cfg.with_prior_preservation and cfg.prior_mode == "images":
+    if cfg.class_images_needed:
         resolution = native_resolution(model)  # class images are drawn at the model's own size, as in diffusers
         images = max(0, cfg.num_class_images - num_user_class) * resolution * resolution * 3 // 2
         # what the cache keys its images by (ClassImageSpec), as far as the config tells it
@@ -284,9 +285,9 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         try:
             checkpoint = checkpoints.named(output_dir, cfg.resume_from_checkpoint)
             step, recorded, recorded_photos = checkpoints.trained_with(checkpoint)
-            if step >= cfg.max_train_steps:  # the loop would not run, and the model would be labelled with fewer
+            if step > cfg.max_train_steps:  # it would be saved as it is, labelled with fewer steps than it had
                 report.problems.append(f"--max_train_steps {cfg.max_train_steps}: {checkpoint} is at step {step} "
-                                       "already; pass more steps to train on from it")
+                                       "already; pass at least as many steps to train on from it")
             # training on for more steps is what a resume is often for; a run folder moved with its checkpoints
             # (a preempted machine's disk mounted elsewhere), or photos moved, are the same run: photos are
             # compared by content below

@@ -79,10 +79,8 @@ class Trainer:
     def setup(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         report = preflight(cfg)  # every input problem at once, before anything heavy
-        for line in report.warnings:
+        for line in report.warnings:  # photos skipped among them
             log.warning("warning: %s", line)
-        for line in report.notes:  # what the photo folders hold, and any file skipped there
-            log.info(line)
         report.raise_if_problems()
         set_seed(cfg.seed)
         # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.
@@ -163,7 +161,7 @@ class Trainer:
     def _class_images(self) -> list[Path] | None:
         """Generated (or reused from the cache) by the base model; None without image-based prior."""
         cfg, acc = self.cfg, self.accelerator
-        if not (cfg.with_prior_preservation and cfg.prior_mode == "images"):
+        if not cfg.class_images_needed:
             return None
         ensure = functools.partial(
             ensure_class_images, self._class_image_spec(), Path(cfg.class_cache_dir).expanduser(), cfg.num_class_images,

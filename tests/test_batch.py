@@ -223,3 +223,22 @@ def test_disk_estimate_counts_the_checkpoints_a_run_writes(tiny_sd, subject_dir,
                                 lasting(checkpointing_steps=1, checkpoints_total_limit=None))
     # per checkpoint: (limit_2 - none) / 2; the interrupt's (or write-before-prune's) one is in all three
     assert limit_2 > none and (unlimited - none) * 2 == (limit_2 - none) * 3
+
+
+def test_an_option_spelled_twice_in_defaults_is_one_problem(tiny_sd, subject_dir, tmp_path):
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}), rank=4)
+    text = runs.read_text().replace("rank: 4", "rank: 4\n  lora_rank: 8")
+    runs.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        read_runs(runs)
+    assert str(error.value).count("name the same option") == 1, str(error.value)
+
+
+def test_keep_best_counts_the_second_model_it_keeps(tiny_sd, subject_dir, tmp_path):
+    from dreambooth.preflight import _weights_bytes, disk_needs
+    from tests.test_trainer import config
+
+    model = _weights_bytes(tiny_sd, ("unet", "text_encoder", "vae"))
+    plain = disk_needs(config(tiny_sd, subject_dir, tmp_path), tiny_sd, 0)[0].lasting
+    best = disk_needs(config(tiny_sd, subject_dir, tmp_path, eval_every=1, keep_best=True), tiny_sd, 0)[0].lasting
+    assert best == plain + model

@@ -32,9 +32,9 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_sd, subject_dir, t
                                               r"\(1 added or edited, 0 gone\)"):
         train(resumed)
     (photos / "new.png").unlink()
-    with pytest.raises(DreamBoothError, match=r"--max_train_steps 2: .*checkpoint-2 is at step 2 already"):
-        train(config(tiny_sd, photos, tmp_path / "part", **{**common, "max_train_steps": 2},
-                     resume_from_checkpoint="latest"))  # would save step 2's model labelled as trained 2 steps
+    with pytest.raises(DreamBoothError, match=r"--max_train_steps 1: .*checkpoint-2 is at step 2 already"):
+        train(config(tiny_sd, photos, tmp_path / "part", **{**common, "max_train_steps": 1},
+                     resume_from_checkpoint="latest"))  # would save step 2's model labelled as trained 1 step
     train(resumed)
     assert [r["step"] for r in losses(out)] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in losses(out)] == [r["loss"] for r in full]

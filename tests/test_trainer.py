@@ -179,4 +179,4 @@ def test_a_run_says_which_photos_it_skipped(tiny_sd, subject_dir, tmp_path, capl
     (photos / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # a phone's photo, not decodable here
     with caplog.at_level(logging.INFO, logger="dreambooth"):
         train(config(tiny_sd, photos, tmp_path, max_train_steps=1))
-    assert "4 usable instance image(s), 1 skipped" in caplog.text and "skipped IMG_0001.HEIC" in caplog.text
+    assert "photos: skipped IMG_0001.HEIC: HEIC/HEIF: convert it to JPEG" in caplog.text

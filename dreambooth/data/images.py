@@ -29,6 +29,7 @@ MAX_PIXELS = 100_000_000  # larger is refused as a possible decompression bomb
 MIN_SIDE = 256  # a shorter side below this is upscaled a lot for SD, so it is warned about
 MAX_ASPECT = 3.0  # beyond 3:1 a square crop keeps under a third of the photo
 GOOD_INSTANCE_COUNT = (3, 20)  # the DreamBooth paper uses 3-5; many more stops being "few-shot"
+NOT_PHOTOS = ("hidden or system file", "not an image file (by its extension)")  # reasons that skip no photo
 
 
 @functools.cache
@@ -54,9 +55,10 @@ class ImageScan:
     digests: tuple[str, ...] = ()  # sha256 of each usable image's file, in the order of `images`
 
     def summary(self) -> str:
-        """A few lines for the console: counts, then each skipped file (the warnings are reported apart)."""
+        """A few lines for the console: counts, then each skipped file that is no photo (a skipped photo is
+        a warning, reported apart)."""
         lines = [f"{self.folder}: {len(self.images)} usable {self.role} image(s), {len(self.skipped)} skipped"]
-        lines += [f"  skipped {path.name}: {why}" for path, why in self.skipped]
+        lines += [f"  skipped {path.name}: {why}" for path, why in self.skipped if why in NOT_PHOTOS]
         return "\n".join(lines)
 
     def require(self, min_count: int = 1) -> None:
@@ -134,13 +136,13 @@ def _skip_reason(path: Path, heif: bool) -> str | None:
     """Why `path` is not even a candidate (by name and type), or None if it should be decoded."""
     suffix = path.suffix.lower()
     if path.name.startswith(".") or path.name == "__MACOSX":
-        return "hidden or system file"
+        return NOT_PHOTOS[0]
     if path.is_dir():
         return "sub-folder (not searched; move its images up to use them)"
     if suffix in HEIF_SUFFIXES and not heif:
         return "HEIC/HEIF: convert it to JPEG, or `pip install pillow-heif`"
     if suffix not in IMAGE_SUFFIXES | (HEIF_SUFFIXES if heif else set()):
-        return "not an image file (by its extension)"
+        return NOT_PHOTOS[1]
     return None
 
 
@@ -195,6 +197,9 @@ def scan_images(folder: Path, role: str = "instance", min_side: int = MIN_SIDE,
         images.append(path)
         digests.append(digest)
         notes += _size_warnings(path.name, width, height, min_side)
+    # a photo left out (a phone's HEIC, a damaged file, a duplicate, a sub-folder of them) is news; a
+    # caption or subject.json beside the photos is not
+    notes += [f"{folder}: skipped {path.name}: {why}" for path, why in skipped if why not in NOT_PHOTOS]
     low, high = GOOD_INSTANCE_COUNT
     if role == "instance" and images and not low <= len(images) <= high:
         notes.append(f"{folder}: {len(images)} instance image(s); DreamBooth works best with 3-5 (at most ~{high})")

@@ -59,8 +59,11 @@ def test_scan_sorts_every_odd_file(messy):
     assert any("panorama.png is 1200x300 (aspect > 3:1)" in w for w in scan.warnings)
     assert not any("instance image(s)" in w for w in scan.warnings)  # 4 is a good count
     summary = scan.summary()
-    assert "4 usable instance image(s), 10 skipped" in summary and "skipped truncated.jpg" in summary
-    assert "tiny.png" not in summary  # warnings are reported apart, once
+    assert "4 usable instance image(s), 10 skipped" in summary and "skipped caption.txt" in summary
+    # a skipped photo, like a size problem, is a warning (which train prints too), reported apart, once
+    assert "truncated.jpg" not in summary and "tiny.png" not in summary
+    assert any("skipped truncated.jpg: cannot be decoded" in w for w in scan.warnings)
+    assert not any("caption.txt" in w for w in scan.warnings)
 
 
 def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
