@@ -164,6 +164,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if not args.class_noun:
             raise ConfigError("--images needs --class_noun: its 'a <class noun>' folder is scored as PRES")
     scorer = load_prompt_scorer(args.prompt_scorer, option="--prompt_scorer")
+    if args.images and scorer is not None and not args.identifier:
+        log.warning("warning: --images without --identifier: prompt fidelity reads each prompt as written, the "
+                    "subject's word included (the paper drops it); pass --identifier to drop it")
     if args.model:
         checked_trained(args.model, args.base)
     prompts = args.prompts

@@ -28,7 +28,10 @@ def pipeline_from(parts: Components, unet, text_encoders: list, vae=None) -> Dif
     common = dict(vae=vae or parts.vae, unet=unet, scheduler=load_sampling_scheduler(parts.path),
                   text_encoder=text_encoders[0], tokenizer=parts.tokenizers[0])
     if parts.is_sdxl:
-        pipe = StableDiffusionXLPipeline(**common, text_encoder_2=text_encoders[1], tokenizer_2=parts.tokenizers[1])
+        # the base's own choice of negative conditioning for an empty prompt (zeros, or the encoded "")
+        index = json.loads((parts.path / "model_index.json").read_text())
+        pipe = StableDiffusionXLPipeline(**common, text_encoder_2=text_encoders[1], tokenizer_2=parts.tokenizers[1],
+                                         force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True))
     else:
         pipe = StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)

@@ -15,7 +15,6 @@ from dreambooth.models import Components
 from dreambooth.outputs import LORA_WEIGHTS
 
 
-
 class FullFineTune:
     """The paper's method: every UNet layer (and optionally the text encoder) is trained."""
 

@@ -110,3 +110,18 @@ def test_validation_under_fp16_decodes_with_the_float32_vae(tiny_sdxl, subject_d
     assert set(unet) == {torch.float16} and decoded == [torch.float32]  # autocast was on, but not for the VAE
     assert (trainer.output_dir / "validation" / "step-000000.png").is_file()
     assert "decode" not in vars(trainer.parts.vae)  # unwrapped again
+
+
+def test_the_pipeline_built_around_trained_parts_keeps_the_bases_empty_prompt_choice(tiny_sdxl, tmp_path):
+    """SDXL bases choose zeros or the encoded "" as the negative of an empty prompt (model_index.json)."""
+    import json
+    import shutil
+
+    from dreambooth.export import pipeline_from
+
+    base = shutil.copytree(tiny_sdxl, tmp_path / "base")
+    index = json.loads((base / "model_index.json").read_text())
+    (base / "model_index.json").write_text(json.dumps({**index, "force_zeros_for_empty_prompt": False}))
+    parts = load_components(base)
+    pipe = pipeline_from(parts, parts.unet, parts.text_encoders)
+    assert pipe.config.force_zeros_for_empty_prompt is False

@@ -82,7 +82,7 @@ def _open(source: Path | io.BytesIO) -> Image.Image:
     return Image.open(source)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB: EXIF orientation applied, alpha over white, 16-bit and float scaled (not clipped)."""
     image.seek(0)  # animated GIF/WebP: the first frame
     image = ImageOps.exif_transpose(image)  # phone photos store "rotate on display" in EXIF
@@ -107,7 +107,7 @@ def load_rgb(path: Path) -> Image.Image:
         # the scan refused what is over our own limit; Pillow's lower one would only alarm
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with _open(path) as image:
-            return _to_rgb(image)
+            return to_rgb(image)
 
 
 def _problem(data: bytes, max_pixels: int) -> tuple[str | None, tuple[int, int]]:
@@ -122,7 +122,7 @@ def _problem(data: bytes, max_pixels: int) -> tuple[str | None, tuple[int, int]]
                 if image.width * image.height > max_pixels:
                     return (f"{image.width}x{image.height} is over {max_pixels / 1e6:g} MP (refused as a "
                             "possible decompression bomb); downscale it"), (0, 0)
-                return None, _to_rgb(image).size  # the full decode finds truncated files
+                return None, to_rgb(image).size  # the full decode finds truncated files
     except Image.DecompressionBombError:
         return "refused as a possible decompression bomb (too many pixels); downscale it", (0, 0)
     except UnidentifiedImageError:

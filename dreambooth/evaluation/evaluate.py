@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dreambooth.data.images import IMAGE_SUFFIXES, load_rgb
+from dreambooth.data.images import IMAGE_SUFFIXES, load_rgb, to_rgb
 from dreambooth.config import fill_prompt
 from dreambooth.errors import ConfigError, DataError
 from dreambooth.evaluation.encoders import DEFAULT_ENCODERS, EfficientNetLite0, ImageEncoder, load_encoder
@@ -80,8 +80,15 @@ def generate_images(model: Path, prompts: Sequence[str], n_per_prompt: int, seed
 
 
 def without_identifier(prompt: str, identifier: str | None) -> str:
-    """The prompt as CLIP-T reads it: the rare-token identifier removed (paper convention)."""
-    return " ".join(w for w in prompt.split() if w != identifier) if identifier else prompt
+    """The prompt as CLIP-T reads it: the rare-token identifier removed (paper convention), in any case
+    and with a possessive ("zwx's"), as CLIP's tokenizer would read it."""
+    if not identifier:
+        return prompt
+    return " ".join(re.sub(rf"(?<!\w){re.escape(identifier)}(?:'s)?(?!\w)", " ", prompt, flags=re.IGNORECASE).split())
+
+
+def _same_prompt(a: str, b: str) -> bool:
+    return a.lower().split() == b.lower().split()
 
 
 def row(metric: str, encoder: str, value: float | None) -> dict[str, Any]:
@@ -93,11 +100,16 @@ def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], clas
           div_features: div_metric.FeatureMaps | None = None) -> dict[str, Any]:
     """Per-prompt and mean metrics; every number carries the encoder (or scorer) that produced it."""
     class_prompt = f"a {class_noun}" if class_noun else None
+    if class_prompt is not None:  # PRES is scored on these; unfound, they would be scored as the subject's
+        found = [s.prompt for s in sets if _same_prompt(s.prompt, class_prompt)]
+        if len(found) != 1:
+            raise DataError(f"{len(found)} sets of images have the prompt '{class_prompt}' (the class images PRES "
+                            f"is scored on); give exactly one (prompts found: {'; '.join(s.prompt for s in sets)})")
     real = {e.name: e.embed(list(real_images)) for e in encoders}
     per_prompt, pres_rows = [], []
     for s in sets:
         emb = {e.name: e.embed(s.images) for e in encoders}
-        if s.prompt == class_prompt:
+        if class_prompt is not None and _same_prompt(s.prompt, class_prompt):
             pres_rows = [row("PRES", e.name, pres(emb[e.name], real[e.name])) for e in encoders]
             continue
         rows = [row(label(e), e.name, subject_fidelity(emb[e.name], real[e.name])) for e in encoders]
@@ -109,9 +121,12 @@ def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], clas
         per_prompt.append({"prompt": s.prompt, "images": [str(p) for p in s.paths], "metrics": rows})
     if not per_prompt:
         raise DataError("no subject prompts to score (only the class prompt was found)")
+    div_unscored = []  # asked for, but no prompt has two images to compare: said, not left out
+    if div_features is not None and not any(r["metric"] == "DIV" for p in per_prompt for r in p["metrics"]):
+        div_unscored = [row("DIV", div_metric.metric_name(div_features), None)]
     return {
         "class_noun": class_noun, "identifier": identifier,
-        "summary": means(per_prompt) + pres_rows,
+        "summary": means(per_prompt) + div_unscored + pres_rows,
         "real_vs_real": [row(label(e), e.name, self_similarity(real[e.name])) for e in encoders],
         "prompts": per_prompt,
     }
@@ -153,7 +168,8 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
     # every input is checked, and every encoder loaded, before any image is generated (hours on a big model)
     if isinstance(real_images, Path) and not real_images.is_dir():
         raise DataError(f"{real_images}: not a folder; pass the folder of the subject's real photos")
-    real = open_images(image_files(real_images)) if isinstance(real_images, Path) else list(real_images)
+    # images given in memory are read as files are: upright RGB, transparency over white
+    real = open_images(image_files(real_images)) if isinstance(real_images, Path) else [to_rgb(i) for i in real_images]
     if len(real) < 2:
         raise DataError("evaluation needs at least 2 real subject photos (the paper uses 3-6)")
     image_encoders = [load_encoder(e) if isinstance(e, str) else e for e in encoders]
@@ -182,7 +198,8 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
         source = generate_images(source, texts, n_per_prompt, seed, steps, guidance, out / "images", base)
     if isinstance(source, Path) and not source.is_dir():
         raise DataError(f"{source}: not a folder; pass a model folder or a folder of generated images")
-    sets = load_image_folder(source) if isinstance(source, Path) else list(source)
+    sets = (load_image_folder(source) if isinstance(source, Path)
+            else [PromptImages(s.prompt, [to_rgb(i) for i in s.images], s.paths) for s in source])
     with torch.no_grad():
         result = score(sets, real, class_noun, identifier, image_encoders, prompt_scorer, div_features)
     return {"generation": protocol, **result}

@@ -168,3 +168,43 @@ def test_cli_evaluates_a_model_with_a_prompt_file_and_identifier(tiny_sd, real_f
     result = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert [p["prompt"] for p in result["prompts"]] == ["a zwx dog on the moon"]
     assert result["generation"]["steps"] == 2 and result["generation"]["n_per_prompt"] == 2
+
+
+def test_the_class_images_must_be_found_once_or_pres_would_vanish_into_fidelity(image_folder):
+    (image_folder / "02-class" / "prompt.txt").write_text("A  Dog\n")  # case and spacing are no difference
+    result = evaluate(image_folder, REAL, class_noun="dog", encoders=[PixelEncoder()], div_features=None)
+    assert [p["prompt"] for p in result["prompts"]] == ["a zwx dog on the beach", "a zwx dog in the snow"]
+    (image_folder / "02-class" / "prompt.txt").write_text("a photo of a dog\n")
+    with pytest.raises(DataError, match="0 sets of images have the prompt 'a dog'"):
+        evaluate(image_folder, REAL, class_noun="dog", encoders=[PixelEncoder()], div_features=None)
+    write_prompt_folder(image_folder, "03-class-again", "a dog", [5, 6])
+    (image_folder / "02-class" / "prompt.txt").write_text("a dog\n")
+    with pytest.raises(DataError, match="2 sets of images have the prompt 'a dog'"):
+        evaluate(image_folder, REAL, class_noun="dog", encoders=[PixelEncoder()], div_features=None)
+
+
+@pytest.mark.parametrize("prompt, read", [("a ZWX dog", "a dog"), ("a zwx's dog", "a dog"),
+                                          ("a dog, zwx, on the beach", "a dog, , on the beach"),
+                                          ("a zwxy dog", "a zwxy dog")])
+def test_the_identifier_is_dropped_in_any_case_and_possessive(prompt, read):
+    assert without_identifier(prompt, "zwx") == read
+
+
+def test_div_asked_for_but_unscorable_is_said_not_left_out():
+    sets = [PromptImages("a zwx dog", [noise_image(0)]), PromptImages("a zwx dog in the snow", [noise_image(1)])]
+    result = evaluate(sets, REAL, encoders=[PixelEncoder()], div_features=PixelMaps())
+    assert {"metric": "DIV", "encoder": "lpips-style[fake-maps]", "value": None} in result["summary"]
+
+
+def test_images_in_memory_are_read_as_files_are(tmp_path):
+    """A transparent RGBA image reaches the encoders over white, as load_rgb puts a file's."""
+    seen = []
+
+    class Recording(PixelEncoder):
+        def embed(self, images):
+            seen.extend(images)
+            return super().embed(images)
+
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    evaluate([PromptImages("a zwx dog", [clear])], [clear, clear], encoders=[Recording()], div_features=None)
+    assert all(image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255) for image in seen)

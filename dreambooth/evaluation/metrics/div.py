@@ -3,8 +3,9 @@
 The paper uses LPIPS (Zhang et al., CVPR 2018), whose learned layer weights we cannot download. This is
 an LPIPS-*style* distance on any multi-layer feature extractor (by default the offline EfficientNet-Lite0):
 per layer l, unit-normalise each spatial position's channel vector, take the squared difference summed
-over channels and averaged over space; then average over layers (LPIPS Eq. 1 with all weights w_l = 1).
-Its values are not comparable with the paper's LPIPS numbers.
+over channels and averaged over space; then average over layers (LPIPS Eq. 1 sums its layers, with
+learned channel weights; here all are 1 and the layers are averaged). The encoder sees its own input (for
+EfficientNet-Lite0, the central 224 px after resizing to 256). Not comparable with the paper's LPIPS numbers.
 """
 
 from __future__ import annotations
