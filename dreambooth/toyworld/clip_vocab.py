@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
+
+from dreambooth.errors import DataError, run_command, writable_folder
 
 NUM_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -46,11 +49,17 @@ def build_tokenizer_files(bpe_gz: Path, out_dir: Path) -> None:
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
 
 
-if __name__ == "__main__":
+def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bpe_gz", type=Path, help="path to bpe_simple_vocab_16e6.txt.gz")
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args()
-    build_tokenizer_files(args.bpe_gz, args.out_dir)
+    if not args.bpe_gz.is_file():
+        raise DataError(f"{args.bpe_gz}: no such file; it ships in the open-clip-torch and clip-anytorch wheels")
+    build_tokenizer_files(args.bpe_gz, writable_folder(args.out_dir, "out_dir"))
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))

@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from dreambooth.atomic import write_text_atomic
-from dreambooth.errors import positive_int, run_command
+from dreambooth.errors import positive_int, run_command, writable_folder
 from dreambooth.toyworld import fashion_mnist, world
 from dreambooth.toyworld.readers import command_line, degrade, fit, load_weights, random_scenes, save_weights, to_pixels
 
@@ -155,13 +155,16 @@ def main() -> None:
     t.add_argument("--width", type=positive_int, default=WIDTH, help="channels of the first stage (x2, x2, x4 after)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    folder = args.out if args.command == "train" else args.judge
+    # a place train cannot write to, or no Fashion-MNIST, is found now, not after (or inside) the training
+    folder = writable_folder(args.out, "--out") if args.command == "train" else args.judge
+    fashion_mnist.load("train" if args.command == "train" else "test")
     judge = train(folder, args.steps, width=args.width) if args.command == "train" else load(folder)
     result = {"clean": accuracy(judge.eval()), "degraded": accuracy(judge, augment=True),
               "two-toned (like the subjects)": accuracy(judge, two_toned=True),
               "train items (how well it fits)": accuracy(judge, split="train")}
     print(json.dumps(result, indent=2))
-    write_text_atomic(folder / "accuracy.json", json.dumps(result, indent=2) + "\n")
+    if args.command == "train" or args.record:
+        write_text_atomic(folder / "accuracy.json", json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

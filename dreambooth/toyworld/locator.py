@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from dreambooth.atomic import write_text_atomic
-from dreambooth.errors import run_command
+from dreambooth.errors import DataError, run_command, writable_folder
 from dreambooth.evaluation.encoders import ImageEncoder
 from dreambooth.toyworld import world
 from dreambooth.toyworld.readers import command_line, degrade, fit, load_weights, random_scenes, save_weights, to_pixels
@@ -190,13 +190,18 @@ def main() -> None:
     a.add_argument("--images", type=Path, nargs="+", help="folders of images for --sheet (e.g. generated ones)")
     args = parser.parse_args()
     if args.command == "accuracy":
+        from dreambooth.evaluation.evaluate import image_files
+
         if bool(args.sheet) != bool(args.images):
             parser.error("--sheet and --images go together: --sheet OUT.png --images FOLDER [FOLDER ...]")
         for images in args.images or []:
             if not images.is_dir():
                 parser.error(f"--images {images}: not a folder; pass folders of images")
+            if not image_files(images):
+                raise DataError(f"--images {images}: no images directly in it; pass the folders that hold them")
     torch.set_num_threads(args.threads)
-    folder = args.out if args.command == "train" else args.locator
+    # a place train cannot write to is found now, not after its minutes of training
+    folder = writable_folder(args.out, "--out") if args.command == "train" else args.locator
     locator = train(folder, args.steps) if args.command == "train" else load(folder)
     if args.command == "accuracy" and args.sheet:
         crop_sheet(locator, args.images, args.sheet)
@@ -204,7 +209,8 @@ def main() -> None:
               "two-toned (like the subjects)": accuracy(locator, two_toned=True)}
     text = json.dumps({"mean IoU on held-out renders": result}, indent=2)
     print(text)
-    write_text_atomic(folder / "accuracy.json", text + "\n")
+    if args.command == "train" or args.record:
+        write_text_atomic(folder / "accuracy.json", text + "\n")
 
 
 if __name__ == "__main__":

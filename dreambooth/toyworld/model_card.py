@@ -76,10 +76,22 @@ def _reconstruction(quality: dict) -> str:
 
 
 def _pretrain_command(config: dict) -> str:
-    """The command that reproduces `config` (min-SNR weighting is an option, off by default)."""
-    gamma = config.get("snr_gamma")
-    option = f" --snr_gamma {gamma:g}" if gamma is not None else ""
-    return f"python -m dreambooth.toyworld.pretrain --out <folder>{option} --threads 2"
+    """The command that reproduces `config`: its options that differ from the defaults."""
+    from dreambooth.toyworld.pretrain import PretrainConfig  # which writes this card
+
+    default = PretrainConfig()
+    options = ""
+    if list(config.get("unet_cycles", default.unet_cycles)) != list(default.unet_cycles):
+        options += " --unet_cycles " + " ".join(str(step) for step in config["unet_cycles"])
+    if config.get("snr_gamma") is not None:
+        options += f" --snr_gamma {config['snr_gamma']:g}"
+    if config.get("object_weight", 0):
+        options += f" --object_weight {config['object_weight']:g}"
+    if config.get("pooled_text"):
+        options += " --pooled_text"
+    if config.get("vae_from"):
+        options += f" --vae_from {config['vae_from']}"
+    return f"python -m dreambooth.toyworld.pretrain --out <folder>{options} --threads 2"
 
 
 def write_model_card(folder: Path) -> None:

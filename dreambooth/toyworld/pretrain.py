@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -25,9 +26,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic
+from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic, write_text_atomic
 from dreambooth.diffusion import loss_weights, sample_noise, training_target
-from dreambooth.errors import DataError, positive_int, run_command
+from dreambooth.errors import DataError, positive_int, run_command, writable_folder
 from dreambooth.export import staged
 from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
 from dreambooth.toyworld import captions, fashion_mnist, world
@@ -35,6 +36,7 @@ from dreambooth.toyworld.model_card import CONFIG_FILE, QUALITY_FILE, write_mode
 
 
 VAE_WEIGHTS = "vae/diffusion_pytorch_model.safetensors"  # in a pipeline folder (--vae_from)
+WORK_CONFIG = "recipe.json"  # in --work: the recipe its data and checkpoints belong to
 
 
 @dataclass(frozen=True)
@@ -303,12 +305,30 @@ def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, out: Path) -> No
         (out / QUALITY_FILE).unlink(missing_ok=True)
 
 
+def check_work(cfg: PretrainConfig, work: Path) -> None:
+    """A --work folder holds one recipe's scenes, latents and checkpoints: its recipe is recorded, and
+    another's is refused (its checkpoints and latents would be resumed as this one's). Only more UNet
+    cycles may be added, which is how a finished run is extended."""
+    record, now = work / WORK_CONFIG, json.loads(json.dumps(asdict(cfg)))
+    if record.is_file():
+        was = json.loads(record.read_text())
+        changed = [f"{k}: {was.get(k)!r} then, {now[k]!r} now" for k in now
+                   if k != "unet_cycles" and was.get(k) != now[k]]
+        if now["unet_cycles"][: len(was["unet_cycles"])] != was["unet_cycles"]:
+            changed.append(f"unet_cycles: {was['unet_cycles']} then, {now['unet_cycles']} now (only more may be added)")
+        if changed:
+            raise DataError(f"--work {work} holds a run of other settings ({'; '.join(changed)}); give another "
+                            "--work, or delete it to start over")
+    write_text_atomic(record, json.dumps(now, indent=2))
+
+
 def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
     """Every stage in order; each resumes from its checkpoint in `work`, or is skipped when done.
     `cfg.vae_from` (a pipeline folder, recorded in the model's config) supplies the VAE as is, so only
     the UNet and text encoder train: a recipe tried on the latents the shipped model was trained on,
     without the VAE stages' 40 minutes."""
     work.mkdir(parents=True, exist_ok=True)
+    check_work(cfg, work)
     started = time.time()
 
     def log(stage: str, step: int, loss: float) -> None:
@@ -352,15 +372,16 @@ def main() -> None:
     if list(cycles) != sorted(set(cycles)) or cycles[0] <= PretrainConfig.unet_decay_steps:
         parser.error(f"--unet_cycles {' '.join(map(str, cycles))}: give increasing step counts, "
                      f"the first above {PretrainConfig.unet_decay_steps}")
-    if args.snr_gamma is not None and args.snr_gamma <= 0:
+    if args.snr_gamma is not None and not 0 < args.snr_gamma < math.inf:  # nan too
         parser.error(f"--snr_gamma {args.snr_gamma}: give a value above 0 (5 is typical), or leave it out")
-    if args.object_weight < 0:
+    if not 0 <= args.object_weight < math.inf:
         parser.error(f"--object_weight {args.object_weight}: give 0 (no extra weight) or more")
     torch.set_num_threads(args.threads)
     cfg = replace(PretrainConfig(), unet_cycles=cycles, snr_gamma=args.snr_gamma, object_weight=args.object_weight,
                   pooled_text=args.pooled_text, vae_from=str(args.vae_from) if args.vae_from else None)
     if args.vae_from is not None and not (args.vae_from / VAE_WEIGHTS).is_file():
         parser.error(f"--vae_from {args.vae_from}: no {VAE_WEIGHTS} there; give a pipeline folder such as the shipped model")
+    writable_folder(args.out, "--out")  # now, not after three hours of training
     pretrain(cfg, args.out, args.work.expanduser())
     print(f"saved {args.out}")
 

@@ -94,6 +94,8 @@ def command_line(doc: str, name: str, folder: Path, steps: int) -> tuple[argpars
     train.add_argument("--steps", type=positive_int, default=steps)
     accuracy = sub.add_parser("accuracy")
     accuracy.add_argument(f"--{name}", type=Path, default=folder)
+    accuracy.add_argument("--record", action="store_true",
+                          help=f"also write accuracy.json into the {name}'s folder (by default the shipped one)")
     for command in (train, accuracy):
         command.add_argument("--threads", type=positive_int, default=1)
     return parser, train, accuracy

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dreambooth.errors import run_command
+from dreambooth.errors import run_command, writable_folder
 from dreambooth.toyworld import fashion_mnist, world
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the shipped subjects, in a source checkout
@@ -80,6 +80,9 @@ def main() -> None:
     parser.add_argument("--colors", nargs=2, default=("orange", "black"), choices=list(world.COLORS))
     parser.add_argument("--pattern", default="stripes", choices=world.PATTERNS)
     args = parser.parse_args()
+    if args.colors[0] == args.colors[1]:  # one color is what the captions can say: no subject's look
+        parser.error(f"--colors {' '.join(args.colors)}: give two different colors")
+    writable_folder(args.out, "--out")
     if args.test_index is None:
         write_examples(args.out)
         return

@@ -2,6 +2,7 @@
 two-toned objects; the UNet's learning rate restarts per cycle."""
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -147,3 +148,25 @@ def test_object_weight_on_scenes_rendered_without_masks_is_a_one_line_error():
     with pytest.raises(DataError, match="delete it to render them again"):
         pretrain.train_denoiser(replace(CFG, object_weight=1.0), {"labels": LABELS}, None, 1.0, None, None, None,
                                 None, None)
+
+
+def test_a_work_folder_holds_one_recipe_and_may_only_gain_unet_cycles(tmp_path):
+    """Its checkpoints and latents would otherwise be resumed as another recipe's (another VAE's latents)."""
+    from dreambooth.errors import DataError
+
+    cfg = replace(pretrain.PretrainConfig(), unet_cycles=(3000, 6000), snr_gamma=5.0)
+    pretrain.check_work(cfg, tmp_path)
+    pretrain.check_work(replace(cfg, unet_cycles=(3000, 6000, 9000)), tmp_path)  # a finished run extended
+    for changed, named in [(dict(snr_gamma=None), "snr_gamma: 5.0 then, None now"),
+                           (dict(vae_from="shipped"), "vae_from"),
+                           (dict(unet_cycles=(3000,)), "unet_cycles: [3000, 6000, 9000] then, [3000] now")]:
+        with pytest.raises(DataError, match=re.escape(named)):
+            pretrain.check_work(replace(cfg, **{"unet_cycles": (3000, 6000, 9000), **changed}), tmp_path)
+
+
+@pytest.mark.parametrize("flag", [["--snr_gamma", "nan"], ["--object_weight", "inf"]])
+def test_a_number_that_is_no_number_is_refused_before_any_work(flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["pretrain", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), *flag])
+    with pytest.raises(SystemExit):
+        pretrain.main()
+    assert flag[0] in capsys.readouterr().err and not (tmp_path / "w").exists()
