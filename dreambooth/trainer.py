@@ -81,6 +81,8 @@ class Trainer:
         report = preflight(cfg)  # every input problem at once, before anything heavy
         for line in report.warnings:  # photos skipped among them
             log.warning("warning: %s", line)
+        for note in report.notes:  # how many photos (and class images of the user's) the run uses
+            log.info(note.splitlines()[0])
         report.raise_if_problems()
         set_seed(cfg.seed)
         # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.
@@ -247,12 +249,19 @@ class Trainer:
                     self._save_and_stop()
                 if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
                     self._save_checkpoint()
-                last = self.step == cfg.max_train_steps  # the model saved is looked at too (and may be the best)
-                if cfg.validation_prompts and (self.step % cfg.validation_steps == 0 or last):
-                    self.validate()
-                if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
-                    self.evaluate()
+                self.look(last=self.step == cfg.max_train_steps)
+        if self.start_step == cfg.max_train_steps:  # stopped in its last step, after the update, before the look
+            self.look(last=True)
         return self.save()
+
+    def look(self, last: bool) -> None:
+        """Validation grids and scores of this step, if due; the last step's model (the one saved) is
+        always looked at, and may be the best."""
+        cfg = self.cfg
+        if cfg.validation_prompts and (self.step % cfg.validation_steps == 0 or last):
+            self.validate()
+        if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
+            self.evaluate()
 
     def update(self) -> tuple[LossParts, torch.Tensor]:
         """One optimizer step: gradient_accumulation_steps training steps. Returns the last one's loss and

@@ -180,3 +180,29 @@ def test_a_run_says_which_photos_it_skipped(tiny_sd, subject_dir, tmp_path, capl
     with caplog.at_level(logging.INFO, logger="dreambooth"):
         train(config(tiny_sd, photos, tmp_path, max_train_steps=1))
     assert "photos: skipped IMG_0001.HEIC: HEIC/HEIF: convert it to JPEG" in caplog.text
+
+
+def test_a_run_stopped_in_its_last_step_looks_at_it_when_resumed(tiny_sd, subject_dir, tmp_path, monkeypatch):
+    """The stop saves a checkpoint at the last step before its validation: the resume, with no step left,
+    validates (and would score) the model it saves."""
+    import signal
+
+    from dreambooth.run_guard import Interrupted
+    from dreambooth.trainer import Trainer
+
+    original = Trainer.training_step
+
+    def signalled_in_step_2(self, draw):
+        if draw == 1:
+            self.stop_signal = signal.SIGTERM  # what the handler sets on SIGTERM
+        return original(self, draw)
+
+    common = dict(max_train_steps=2, validation_prompts=["a {identifier} dog"], validation_steps=5,
+                  num_validation_images=1, inference_steps=2)
+    monkeypatch.setattr(Trainer, "training_step", signalled_in_step_2)
+    with pytest.raises(Interrupted, match="at step 2"):
+        train(config(tiny_sd, subject_dir, tmp_path, **common))
+    monkeypatch.undo()
+    assert not (tmp_path / "out" / "validation").exists()
+    train(config(tiny_sd, subject_dir, tmp_path, **common, resume_from_checkpoint="latest"))
+    assert [p.name for p in (tmp_path / "out" / "validation").iterdir()] == ["step-000002.png"]

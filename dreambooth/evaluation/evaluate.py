@@ -192,7 +192,11 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
         if (out / "images").is_dir() and any((out / "images").iterdir()):
             raise ConfigError(f"--output {out} holds an earlier evaluation's images, which would be scored too; "
                               "pass a new --output folder or delete that one")
-        texts = [fill_prompt(t, identifier, class_noun) for t in prompts] + [f"a {class_noun}"]
+        texts = [fill_prompt(t, identifier, class_noun) for t in prompts]
+        if any(_same_prompt(text, f"a {class_noun}") for text in texts):
+            raise ConfigError(f"--prompts: 'a {class_noun}' is sampled anyway, as the class images PRES is scored "
+                              "on; drop it from the list")
+        texts.append(f"a {class_noun}")
         protocol = {"model": str(source), "n_per_prompt": n_per_prompt, "seed": seed, "steps": steps,
                     "guidance": guidance, **({"base": str(base)} if base else {})}
         source = generate_images(source, texts, n_per_prompt, seed, steps, guidance, out / "images", base)

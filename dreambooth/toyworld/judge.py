@@ -157,7 +157,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     # a place train cannot write to, or no Fashion-MNIST, is found now, not after (or inside) the training
     folder = writable_folder(args.out, "--out") if args.command == "train" else args.judge
-    fashion_mnist.load("train" if args.command == "train" else "test")
+    for split in ("train", "test") if args.command == "train" else ("test",):  # accuracy reads the test items
+        fashion_mnist.load(split)
     judge = train(folder, args.steps, width=args.width) if args.command == "train" else load(folder)
     result = {"clean": accuracy(judge.eval()), "degraded": accuracy(judge, augment=True),
               "two-toned (like the subjects)": accuracy(judge, two_toned=True),

@@ -377,8 +377,9 @@ def main() -> None:
     if not 0 <= args.object_weight < math.inf:
         parser.error(f"--object_weight {args.object_weight}: give 0 (no extra weight) or more")
     torch.set_num_threads(args.threads)
+    vae_from = str(args.vae_from.expanduser().resolve()) if args.vae_from else None  # one spelling, for recipe.json
     cfg = replace(PretrainConfig(), unet_cycles=cycles, snr_gamma=args.snr_gamma, object_weight=args.object_weight,
-                  pooled_text=args.pooled_text, vae_from=str(args.vae_from) if args.vae_from else None)
+                  pooled_text=args.pooled_text, vae_from=vae_from)
     if args.vae_from is not None and not (args.vae_from / VAE_WEIGHTS).is_file():
         parser.error(f"--vae_from {args.vae_from}: no {VAE_WEIGHTS} there; give a pipeline folder such as the shipped model")
     writable_folder(args.out, "--out")  # now, not after three hours of training

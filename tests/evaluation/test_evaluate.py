@@ -208,3 +208,10 @@ def test_images_in_memory_are_read_as_files_are(tmp_path):
     clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     evaluate([PromptImages("a zwx dog", [clear])], [clear, clear], encoders=[Recording()], div_features=None)
     assert all(image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255) for image in seen)
+
+
+def test_the_class_prompt_in_the_prompt_list_is_refused_before_any_image(tiny_sd, tmp_path):
+    with pytest.raises(ConfigError, match="--prompts: 'a dog' is sampled anyway"):
+        evaluate(tiny_sd, REAL, class_noun="dog", identifier="zwx", prompts=["a {identifier} dog", "a {class_noun}"],
+                 encoders=[PixelEncoder()], div_features=None, n_per_prompt=1, steps=2, out=tmp_path)
+    assert not (tmp_path / "images").exists()
