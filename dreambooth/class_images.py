@@ -123,8 +123,7 @@ def cache_folder(spec: ClassImageSpec, cache_root: Path) -> Path:
     """`cache_root/<prompt slug>-<key[:16]>`: readable, and unique to the spec and model content."""
     cache_root.mkdir(parents=True, exist_ok=True)
     fingerprint = model_fingerprint(spec.model_path, cache_root)
-    slug = re.sub(r"[^a-z0-9]+", "-", spec.prompt.lower()).strip("-")[:48] or "prompt"
-    folder = cache_root / f"{slug}-{cache_key(spec, fingerprint)[:16]}"
+    folder = cache_root / _folder_name(spec, fingerprint)
     folder.mkdir(exist_ok=True)
     for leftover in [*folder.glob(".*.tmp"), *cache_root.glob(".*.tmp")]:
         # a write killed midway (SIGKILL, power loss); one in progress in another process is younger
@@ -135,6 +134,20 @@ def cache_folder(spec: ClassImageSpec, cache_root: Path) -> Path:
         record = {"model_path": str(spec.model_path), **spec.record(fingerprint)}
         _write_atomic(folder / SPEC_FILE, json.dumps(record, indent=2, default=str).encode())
     return folder
+
+
+def _folder_name(spec: ClassImageSpec, fingerprint: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", spec.prompt.lower()).strip("-")[:48] or "prompt"
+    return f"{slug}-{cache_key(spec, fingerprint)[:16]}"
+
+
+def cached_count(spec: ClassImageSpec, cache_root: Path, num_images: int) -> int:
+    """How many of the first `num_images` images the cache holds already (a damaged one is replaced when
+    training starts), found without creating a folder there: for the disk check."""
+    if not cache_root.is_dir():
+        return 0
+    folder = cache_root / _folder_name(spec, model_fingerprint(spec.model_path, cache_root))
+    return sum((folder / f"{i:06d}.png").is_file() for i in range(num_images))
 
 
 def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int, user_dir: Path | None,

@@ -242,3 +242,16 @@ def test_keep_best_counts_the_second_model_it_keeps(tiny_sd, subject_dir, tmp_pa
     plain = disk_needs(config(tiny_sd, subject_dir, tmp_path), tiny_sd, 0)[0].lasting
     best = disk_needs(config(tiny_sd, subject_dir, tmp_path, eval_every=1, keep_best=True), tiny_sd, 0)[0].lasting
     assert best == plain + model
+
+
+def test_class_images_already_in_the_cache_need_no_disk(tiny_sd, subject_dir, tmp_path):
+    from dreambooth.class_images import generate_for_model
+    from dreambooth.preflight import disk_needs
+    from tests.test_trainer import config
+
+    cfg = config(tiny_sd, subject_dir, tmp_path, num_class_images=3)
+    before = disk_needs(cfg, tiny_sd, 0)[1].lasting
+    assert not (tmp_path / "cache").exists()  # the check creates nothing there
+    generate_for_model(tiny_sd, "a dog", 2, tmp_path / "cache", None, steps=2, guidance_scale=7.5, seed=0,
+                       batch_size=2)  # two of the run's three, drawn as the run would draw them
+    assert disk_needs(cfg, tiny_sd, 0)[1].lasting == before // 3
