@@ -136,6 +136,11 @@ def cache_folder(spec: ClassImageSpec, cache_root: Path) -> Path:
     return folder
 
 
+def _image_path(folder: Path, index: int) -> Path:
+    """Where cached image `index` lives: its name is its seed's index, so a resume finds what is missing."""
+    return folder / f"{index:06d}.png"
+
+
 def _folder_name(spec: ClassImageSpec, fingerprint: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", spec.prompt.lower()).strip("-")[:48] or "prompt"
     return f"{slug}-{cache_key(spec, fingerprint)[:16]}"
@@ -147,7 +152,7 @@ def cached_count(spec: ClassImageSpec, cache_root: Path, num_images: int) -> int
     if not cache_root.is_dir():
         return 0
     folder = cache_root / _folder_name(spec, model_fingerprint(spec.model_path, cache_root))
-    return sum((folder / f"{i:06d}.png").is_file() for i in range(num_images))
+    return sum(_image_path(folder, i).is_file() for i in range(num_images))
 
 
 def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int, user_dir: Path | None,
@@ -165,7 +170,7 @@ def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int,
     if len(user_images) >= num_images:
         return user_images[:num_images]
     folder = cache_folder(spec, Path(cache_root))
-    paths = [folder / f"{i:06d}.png" for i in range(num_images - len(user_images))]
+    paths = [_image_path(folder, i) for i in range(num_images - len(user_images))]
     # a file that does not decode (damaged by something else: ours are written whole) is replaced, never
     # deleted first: another process sharing the cache may be about to read it
     missing = [i for i, path in enumerate(paths) if i % share[1] == share[0] and not _decodes(path)]
@@ -192,7 +197,7 @@ def _generate(spec: ClassImageSpec, pipe: DiffusionPipeline, indices: list[int],
                           num_inference_steps=spec.num_inference_steps, guidance_scale=spec.guidance_scale,
                           generator=generators, height=spec.resolution, width=spec.resolution).images
             for i, image in zip(batch, images):
-                _write_atomic(folder / f"{i:06d}.png", image)
+                _write_atomic(_image_path(folder, i), image)
             bar.update(len(batch))
 
 
