@@ -172,10 +172,13 @@ class Trainer:
         if acc.num_processes > 1:  # every process draws its share (as diffusers' scripts do)
             ensure(share=(acc.process_index, acc.num_processes))
             acc.wait_for_everyone()
-        # where a node's cache is its own, the other nodes' shares are missing there: the main process fills
-        # its node's first, then the first process of each other node, then the rest find theirs complete
-        with acc.main_process_first(), acc.local_main_process_first():
-            return ensure()
+            # where each node's cache is its own, the other nodes' shares are missing there: the node's
+            # processes draw them in shares again (a shared cache is complete, and this draws nothing)
+            local_index = torch.tensor([acc.local_process_index], device=acc.device)
+            per_node = int(acc.gather(local_index).max()) + 1
+            ensure(share=(acc.local_process_index, per_node))
+            acc.wait_for_everyone()
+        return ensure()
 
     def _build_data(self, class_paths: list[Path] | None) -> DreamBoothData:
         cfg = self.cfg
