@@ -2,7 +2,7 @@
 
 The cache folder is named by a hash of everything that shapes the images: the model's *content*
 (so two copies of one model share it and a changed weight doesn't), prompt, size, sampler, steps,
-guidance and seed. Image i always comes from the same noise, seeded by (seed, i), so the images
+guidance, seed and the precision they are drawn in. Image i always comes from the same noise, seeded by (seed, i), so the images
 don't depend on the batch size and an interrupted run resumes by generating only what is missing.
 """
 
@@ -35,6 +35,15 @@ FINGERPRINT_PATTERNS = ("*.safetensors", "*.bin", "*.json", "*.txt")  # weights,
 FINGERPRINT_MEMO = "fingerprints.json"
 STALE_WRITE_SECONDS = 3600  # a temp file this old was left by a killed write
 SPEC_FILE = "spec.json"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def drawing_precision(choice: str | None, device_type: str | None = None) -> str:
+    """`--prior_generation_precision` resolved as diffusers' scripts do: unset (or "no"), fp16 on a GPU
+    (`device_type`; by default whether torch sees one) and fp32 elsewhere."""
+    if choice in PRECISIONS:
+        return choice
+    return "fp16" if (device_type or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else "fp32"
 
 
 @dataclass(frozen=True)
@@ -50,15 +59,16 @@ class ClassImageSpec:
     guidance_scale: float
     seed: int
     negative_prompt: str | None = None
+    precision: str = "fp32"  # a key of PRECISIONS: the weights' dtype while drawing
 
     @classmethod
     def for_model(cls, folder: Path, prompt: str, resolution: int, num_inference_steps: int,
-                  guidance_scale: float, seed: int) -> "ClassImageSpec":
+                  guidance_scale: float, seed: int, precision: str = "fp32") -> "ClassImageSpec":
         """The spec of a model folder's class images, drawn with the folder's own sampler."""
         sampler = load_sampling_scheduler(folder)
         return cls(model_path=folder, prompt=prompt, resolution=resolution, sampler=type(sampler).__name__,
                    sampler_config=dict(sampler.config), num_inference_steps=num_inference_steps,
-                   guidance_scale=guidance_scale, seed=seed)
+                   guidance_scale=guidance_scale, seed=seed, precision=precision)
 
     def record(self, fingerprint: str) -> dict[str, Any]:
         """The spec as JSON data, with the model named by its content rather than its path."""
@@ -66,6 +76,8 @@ class ClassImageSpec:
         del record["model_path"]
         # diffusers' bookkeeping keys (_class_name, _diffusers_version, ...) don't change the samples
         record["sampler_config"] = {k: v for k, v in self.sampler_config.items() if not k.startswith("_")}
+        if self.precision == "fp32":  # the only precision before it was recorded: those caches keep their keys
+            del record["precision"]
         return {"model_fingerprint": fingerprint, **record}
 
 
@@ -202,13 +214,16 @@ def _generate(spec: ClassImageSpec, pipe: DiffusionPipeline, indices: list[int],
 
 
 def generate_for_model(model: Path, prompt: str, num_images: int, cache_root: Path, resolution: int | None,
-                       steps: int, guidance_scale: float, seed: int, batch_size: int) -> list[Path]:
+                       steps: int, guidance_scale: float, seed: int, batch_size: int,
+                       precision: str | None = None) -> list[Path]:
     """`dreambooth class-images`: the class images of a model folder with its own sampler."""
     if resolution is not None and resolution % 8:
         raise ConfigError(f"--resolution {resolution}: must be a multiple of 8 (the VAE downsamples by 8)")
     folder = check_model_folder(model, option="--model")
-    spec = ClassImageSpec.for_model(folder, prompt, resolution or native_resolution(folder), steps, guidance_scale, seed)
-    return ensure_class_images(spec, cache_root, num_images, None, lambda: load_model_pipeline(folder),
+    spec = ClassImageSpec.for_model(folder, prompt, resolution or native_resolution(folder), steps, guidance_scale,
+                                    seed, drawing_precision(precision))
+    return ensure_class_images(spec, cache_root, num_images, None,
+                               lambda: load_model_pipeline(folder, PRECISIONS[spec.precision]),
                                batch_size, progress=True)
 
 

@@ -137,7 +137,8 @@ def cmd_class_images(args: argparse.Namespace) -> None:
     from dreambooth.class_images import generate_for_model
 
     paths = generate_for_model(Path(args.model), args.prompt, args.num_images, writable_folder(args.cache_dir, "--cache_dir"),
-                               args.resolution, args.steps, args.guidance_scale, args.seed, args.batch_size)
+                               args.resolution, args.steps, args.guidance_scale, args.seed, args.batch_size,
+                               args.prior_generation_precision)
     print(f"{len(paths)} class images in {paths[0].parent if paths else args.cache_dir}")
 
 
@@ -272,6 +273,8 @@ def _add_class_images(sub) -> None:
                      default=default_of("class_guidance_scale"))
     cls.add_argument("--seed", type=non_negative_int, default=default_of("seed"))
     cls.add_argument("--batch_size", "--batch-size", type=positive_int, default=default_of("sample_batch_size"))
+    cls.add_argument("--prior_generation_precision", choices=("no", "fp32", "fp16", "bf16"),
+                     help="default (or no): fp16 on a GPU, else fp32, the precision `train` draws in")
     cls.set_defaults(run=cmd_class_images)
 
 

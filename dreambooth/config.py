@@ -18,6 +18,7 @@ import yaml
 from dreambooth.errors import ConfigError
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
+GenerationPrecision = Literal["no", "fp32", "fp16", "bf16"]  # diffusers' choices; "no" is its default
 LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 FULL_LEARNING_RATE, LORA_LEARNING_RATE = 5e-6, 1e-4  # diffusers' full-fine-tune default; its SDXL LoRA script's
 PATH_OPTIONS = ("pretrained_model_name_or_path", "instance_data_dir", "output_dir", "class_data_dir", "class_cache_dir")
@@ -52,6 +53,9 @@ class TrainConfig:
     sample_batch_size: int = option(4, "batch size when generating class images")
     class_inference_steps: int = option(25, "sampler steps per generated class image")
     class_guidance_scale: float = option(7.5, "classifier-free guidance for class images")
+    prior_generation_precision: GenerationPrecision | None = option(
+        None, "precision class images are drawn in: fp32, fp16 or bf16 (unset or no: fp16 on a GPU, else fp32, as "
+              "in diffusers)")
 
     # --- optimisation ----------------------------------------------------------------------------
     max_train_steps: int = option(400, "optimizer steps")
@@ -326,7 +330,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     return TrainConfig(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
 
 
-RESOLVED_AT_SETUP = ("identifier", "resolution", "mixed_precision")  # None asks the trainer; records hold its choice
+RESOLVED_AT_SETUP = ("identifier", "resolution", "mixed_precision", "prior_generation_precision")  # None asks the trainer; records hold its choice
 # options that change how a run is watched, logged, checkpointed or computed, or where its class images are
 # cached (the cache is keyed by their content), not the model it trains
 NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",

@@ -25,7 +25,6 @@ DIFFUSERS_REFUSED = {
     "--revision": "models are never downloaded; pass the local folder of the revision you want",
     "--variant": "pass a folder with full-precision weights; --mixed_precision sets the training precision",
     "--tokenizer_name": "the tokenizer is the base model's own (its tokenizer/ folder)",
-    "--prior_generation_precision": "class images are generated in the base model's precision (fp32)",
     "--tokenizer_max_length": _IF_ONLY, "--text_encoder_use_attention_mask": _IF_ONLY,
     "--class_labels_conditioning": _IF_ONLY, "--skip_save_text_encoder": _IF_ONLY,
     "--validation_images": "an option for image-variation and upscaler pipelines, which this tool does not train",

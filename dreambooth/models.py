@@ -142,13 +142,15 @@ def reload_frozen(parts: Components, with_text_encoders: bool) -> tuple[Autoenco
     return vae, [_load_text_encoder(folder, n) for n in names] if with_text_encoders else None
 
 
-def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False) -> DiffusionPipeline:
-    """The sampling pipeline (SD or SDXL) of a local folder, offline, quiet, on the GPU if there is one."""
+def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
+                  device: torch.device | str | None = None) -> DiffusionPipeline:
+    """The sampling pipeline (SD or SDXL) of a local folder, offline, quiet, on `device` (by default the
+    GPU if there is one)."""
     folder = check_model_folder(path, allow_pickle)
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, safety_checker=None, requires_safety_checker=False,
                                              **_weights_kwargs(folder, "unet", "vae"))
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def tokenize(tokenizers: list[CLIPTokenizer], prompts: list[str]) -> list[torch.Tensor]:

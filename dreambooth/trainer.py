@@ -27,7 +27,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from dreambooth import checkpoints, export, runlog
-from dreambooth.class_images import ClassImageSpec, ensure_class_images
+from dreambooth.class_images import PRECISIONS, ClassImageSpec, drawing_precision, ensure_class_images
 from dreambooth.config import TrainConfig, fill_prompt, literal_identifier
 from dreambooth.data.dataset import DreamBoothData, LatentImages
 from dreambooth.data.images import scan_images
@@ -37,7 +37,7 @@ from dreambooth.finetune import cast_frozen_weights, strategy_for, trainable
 from dreambooth.generate import decoding_in_vae_precision, sample_grid
 from dreambooth.identifier import find_identifiers
 from dreambooth.models import (Components, TextConditioning, encode_text, is_sdxl_folder, load_components,
-                               reload_frozen, tokenize)
+                               load_pipeline, reload_frozen, tokenize)
 from dreambooth.outputs import CONFIG_FILE
 from dreambooth.preflight import preflight
 from dreambooth.run_guard import Interrupted, only_run_in, signals_noted
@@ -70,7 +70,9 @@ class Trainer:
                                                 logging_dir=str(self.output_dir / cfg.logging_dir)),
         )
         # unset, accelerate takes its launcher's or config's precision, as diffusers' scripts let it
-        self.cfg = cfg = dataclasses.replace(cfg, mixed_precision=self.accelerator.mixed_precision)
+        self.cfg = cfg = dataclasses.replace(
+            cfg, mixed_precision=self.accelerator.mixed_precision,
+            prior_generation_precision=drawing_precision(cfg.prior_generation_precision, self.accelerator.device.type))
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.accelerator.num_processes == 1:  # each would train alone, all into one folder
             raise ConfigError(f"{launched} processes were launched, but accelerate found no process group to join "
@@ -195,10 +197,16 @@ class Trainer:
         # drawn at the model's own size, as diffusers does, and resized like the photos: a model samples
         # worst off its native resolution, and those samples would teach the prior their flaws
         return ClassImageSpec.for_model(self.parts.path, self.class_prompt, self.parts.native_resolution,
-                                        cfg.class_inference_steps, cfg.class_guidance_scale, cfg.seed)
+                                        cfg.class_inference_steps, cfg.class_guidance_scale, cfg.seed,
+                                        cfg.prior_generation_precision)
 
     def _base_pipeline(self):
-        return export.pipeline_from(self.parts, self.parts.unet, self.parts.text_encoders).to(self.accelerator.device)
+        """The base model to draw class images with: the loaded parts in full precision, else a copy read in
+        the lower one (casting the parts would round the weights training starts from)."""
+        precision, device = self.cfg.prior_generation_precision, self.accelerator.device
+        if precision == "fp32":
+            return export.pipeline_from(self.parts, self.parts.unet, self.parts.text_encoders).to(device)
+        return load_pipeline(self.parts.path, PRECISIONS[precision], self.cfg.allow_pickle, device=device)
 
     @property
     def text_encoder_training(self) -> bool:

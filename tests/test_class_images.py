@@ -129,11 +129,19 @@ def test_temp_files_of_killed_writes_are_cleaned_up(tiny_sd, pipe, tmp_path):
 
 @pytest.mark.parametrize("change", [dict(prompt="a cat"), dict(seed=1), dict(num_inference_steps=3),
                                     dict(guidance_scale=5.0), dict(resolution=64), dict(negative_prompt="blurry"),
-                                    dict(sampler="EulerDiscreteScheduler")])
+                                    dict(sampler="EulerDiscreteScheduler"), dict(precision="bf16")])
 def test_every_setting_is_in_the_key(tiny_sd, change):
     fingerprint = model_fingerprint(tiny_sd)
     assert cache_key(make_spec(tiny_sd, **change), fingerprint) != cache_key(make_spec(tiny_sd), fingerprint)
     assert cache_key(make_spec(tiny_sd), fingerprint) != cache_key(make_spec(tiny_sd), "0" * 64)
+
+
+def test_caches_drawn_before_precision_was_recorded_keep_their_keys(tmp_path):
+    # images drawn in fp32 by an earlier version are found again: their key is the one it computed
+    spec = ClassImageSpec(model_path=tmp_path, prompt="a dog", resolution=512, sampler="DPMSolverMultistepScheduler",
+                          sampler_config={"beta_end": 0.012, "_class_name": "x"}, num_inference_steps=25,
+                          guidance_scale=7.5, seed=0)
+    assert cache_key(spec, "0" * 64) == "f740b823387c9f1f1f5315b7efb329a93a9dfa5d62be2de0f9e50d92303ebb4f"
 
 
 def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:

@@ -47,6 +47,10 @@ def test_class_images_command_fills_the_cache(tiny_sd, tmp_path, capsys):
     assert main(["class-images", "--model", str(tiny_sd), "--prompt", "a cat", "-n", "2", "--steps", "2",
                  "--cache_dir", str(tmp_path)]) == 0
     assert len(list(tmp_path.glob("a-cat-*/*.png"))) == 2
+    assert main(["class-images", "--model", str(tiny_sd), "--prompt", "a cat", "-n", "2", "--steps", "2",
+                 "--cache_dir", str(tmp_path), "--prior_generation_precision", "bf16"]) == 0
+    fp32, bf16 = sorted(tmp_path.glob("a-cat-*"), key=lambda folder: (folder / "spec.json").read_text().count("bf16"))
+    assert [len(list(folder.glob("*.png"))) for folder in (fp32, bf16)] == [2, 2]  # a folder of its own
 
 
 def test_check_reports_every_problem_at_once(tmp_path, capsys):

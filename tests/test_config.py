@@ -76,7 +76,7 @@ def test_diffusers_flags_parse_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize("flags", [["--push_to_hub"], ["--hub-model-id", "me/dog"], ["--revision", "fp16"],
-                                   ["--prior_generation_precision=fp16"], ["--validation_epochs", "25"],
+                                   ["--validation_epochs", "25"],
                                    ["--pretrained_vae_model_name_or_path", "madebyollin/sdxl-vae-fp16-fix"],
                                    ["--dataset_name", "me/dogs"], ["--use_dora"], ["--optimizer", "prodigy"],
                                    ["--image-interpolation-mode", "bilinear"]])

@@ -1,12 +1,14 @@
 """End-to-end behaviour of the training loop on a tiny random-weight SD model."""
 
+import json
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from dreambooth import runlog
+from dreambooth import class_images, runlog
 from dreambooth.config import from_dict
 from dreambooth.trainer import Trainer, train
 from tests.tiny_models import IMAGE_SIZE
@@ -127,6 +129,20 @@ def test_class_images_are_drawn_at_the_models_own_size(tiny_sd, subject_dir, tmp
     train(config(tiny_sd, subject_dir, tmp_path, resolution=IMAGE_SIZE // 2, max_train_steps=1))
     sizes = {Image.open(p).size for p in (tmp_path / "cache").rglob("*.png")}
     assert sizes == {(IMAGE_SIZE, IMAGE_SIZE)}
+
+
+def test_class_images_are_drawn_in_the_chosen_precision_from_a_copy(tiny_sd, subject_dir, tmp_path, monkeypatch):
+    drawn_with, generate = [], class_images._generate
+    monkeypatch.setattr(class_images, "_generate", lambda spec, pipe, *args: (drawn_with.append(pipe.unet.dtype),
+                                                                               generate(spec, pipe, *args)))
+    assert Trainer(config(tiny_sd, subject_dir, tmp_path)).cfg.prior_generation_precision == "fp32"  # on a CPU
+    trainer = Trainer(config(tiny_sd, subject_dir, tmp_path, prior_generation_precision="bf16"))
+    trainer.setup()
+    assert drawn_with == [torch.bfloat16]
+    assert json.loads(next((tmp_path / "cache").rglob("spec.json")).read_text())["precision"] == "bf16"
+    # the weights training starts from are the base's, not rounded to bf16 and back
+    base, unet = load_file(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors"), trainer.parts.unet.state_dict()
+    assert all(unet[k].dtype == torch.float32 and torch.equal(unet[k], base[k]) for k in base)
 
 
 def test_unset_mixed_precision_is_accelerates(tiny_sd, subject_dir, tmp_path, monkeypatch):
