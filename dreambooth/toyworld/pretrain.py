@@ -305,6 +305,30 @@ def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, out: Path) -> No
         (out / QUALITY_FILE).unlink(missing_ok=True)
 
 
+class LossLog:
+    """losses.csv: stage, step, loss, seconds since this invocation began. A resumed stage redoes the steps
+    after its checkpoint; when it logs the first of them, the interrupted run's rows from there on go, so
+    each step keeps one row."""
+
+    def __init__(self, file: Path) -> None:
+        self.file, self.started, self.stages_begun = file, time.time(), set()
+
+    def __call__(self, stage: str, step: int, loss: float) -> None:
+        if stage not in self.stages_begun:
+            self.stages_begun.add(stage)
+            if self.file.is_file():
+                rows = self.file.read_text().splitlines(keepends=True)
+                write_text_atomic(self.file, "".join(row for row in rows if not self._redone(row, stage, step)))
+        with open(self.file, "a") as f:
+            f.write(f"{stage},{step},{loss:.6f},{time.time() - self.started:.1f}\n")
+
+    @staticmethod
+    def _redone(row: str, stage: str, first_step: int) -> bool:
+        """Whether `row` is the stage's at or after `first_step` (a line cut short by a crash counts too)."""
+        fields = row.rstrip("\n").split(",")
+        return fields[0] == stage and (len(fields) != 4 or not fields[1].isdigit() or int(fields[1]) >= first_step)
+
+
 def check_work(cfg: PretrainConfig, work: Path) -> None:
     """A --work folder holds one recipe's scenes, latents and checkpoints: its recipe is recorded, and
     another's is refused (its checkpoints and latents would be resumed as this one's). Only more UNet
@@ -329,12 +353,7 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
     without the VAE stages' 40 minutes."""
     work.mkdir(parents=True, exist_ok=True)
     check_work(cfg, work)
-    started = time.time()
-
-    def log(stage: str, step: int, loss: float) -> None:
-        with open(work / "losses.csv", "a") as f:
-            f.write(f"{stage},{step},{loss:.6f},{time.time() - started:.1f}\n")
-
+    log = LossLog(work / "losses.csv")
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     vae, text_encoder, unet = build_models(cfg)
     data = render_dataset(cfg, work / "scenes.npz")

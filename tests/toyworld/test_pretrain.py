@@ -56,6 +56,22 @@ def test_interrupted_decoder_stage_resumes_to_the_same_weights(tmp_path, monkeyp
     assert all(torch.allclose(v, unbroken.state_dict()[k], atol=1e-6) for k, v in resumed.state_dict().items())
 
 
+def test_losses_keep_one_row_per_step_across_a_resume(tmp_path):
+    file = tmp_path / "losses.csv"
+    interrupted = pretrain.LossLog(file)
+    for step in (1, 2, 3):
+        interrupted("vae", step, 1.0)
+    interrupted("denoiser", 1, 1.0)
+    with open(file, "a") as f:
+        f.write("denoiser,2,0.5")  # cut short by the crash
+    resumed = pretrain.LossLog(file)  # vae done (its checkpoint at 3), denoiser resumed from step 1's checkpoint
+    for step in (2, 3):
+        resumed("denoiser", step, 0.25)
+    rows = [line.split(",")[:3] for line in file.read_text().splitlines()]
+    assert rows == [["vae", "1", "1.000000"], ["vae", "2", "1.000000"], ["vae", "3", "1.000000"],
+                    ["denoiser", "1", "1.000000"], ["denoiser", "2", "0.250000"], ["denoiser", "3", "0.250000"]]
+
+
 def test_decoder_batches_mix_one_and_two_toned_objects(monkeypatch):
     scenes = []
     monkeypatch.setattr(world, "render", lambda scene, render=world.render: scenes.append(scene) or render(scene))
