@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from dreambooth.errors import ConfigError, ModelError
 
-Family = Literal["dino", "clip", "cnn"]  # decides the paper's label: DINO, CLIP-I, or plain "fidelity"
+Family = Literal["dino", "clip", "other"]  # decides the paper's label: DINO, CLIP-I, or plain "fidelity"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_ENCODERS = ("dino-imgfocus", "efficientnet-lite0")
@@ -120,7 +120,7 @@ class EfficientNetLite0:
     """
 
     name = "efficientnet-lite0"
-    family: Family = "cnn"
+    family: Family = "other"
 
     def __init__(self) -> None:
         lite = require("efficientnet_lite_pytorch", "--no-deps efficientnet-lite-pytorch")
@@ -178,7 +178,13 @@ class HFEncoder:
         if model_class is None:
             raise ModelError(f"model type {config.model_type!r} is neither CLIP nor a DINO-type ViT "
                              f"({', '.join(DINO_TYPES)}); pass one of those")
-        self.family = "dino" if model_class is transformers.AutoModel else "clip"
+        if model_class is not transformers.AutoModel:
+            self.family = "clip"
+        else:  # a `vit` config does not say how it was trained (DINO, or labels such as ImageNet's): its name must
+            parts = Path(path).expanduser().parts
+            names = [parts[-1], *(part for part in parts if part.startswith("models--"))]  # the hub cache's too
+            dino = config.model_type != "vit" or any("dino" in name.lower() for name in names)
+            self.family = "dino" if dino else "other"
         self.model, loading = model_class.from_pretrained(path, local_files_only=True, output_loading_info=True)
         self.model.eval()
         if any(k.startswith("visual_projection") for k in loading["missing_keys"]):

@@ -1,4 +1,5 @@
 import importlib.util
+import shutil
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokeniz
 
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.evaluation.encoders import load_encoder
+from dreambooth.evaluation.metrics.fidelity import label
 from dreambooth.evaluation.metrics.prompt_fidelity import ClipT
 from dreambooth.models import CLIP_TOKENIZER_DIR
 from tests.evaluation.fakes import noise_image
@@ -68,7 +70,7 @@ def test_hf_clip_image_and_text(tiny_clip):
 
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vit")
+    path = tmp_path_factory.mktemp("vit") / "dino-vits16"
     torch.manual_seed(0)
     ViTModel(ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                        image_size=32, patch_size=8)).save_pretrained(path)
@@ -76,9 +78,15 @@ def tiny_vit(tmp_path_factory):
     return path
 
 
-def test_hf_vit_is_dino_type_and_cannot_score_prompts(tiny_vit):
+def test_a_hf_vit_named_dino_is_dino_and_cannot_score_prompts(tiny_vit, tmp_path):
     encoder = load_encoder(f"hf:{tiny_vit}")
-    assert encoder.family == "dino"
+    assert encoder.family == "dino" and label(encoder) == "DINO"
+    # a ViT config does not say how the model was trained: one whose path does not say DINO is not called so
+    shutil.copytree(tiny_vit, tmp_path / "vit-base-patch16-224")
+    assert label(load_encoder(f"hf:{tmp_path / 'vit-base-patch16-224'}")) == "fidelity"
+    snapshot = tmp_path / "models--facebook--dino-vits16" / "snapshots" / "0123abc"  # the hub cache's layout
+    shutil.copytree(tiny_vit, snapshot)
+    assert label(load_encoder(f"hf:{snapshot}")) == "DINO"
     assert_unit_rows(encoder.embed(IMAGES), 2, 16)
     with pytest.raises(ConfigError, match="not a CLIP model"):
         ClipT(encoder)
