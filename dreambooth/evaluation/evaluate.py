@@ -95,6 +95,11 @@ def row(metric: str, encoder: str, value: float | None) -> dict[str, Any]:
     return {"metric": metric, "encoder": encoder, "value": value}
 
 
+def counted(summary_row: dict[str, Any], prompts: int, images: int) -> dict[str, Any]:
+    """A summary number with how many prompts and images it was computed from."""
+    return {**summary_row, "prompts": prompts, "images": images}
+
+
 def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], class_noun: str | None,
           identifier: str | None, encoders: Sequence[ImageEncoder], prompt_scorer: PromptScorer | None = None,
           div_features: div_metric.FeatureMaps | None = None) -> dict[str, Any]:
@@ -110,7 +115,8 @@ def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], clas
     for s in sets:
         emb = {e.name: e.embed(s.images) for e in encoders}
         if class_prompt is not None and _same_prompt(s.prompt, class_prompt):
-            pres_rows = [row("PRES", e.name, pres(emb[e.name], real[e.name])) for e in encoders]
+            pres_rows = [counted(row("PRES", e.name, pres(emb[e.name], real[e.name])), 1, len(s.images))
+                         for e in encoders]
             continue
         rows = [row(label(e), e.name, subject_fidelity(emb[e.name], real[e.name])) for e in encoders]
         if prompt_scorer is not None:
@@ -118,26 +124,30 @@ def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], clas
                             prompt_scorer(s.images, without_identifier(s.prompt, identifier))))
         if div_features is not None and len(s.images) >= 2:
             rows.append(row("DIV", div_metric.metric_name(div_features), div_metric.div(div_features, s.images)))
-        per_prompt.append({"prompt": s.prompt, "images": [str(p) for p in s.paths], "metrics": rows})
+        per_prompt.append({"prompt": s.prompt, "images": [str(p) for p in s.paths], "num_images": len(s.images),
+                           "metrics": rows})
     if not per_prompt:
         raise DataError("no subject prompts to score (only the class prompt was found)")
     div_unscored = []  # asked for, but no prompt has two images to compare: said, not left out
     if div_features is not None and not any(r["metric"] == "DIV" for p in per_prompt for r in p["metrics"]):
-        div_unscored = [row("DIV", div_metric.metric_name(div_features), None)]
+        div_unscored = [counted(row("DIV", div_metric.metric_name(div_features), None), 0, 0)]
     return {
         "class_noun": class_noun, "identifier": identifier,
         "summary": means(per_prompt) + div_unscored + pres_rows,
-        "real_vs_real": [row(label(e), e.name, self_similarity(real[e.name])) for e in encoders],
+        "real_vs_real": [counted(row(label(e), e.name, self_similarity(real[e.name])), 0, len(real_images))
+                         for e in encoders],
         "prompts": per_prompt,
     }
 
 
 def means(per_prompt: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each (metric, encoder)'s mean over the prompts."""
+    """Each (metric, encoder)'s mean over the prompts it was scored on (each prompt weighs the same, whatever
+    its number of images), with how many prompts and images those were."""
     summary = []
     for key in dict.fromkeys((r["metric"], r["encoder"]) for p in per_prompt for r in p["metrics"]):
-        values = [r["value"] for p in per_prompt for r in p["metrics"] if (r["metric"], r["encoder"]) == key]
-        summary.append(row(*key, sum(values) / len(values)))
+        scored = [(p, r["value"]) for p in per_prompt for r in p["metrics"] if (r["metric"], r["encoder"]) == key]
+        mean = sum(value for _, value in scored) / len(scored)
+        summary.append(counted(row(*key, mean), len(scored), sum(p["num_images"] for p, _ in scored)))
     return summary
 
 

@@ -16,11 +16,15 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def summary_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, encoder, value, real-vs-real reference of that encoder) for every summary number."""
+SUMMARY_HEADER = ["metric", "encoder", "value", "real vs real", "prompts", "images"]
+
+
+def summary_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(metric, encoder, value, real-vs-real reference of that encoder, prompts, images) for every summary
+    number (results written before the counts were kept leave them blank)."""
     reference = {r["encoder"]: r["value"] for r in result["real_vs_real"]}
-    return [(r["metric"], r["encoder"], _fmt(r["value"]), _fmt(reference.get(r["encoder"])))
-            for r in result["summary"]]
+    return [(r["metric"], r["encoder"], _fmt(r["value"]), _fmt(reference.get(r["encoder"])),
+             str(r.get("prompts", "")), str(r.get("images", ""))) for r in result["summary"]]
 
 
 def _columns(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -35,7 +39,7 @@ def _values(prompt: dict[str, Any], columns: list[tuple[str, str]]) -> list[str]
 def to_markdown(result: dict[str, Any]) -> str:
     """A summary table (with the real-vs-real reference) and one row per prompt."""
     lines = ["# DreamBooth evaluation", "", PAPER_NOTE, "",
-             "| metric | encoder | value | real vs real |", "|---|---|---|---|"]
+             "| " + " | ".join(SUMMARY_HEADER) + " |", "|---" * len(SUMMARY_HEADER) + "|"]
     lines += [f"| {' | '.join(r)} |" for r in summary_rows(result)]
     columns = _columns(result)
     lines += ["", "| prompt | " + " | ".join(f"{m} ({e})" for m, e in columns) + " |",
@@ -56,7 +60,7 @@ def to_html(result: dict[str, Any], page_dir: Path) -> str:
              "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
              "img{width:128px;height:128px;object-fit:cover;margin:2px}</style>",
              "<h1>DreamBooth evaluation</h1>", f"<p>{html.escape(PAPER_NOTE)}</p>",
-             table(["metric", "encoder", "value", "real vs real"], [list(r) for r in summary_rows(result)])]
+             table(SUMMARY_HEADER, [list(r) for r in summary_rows(result)])]
     for p in result["prompts"]:
         parts.append(f"<h2>{html.escape(p['prompt'])}</h2>")
         parts.append(table([f"{m} ({e})" for m, e in columns], [_values(p, columns)]))

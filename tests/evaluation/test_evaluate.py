@@ -51,8 +51,20 @@ def test_evaluate_image_folder(image_folder):
     assert summary[("DINO", "fake-pixels")] == pytest.approx(sum(dino.values()) / 2)
     assert summary[("prompt fidelity", "fake-judge")] == 0.5
     assert ("PRES", "fake-pixels") in summary and ("DIV", "lpips-style[fake-maps]") in summary
-    assert result["real_vs_real"] == [{"metric": "DINO", "encoder": "fake-pixels", "value": pytest.approx(1.0)}]
+    assert result["real_vs_real"] == [{"metric": "DINO", "encoder": "fake-pixels", "value": pytest.approx(1.0),
+                                       "prompts": 0, "images": len(REAL)}]
+    counts = {r["metric"]: (r["prompts"], r["images"]) for r in result["summary"]}
+    assert counts == {"DINO": (2, 4), "prompt fidelity": (2, 4), "DIV": (2, 4), "PRES": (1, 2)}
     assert result["generation"] is None
+
+
+def test_the_summary_weighs_prompts_equally_and_says_how_many_images_it_read():
+    sets = [PromptImages("a zwx dog", [noise_image(0)]), PromptImages("a zwx dog in the snow", [noise_image(1)] * 3)]
+    result = evaluate(sets, REAL, encoders=[PixelEncoder()], div_features=PixelMaps())
+    by_prompt = [p["metrics"][0]["value"] for p in result["prompts"]]
+    dino, div = result["summary"]
+    assert (dino["value"], dino["prompts"], dino["images"]) == (pytest.approx(sum(by_prompt) / 2), 2, 4)
+    assert (div["prompts"], div["images"]) == (1, 3)  # one image cannot be compared with another
 
 
 def test_a_scored_prompt_whose_images_are_gone_names_the_file(image_folder):
@@ -193,7 +205,8 @@ def test_the_identifier_is_dropped_in_any_case_and_possessive(prompt, read):
 def test_div_asked_for_but_unscorable_is_said_not_left_out():
     sets = [PromptImages("a zwx dog", [noise_image(0)]), PromptImages("a zwx dog in the snow", [noise_image(1)])]
     result = evaluate(sets, REAL, encoders=[PixelEncoder()], div_features=PixelMaps())
-    assert {"metric": "DIV", "encoder": "lpips-style[fake-maps]", "value": None} in result["summary"]
+    assert {"metric": "DIV", "encoder": "lpips-style[fake-maps]", "value": None, "prompts": 0,
+            "images": 0} in result["summary"]
 
 
 def test_images_in_memory_are_read_as_files_are(tmp_path):

@@ -9,8 +9,8 @@ def result_with_images(tmp_path):
     image.write_bytes(b"")
     return {
         "generation": None, "class_noun": "dog", "identifier": "zwx",
-        "summary": [{"metric": "DINO", "encoder": "enc", "value": 0.5},
-                    {"metric": "PRES", "encoder": "enc", "value": 0.25}],
+        "summary": [{"metric": "DINO", "encoder": "enc", "value": 0.5, "prompts": 1, "images": 1},
+                    {"metric": "PRES", "encoder": "enc", "value": 0.25}],  # as written before counts were kept
         "real_vs_real": [{"metric": "DINO", "encoder": "enc", "value": 0.75}],
         "prompts": [{"prompt": "a zwx <dog>", "images": [str(image)],
                      "metrics": [{"metric": "DINO", "encoder": "enc", "value": 0.5}]}],
@@ -19,8 +19,8 @@ def result_with_images(tmp_path):
 
 def test_markdown_has_summary_with_reference_and_prompt_rows(tmp_path):
     md = to_markdown(result_with_images(tmp_path))
-    assert "| DINO | enc | 0.500 | 0.750 |" in md
-    assert "| PRES | enc | 0.250 | 0.750 |" in md
+    assert "| DINO | enc | 0.500 | 0.750 | 1 | 1 |" in md
+    assert "| PRES | enc | 0.250 | 0.750 |  |  |" in md
     assert "| a zwx <dog> | 0.500 |" in md
 
 
