@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -75,10 +76,13 @@ class LoRAFineTune:
             # text encoder's take diffusers' own: its loader finds peft's only on attention projections, so
             # adapters on other layers alone (--lora_text_encoder_modules fc1) would not load.
             # (the vocabulary is never resized, so no embedding table travels: peft's check of that warned)
+            # transformers 5's CLIPTextModel has no `text_model.` level; files keep it, as transformers 4 and
+            # ComfyUI read them (diffusers strips it again where the model has none)
             adapters = get_peft_model_state_dict(model, save_embedding_layers=False)
             if name != "unet":
-                adapters = {k.replace(".lora_A.", ".lora_linear_layer.down.")
-                             .replace(".lora_B.", ".lora_linear_layer.up."): v for k, v in adapters.items()}
+                adapters = {re.sub(r"^encoder\.", "text_model.encoder.", k)
+                            .replace(".lora_A.", ".lora_linear_layer.down.")
+                            .replace(".lora_B.", ".lora_linear_layer.up."): v for k, v in adapters.items()}
             layers[f"{name}_lora_layers"] = adapters
             # the adapter config (alpha above all) travels in the file, so loaders scale it as trained
             metadata[f"{name}_lora_adapter_metadata"] = model.peft_config["default"].to_dict()

@@ -27,7 +27,7 @@ from dreambooth.outputs import CONFIG_FILE
 from dreambooth.single_file import weight_files
 
 GIB = 2**30
-ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Embedding)  # what peft's LoRA adapts
+ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)  # what peft adapts and diffusers' LoRA loaders read back
 
 
 @dataclass(frozen=True)

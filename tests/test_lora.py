@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from dreambooth.cli import main
 from dreambooth.generate import sample
@@ -69,6 +70,10 @@ def test_lora_output_is_small_and_loads_in_diffusers(lora_run, tiny_sd):
     in_training = np.asarray(Image.open(lora_run / "validation" / "step-000003.png"), dtype=np.int16)
     assert np.abs(after - in_training).max() <= 1  # the file reproduces the adapted model we trained
     assert np.abs(image(load_trained(lora_run)) - after).max() <= 1  # and so does our own loading path
+    # text-encoder keys under `text_model.`, as transformers 4 and ComfyUI read them, whatever the transformers
+    # that trained them (version 5's CLIPTextModel has no such level)
+    keys = [k for k in load_file(lora_run / LORA_WEIGHTS) if k.startswith("text_encoder.")]
+    assert keys and all(k.startswith("text_encoder.text_model.encoder.layers.") for k in keys)
 
 
 def test_kohya_file_loads_with_the_same_outputs(lora_run, tiny_sd):
@@ -189,9 +194,12 @@ def test_lora_targets_are_checked_before_any_work(tiny_sd, subject_dir, tmp_path
     args = ["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
             str(subject_dir), "--class_noun", "dog", "--lora", "--train_text_encoder",
             "--lora_target_modules", "to_q", "--lora_target_modules", "to_kk", "--lora_target_modules", "attn1",
-            "--lora_text_encoder_modules", "fc1", "--lora_text_encoder_modules", "q_prj"]
+            "--lora_text_encoder_modules", "fc1", "--lora_text_encoder_modules", "q_prj",
+            "--lora_text_encoder_modules", "token_embedding"]
     assert main(args) == 2
     err = capsys.readouterr().err
+    # peft adapts an embedding, but neither file could hold it (diffusers' loaders refuse it): the run would be lost
+    assert "--lora_text_encoder_modules token_embedding: matches a layer of type Embedding" in err
     assert "--lora_target_modules to_kk: no layer of the unet is called that; its layers include" in err
     assert "--lora_target_modules attn1: matches a layer of type Attention, which LoRA cannot adapt" in err
     assert "--lora_text_encoder_modules q_prj: no layer of the text_encoder" in err
