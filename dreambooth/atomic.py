@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,11 +57,20 @@ def removed_on_failure(partial: Path, remove: bool = True, writing: Path | None 
         raise error from exc
 
 
-def _whole_or_nothing(write, tmp: Path, path: Path) -> None:
-    """`write(tmp)`, then rename it onto `path`."""
+def write_atomic(path: Path, write: Callable[[Path], object], unique: bool = False) -> None:
+    """`write(tmp)` to a temp file beside `path`, then rename it onto `path` durably: readers see the old
+    file (or none) or the whole new one. The temp file is `path` + ".tmp", which the next write replaces
+    if a crash left one; `unique` gives each write a hidden one of its own (".<name>.<random>.tmp"), for
+    files that several processes may write at once, such as a shared cache's."""
+    if unique:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+    else:
+        tmp = path.with_name(path.name + ".tmp")
     with removed_on_failure(tmp, writing=path):
         write(tmp)
-        umask_modes(tmp)
+        umask_modes(tmp)  # mkstemp's and safetensors' 0600 would keep other users out
         replace_durably(tmp, path)
 
 
@@ -72,9 +83,9 @@ def replace_durably(tmp: Path, path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `path` whole or not at all: a crash leaves the old file (or none), never half of one."""
-    _whole_or_nothing(lambda tmp: tmp.write_text(text), path.with_name(path.name + ".tmp"), path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors' `save_file`, whole or not at all: a crash leaves the old file (or none)."""
-    _whole_or_nothing(lambda tmp: save_file(tensors, tmp, metadata=metadata), path.with_name(path.name + ".tmp"), path)
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dreambooth.atomic import umask_modes
+from dreambooth.atomic import write_atomic
 from dreambooth.data.images import scan_images
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import (check_model_folder, load_pipeline as load_model_pipeline, load_sampling_scheduler,
@@ -122,7 +120,8 @@ def model_fingerprint(model_dir: Path, memo_dir: Path | None = None) -> str:
         if kept != read:
             # a speed-up only: a cache shared read-only (full, by another user) is read on without it
             with contextlib.suppress(OSError):
-                _write_atomic(memo_file, json.dumps(kept, indent=1, sort_keys=True).encode())
+                write_atomic(memo_file, lambda tmp: tmp.write_text(json.dumps(kept, indent=1, sort_keys=True)),
+                             unique=True)
     return total.hexdigest()
 
 
@@ -144,7 +143,8 @@ def cache_folder(spec: ClassImageSpec, cache_root: Path) -> Path:
                 leftover.unlink()
     if not (folder / SPEC_FILE).is_file():
         record = {"model_path": str(spec.model_path), **spec.record(fingerprint)}
-        _write_atomic(folder / SPEC_FILE, json.dumps(record, indent=2, default=str).encode())
+        write_atomic(folder / SPEC_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2, default=str)),
+                     unique=True)
     return folder
 
 
@@ -209,7 +209,7 @@ def _generate(spec: ClassImageSpec, pipe: DiffusionPipeline, indices: list[int],
                           num_inference_steps=spec.num_inference_steps, guidance_scale=spec.guidance_scale,
                           generator=generators, height=spec.resolution, width=spec.resolution).images
             for i, image in zip(batch, images):
-                _write_atomic(_image_path(folder, i), image)
+                write_atomic(_image_path(folder, i), lambda tmp: image.save(tmp, format="PNG"), unique=True)
             bar.update(len(batch))
 
 
@@ -252,21 +252,3 @@ def _file_sha256(path: Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-def _write_atomic(path: Path, content: bytes | Image.Image) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: readers never see a partial file. The
-    file gets the mode any new file would (mkstemp's is 0600), so a cache shared by users stays readable."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask_modes(Path(tmp))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(content, Image.Image):
-                content.save(f, format="PNG")
-            else:
-                f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

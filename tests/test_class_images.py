@@ -106,10 +106,10 @@ def test_a_full_cache_that_cannot_be_written_is_read_as_it_is(tiny_sd, pipe, tmp
     """A cache another user filled (read-only here) serves its images; the fingerprint memo is a speed-up."""
     paths = ensure_class_images(make_spec(tiny_sd), tmp_path, 2, None, Loader(pipe), batch_size=2, progress=False)
 
-    def read_only(path, content):
+    def read_only(path, write, unique=False):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(class_images, "_write_atomic", read_only)
+    monkeypatch.setattr(class_images, "write_atomic", read_only)
     assert ensure_class_images(make_spec(tiny_sd), tmp_path, 2, None, no_load, batch_size=2, progress=False) == paths
     (tmp_path / "fingerprints.json").unlink()  # the memo would change: its write fails, and is skipped
     assert ensure_class_images(make_spec(tiny_sd), tmp_path, 2, None, no_load, batch_size=2, progress=False) == paths
