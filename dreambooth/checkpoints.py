@@ -55,7 +55,7 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
         accelerator.save_state(str(temp), safe_serialization=True)
         accelerator.wait_for_everyone()  # every process's part (its RNG states) is in before it is marked complete
         if accelerator.is_main_process:
-            state = {"step": step, "config": config, "photos": sorted(photos),
+            state = {"step": step, "config": config, "photos": sorted(photos), "photo_order": list(photos),
                      "num_processes": accelerator.num_processes}
             (temp / STATE_FILE).write_text(json.dumps(state))
             fsync_tree(temp)
@@ -101,6 +101,12 @@ def trained_with(checkpoint: Path) -> tuple[int, dict, list[str] | None]:
     ({} and None for checkpoints from before they were kept)."""
     state = json.loads((checkpoint / STATE_FILE).read_text())
     return int(state["step"]), state.get("config", {}), state.get("photos")
+
+
+def photo_order(checkpoint: Path) -> list[str] | None:
+    """The sha256s of the subject photos in the order the run drew them from (None for checkpoints from
+    before it was kept): photos renamed since sort otherwise."""
+    return json.loads((checkpoint / STATE_FILE).read_text()).get("photo_order")
 
 
 def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int:

@@ -185,11 +185,15 @@ class Trainer:
     def _build_data(self, class_paths: list[Path] | None) -> DreamBoothData:
         cfg = self.cfg
         instance_scan = scan_images(Path(cfg.instance_data_dir).expanduser(), role="instance", min_side=cfg.resolution)
-        self.photos = instance_scan.digests  # checkpoints record them: a resume on other photos is refused
+        photos = list(zip(instance_scan.digests, instance_scan.images))  # by name
+        if cfg.resume_from_checkpoint is not None:  # in the order they were drawn from, whatever their names now
+            order = checkpoints.photo_order(checkpoints.named(self.output_dir, cfg.resume_from_checkpoint))
+            photos = sorted(photos, key=lambda photo: order.index(photo[0])) if order is not None else photos
+        self.photos = [digest for digest, _ in photos]  # checkpoints record them: a resume on others is refused
         views = dict(vae=self.parts.vae, resolution=cfg.resolution, center_crop=cfg.center_crop,
                      random_flip=cfg.random_flip, cache=cfg.cache_latents, latents_mean_std=self.parts.is_sdxl)
         prior = LatentImages(class_paths, **views) if class_paths is not None else None
-        return DreamBoothData(LatentImages(list(instance_scan.images), **views), prior,
+        return DreamBoothData(LatentImages([path for _, path in photos], **views), prior,
                               batch_size=cfg.train_batch_size, seed=cfg.seed)
 
     def _class_image_spec(self) -> ClassImageSpec:

@@ -172,8 +172,9 @@ def test_a_resume_on_another_number_of_processes_is_warned_about(tiny_sd, subjec
 
 
 def test_a_run_resumes_after_its_folder_and_photos_moved(tiny_sd, subject_dir, tmp_path):
-    """A preempted machine's disk mounted elsewhere: the same run, its photos recognized by content. A
-    dangling link in the folder (a user's) is no part of the run and is left alone."""
+    """A preempted machine's disk mounted elsewhere: the same run, its photos recognized by content (and
+    drawn in the order they were, though renamed to sort the other way). A dangling link in the folder
+    (a user's) is no part of the run and is left alone."""
     common = dict(max_train_steps=3, checkpointing_steps=2)
     full = losses(train(config(tiny_sd, subject_dir, tmp_path / "full", **common)))
     part = config(tiny_sd, subject_dir, tmp_path / "part", **{**common, "max_train_steps": 2, "checkpointing_steps": 1})
@@ -181,7 +182,10 @@ def test_a_run_resumes_after_its_folder_and_photos_moved(tiny_sd, subject_dir, t
     (tmp_path / "part" / "out" / "photos").symlink_to(tmp_path / "nowhere")
     train(part)
     shutil.move(tmp_path / "part", tmp_path / "moved")
-    photos = shutil.copytree(subject_dir, tmp_path / "photos-elsewhere")
+    photos = tmp_path / "photos-elsewhere"
+    photos.mkdir()
+    for i, photo in enumerate(sorted(subject_dir.iterdir())):
+        shutil.copy(photo, photos / f"renamed_{9 - i}.png")
     out = train(config(tiny_sd, photos, tmp_path / "moved", **common, resume_from_checkpoint="latest"))
     assert [r["loss"] for r in losses(out)] == [r["loss"] for r in full]
 
