@@ -25,6 +25,9 @@ from dreambooth.errors import DataError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff",
                   *([".avif"] if features.check("avif") else [])}
 HEIF_SUFFIXES = {".heic", ".heif"}
+# photos in formats not decoded here: skipped with a warning, as a photo left out is (other files silently)
+UNREAD_PHOTO_SUFFIXES = {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2",
+                         ".raf", ".pef", ".srw", ".raw", ".3fr", ".iiq", ".psd", ".psb", ".jxl", ".svg"}
 MAX_PIXELS = 100_000_000  # larger is refused as a possible decompression bomb
 MIN_SIDE = 256  # a shorter side below this is upscaled a lot for SD, so it is warned about
 MAX_ASPECT = 3.0  # beyond 3:1 a square crop keeps under a third of the photo
@@ -141,6 +144,8 @@ def _skip_reason(path: Path, heif: bool) -> str | None:
         return "sub-folder (not searched; move its images up to use them)"
     if suffix in HEIF_SUFFIXES and not heif:
         return "HEIC/HEIF: convert it to JPEG, or `pip install pillow-heif`"
+    if suffix in UNREAD_PHOTO_SUFFIXES:
+        return f"{suffix[1:].upper()} (camera RAW, Photoshop, JPEG XL or SVG) is not read: export it to JPEG or PNG"
     if suffix not in IMAGE_SUFFIXES | (HEIF_SUFFIXES if heif else set()):
         return NOT_PHOTOS[1]
     return None

@@ -32,6 +32,7 @@ def messy(tmp_path):
     (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (d / "not-really.png").write_text("this is text")
     (d / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    (d / "IMG_0002.DNG").write_bytes(b"II*\0")  # a camera's RAW
     shutil.copy(d / "good.jpg", d / "copy of good.jpg")
     (d / "sub").mkdir()
     rgb(d / "sub" / "nested.png")
@@ -53,16 +54,18 @@ def test_scan_sorts_every_odd_file(messy):
     assert reasons["truncated.jpg"].startswith("cannot be decoded") and "truncated" in reasons["truncated.jpg"]
     assert reasons["not-really.png"].startswith("not an image (the content")
     assert "pillow-heif" in reasons["photo.heic"] and "convert" in reasons["photo.heic"]
+    assert reasons["IMG_0002.DNG"] == "DNG (camera RAW, Photoshop, JPEG XL or SVG) is not read: export it to JPEG or PNG"
     assert reasons["good.jpg"] == "duplicate of copy of good.jpg (same content)"  # the first by name is kept
     assert reasons["sub"].startswith("sub-folder")
     assert any("tiny.png is only 40x40" in w for w in scan.warnings)
     assert any("panorama.png is 1200x300 (aspect > 3:1)" in w for w in scan.warnings)
     assert not any("instance image(s)" in w for w in scan.warnings)  # 4 is a good count
     summary = scan.summary()
-    assert "4 usable instance image(s), 10 skipped" in summary and "skipped caption.txt" in summary
+    assert "4 usable instance image(s), 11 skipped" in summary and "skipped caption.txt" in summary
     # a skipped photo, like a size problem, is a warning (which train prints too), reported apart, once
     assert "truncated.jpg" not in summary and "tiny.png" not in summary
     assert any("skipped truncated.jpg: cannot be decoded" in w for w in scan.warnings)
+    assert any("skipped IMG_0002.DNG: DNG (camera RAW" in w for w in scan.warnings)  # a photo, though not read
     assert not any("caption.txt" in w for w in scan.warnings)
 
 
