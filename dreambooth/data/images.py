@@ -95,7 +95,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
             peak = 65535.0
         else:
             peak = 1.0 if image.mode == "F" and array.max() <= 1 else 255.0
+        clear = image.info.get("transparency")  # the one gray value a PNG marks transparent, at full depth
         image = Image.fromarray(np.clip(array / peak * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+        if isinstance(clear, int):
+            image.putalpha(Image.fromarray(np.where(array == clear, 0, 255).astype(np.uint8), "L"))
     if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
         # A plain convert("RGB") would show transparent pixels as their (often black) hidden color.
         rgba = image.convert("RGBA")

@@ -133,6 +133,8 @@ def test_deep_and_float_images_are_scaled_not_clipped(tmp_path):
     Image.fromarray(sixteen).save(tmp_path / "16bit.png")
     img = load_rgb(tmp_path / "16bit.png")
     assert img.mode == "RGB" and img.getpixel((0, 0)) == (255,) * 3 and abs(img.getpixel((1, 0))[0] - 128) <= 1
+    Image.fromarray(np.array([[0, 30000]], np.uint16)).save(tmp_path / "16bit-transparent.png", transparency=0)
+    assert load_rgb(tmp_path / "16bit-transparent.png").getpixel((0, 0)) == (255,) * 3  # over white, as 8-bit is
     assert img.getpixel((0, 1)) == (0, 0, 0) and img.getpixel((1, 1))[0] == 4  # 1000/65535*255, not clipped 255
 
     Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32)).save(tmp_path / "float.tif")
