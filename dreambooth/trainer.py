@@ -3,8 +3,8 @@
     from dreambooth import TrainConfig, train
     train(TrainConfig(pretrained_model_name_or_path="base", instance_data_dir="photos", class_noun="dog"))
 
-Every micro-step draws its images, noise and timesteps from a generator seeded by (seed, step), so
-a run resumed from a checkpoint continues exactly as the uninterrupted run would have.
+Every micro-step's images (see data/dataset.py), noise and timesteps are a function of (seed, step),
+so a run resumed from a checkpoint continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Training examples: subject and class images as VAE latents, drawn into explicit batches.
 
-Every random choice of a step (which images, crop, flip, the latent sample) comes from a generator
-seeded by (seed, micro-step), so a run resumed at step s sees exactly the data it would have seen.
+Which images a micro-step gets is a function of (seed, micro-step): it takes the next places in an
+endless sequence of epochs, each a permutation seeded by (seed, epoch), so a batch larger than the
+folder repeats photos rather than coming up short; each crop, flip and latent sample comes from a
+generator seeded by (seed, micro-step). So a run resumed at step s sees exactly the data it would
+have seen.
 
 Latent caching: the VAE is frozen in DreamBooth, so each image's latent *distribution* (mean, std)
 is computed once and a fresh latent is sampled from it every step, as uncached training would.
