@@ -1,10 +1,12 @@
 """Regenerate the "Image folders" tables of docs/reliability.md: python scripts/reliability_images.py"""
-import shutil, tempfile
+import shutil, sys, tempfile
 from pathlib import Path
 import numpy as np
 from PIL import Image
 from dreambooth.data.images import load_rgb, scan_images
 from dreambooth.errors import DataError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.data.test_images import SRGB_PRIMARIES_D50, matrix_profile  # a color profile made in code
 
 def rgb(path, size=(600, 600), color=(10, 200, 30), **kw):
     Image.new("RGB", size, color).save(path, **kw)
@@ -23,6 +25,7 @@ rgb(d / "._IMG_0001.jpg")
 data = (d / "IMG_0001.jpg").read_bytes(); (d / "half-download.jpg").write_bytes(data[: len(data) // 2])
 (d / "text-named.png").write_text("this is text")
 (d / "IMG_0002.heic").write_bytes(b"\0\0\0\x18ftypheic")
+(d / "IMG_0003.DNG").write_bytes(b"II*\0")
 rgb(d / "huge.png", size=(12000, 9000))
 rgb(d / "thumbnail.png", size=(40, 40), color=(9, 9, 9))
 rgb(d / "panorama.jpg", size=(1800, 500), color=(7, 7, 7))
@@ -69,6 +72,9 @@ pal.save(m / "palette.png", transparency=0)
 Image.new("LA", (8, 8), (100, 0)).save(m / "la.png")
 rgba = Image.new("RGBA", (8, 8), (0, 0, 255, 255)); rgba.putpixel((0, 0), (0, 0, 0, 0)); rgba.save(m / "rgba.png")
 Image.fromarray(np.array([[65535, 32768], [0, 1000]], np.uint16)).save(m / "16bit.png")
+Image.fromarray(np.array([[0, 30000]], np.uint16)).save(m / "16bit-clear.png", transparency=0)
+red, green, blue = SRGB_PRIMARIES_D50
+Image.new("RGB", (8, 8), (255, 0, 0)).save(m / "icc.jpg", quality=95, icc_profile=matrix_profile(green, red, blue))
 Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)).save(m / "float.tif")
 fr = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255)]]
 fr[0].save(m / "anim.gif", save_all=True, append_images=fr[1:])
@@ -79,6 +85,8 @@ print(f"| palette PNG, transparent index at (0,0), red elsewhere | (0,0) → {px
 print(f"| LA (gray + alpha), fully transparent | {px('la.png', (1, 1))} (white) |")
 print(f"| RGBA, transparent pixel / opaque blue | {px('rgba.png', (0, 0))} / {px('rgba.png', (5, 5))} |")
 print(f"| 16-bit gray PNG 65535 / 32768 / 1000 / 0 | {px('16bit.png', (0, 0))} / {px('16bit.png', (1, 0))} / {px('16bit.png', (1, 1))} / {px('16bit.png', (0, 1))} (scaled, not clipped) |")
+print(f"| 16-bit gray PNG whose gray 0 is transparent: 0 / 30000 | {px('16bit-clear.png', (0, 0))} / {px('16bit-clear.png', (1, 0))} |")
+print(f"| JPEG (255, 0, 0) with a color profile whose red is sRGB's green | {px('icc.jpg', (4, 4))} (converted to sRGB) |")
 print(f"| 32-bit float TIFF 0.0 / 0.5 / 1.0 | {px('float.tif', (0, 0))} / {px('float.tif', (1, 0))} / {px('float.tif', (0, 1))} |")
 print(f"| animated GIF, red then blue frame | {px('anim.gif', (4, 4))} (first frame) |")
 r = load_rgb(m / "rot.jpg")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
 
 from dreambooth.errors import DataError
 
@@ -86,9 +86,11 @@ def _open(source: Path | io.BytesIO) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB: EXIF orientation applied, alpha over white, 16-bit and float scaled (not clipped)."""
+    """8-bit sRGB: EXIF orientation applied, an embedded color profile converted, alpha over white, 16-bit
+    and float scaled (not clipped)."""
     image.seek(0)  # animated GIF/WebP: the first frame
     image = ImageOps.exif_transpose(image)  # phone photos store "rotate on display" in EXIF
+    image = _to_srgb(image)
     if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integer or float grayscale
         array = np.asarray(image, dtype=np.float64)
         if image.mode.startswith("I;16") or (image.mode == "I" and array.max() > 255):
@@ -105,6 +107,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+@functools.cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """RGB or CMYK pixels in the color space their embedded profile names (a phone's Display P3, a print
+    CMYK), converted to the sRGB that models are trained on; read as they are, wide-gamut photos come
+    out desaturated. Without a profile, or with one that cannot be read, the pixels are taken as sRGB."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "CMYK"):
+        return image
+    try:
+        return ImageCms.profileToProfile(image, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb(), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image
 
 
 def load_rgb(path: Path) -> Image.Image:

@@ -2,6 +2,7 @@
 
 import random
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -126,6 +127,40 @@ def test_modes_convert_to_8bit_rgb(tmp_path):
     Image.new("L", (8, 8), 77).save(tmp_path / "gray.png")
     assert load_rgb(tmp_path / "gray.png").getpixel((0, 0)) == (77, 77, 77)
     assert all(load_rgb(p).mode == "RGB" for p in tmp_path.iterdir())
+
+
+def matrix_profile(red, green, blue, gamma=2.2) -> bytes:
+    """A minimal ICC v2 RGB display profile: three primaries (XYZ under D50) and one gamma curve."""
+    def s15(value):
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(v):
+        return b"XYZ " + b"\0" * 4 + b"".join(s15(c) for c in v)
+
+    curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = [(b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(red)), (b"gXYZ", xyz(green)),
+            (b"bXYZ", xyz(blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags:
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    header = (struct.pack(">I", offset + len(data)) + b"\0" * 4 + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+              + b"\0" * 12 + b"acsp" + b"\0" * 28 + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+SRGB_PRIMARIES_D50 = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
+
+
+def test_a_photos_color_profile_is_converted_to_srgb(tmp_path):
+    # a profile whose "red" is sRGB's green: read as sRGB the pixel stays red, converted it is green
+    red, green, blue = SRGB_PRIMARIES_D50
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "wide.jpg", quality=95,
+                                                 icc_profile=matrix_profile(green, red, blue))
+    r, g, b = load_rgb(tmp_path / "wide.jpg").getpixel((4, 4))
+    assert g > 200 and r < 60 and b < 60
+    Image.new("RGB", (8, 8), (200, 100, 50)).save(tmp_path / "broken.png", icc_profile=b"not a profile")
+    assert load_rgb(tmp_path / "broken.png").getpixel((0, 0)) == (200, 100, 50)  # taken as sRGB
 
 
 def test_deep_and_float_images_are_scaled_not_clipped(tmp_path):
