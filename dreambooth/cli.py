@@ -14,10 +14,10 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import get_origin
+from typing import get_args, get_origin
 
-from dreambooth.config import (TrainConfig, config_types, default_of, field_keys, flag_spellings, from_dict,
-                               read_config_file)
+from dreambooth.config import (GenerationPrecision, TrainConfig, config_types, default_of, field_keys, flag_spellings,
+                               from_dict, read_config_file)
 from dreambooth.diffusers_flags import DIFFUSERS_NO_OPS, EPOCHS_REFUSED, add_diffusers_flags
 from dreambooth.errors import (ConfigError, finite_float, non_negative_int, positive_int, run_command,
                                writable_folder)
@@ -273,7 +273,7 @@ def _add_class_images(sub) -> None:
                      default=default_of("class_guidance_scale"))
     cls.add_argument("--seed", type=non_negative_int, default=default_of("seed"))
     cls.add_argument("--batch_size", "--batch-size", type=positive_int, default=default_of("sample_batch_size"))
-    cls.add_argument("--prior_generation_precision", choices=("no", "fp32", "fp16", "bf16"),
+    cls.add_argument("--prior_generation_precision", choices=get_args(GenerationPrecision),
                      help="default (or no): fp16 on a GPU, else fp32, the precision `train` draws in")
     cls.set_defaults(run=cmd_class_images)
 

@@ -330,7 +330,9 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     return TrainConfig(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
 
 
-RESOLVED_AT_SETUP = ("identifier", "resolution", "mixed_precision", "prior_generation_precision")  # None asks the trainer; records hold its choice
+# the values that ask the trainer to choose (records hold its choice): a resume that asks again is no change
+RESOLVED_AT_SETUP = {"identifier": (None,), "resolution": (None,), "mixed_precision": (None,),
+                     "prior_generation_precision": (None, "no")}
 # options that change how a run is watched, logged, checkpointed or computed, or where its class images are
 # cached (the cache is keyed by their content), not the model it trains
 NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
@@ -348,7 +350,7 @@ def changed_settings(asked: TrainConfig, recorded: dict[str, Any], source: str,
     changed = []
     for name in sorted(set(recorded) & fields_ - set(NOT_THE_MODEL) - set(may_change)):
         now, was = getattr(asked, name), getattr(had, name)
-        if now is None and name in RESOLVED_AT_SETUP:
+        if name in RESOLVED_AT_SETUP and now in RESOLVED_AT_SETUP[name]:
             continue
         if name in PATH_OPTIONS and now and was:
             now, was = (str(Path(v).expanduser().resolve()) for v in (now, was))

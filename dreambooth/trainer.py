@@ -177,7 +177,7 @@ class Trainer:
             # where each node's cache is its own, the other nodes' shares are missing there: the node's
             # processes draw them in shares again (a shared cache is complete, and this draws nothing)
             local_index = torch.tensor([acc.local_process_index], device=acc.device)
-            per_node = int(acc.gather(local_index).max()) + 1
+            per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or int(acc.gather(local_index).max()) + 1
             ensure(share=(acc.local_process_index, per_node))
             acc.wait_for_everyone()
         return ensure()

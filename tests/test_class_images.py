@@ -136,6 +136,13 @@ def test_every_setting_is_in_the_key(tiny_sd, change):
     assert cache_key(make_spec(tiny_sd), fingerprint) != cache_key(make_spec(tiny_sd), "0" * 64)
 
 
+def test_class_images_are_drawn_in_fp16_on_a_gpu_and_fp32_elsewhere_unless_chosen():
+    # diffusers' rule for its --prior_generation_precision ("no" is its spelling of unset)
+    assert [class_images.drawing_precision(choice, "cuda") for choice in (None, "no", "fp32", "bf16")] == [
+        "fp16", "fp16", "fp32", "bf16"]
+    assert [class_images.drawing_precision(choice, "cpu") for choice in (None, "no", "fp16")] == ["fp32", "fp32", "fp16"]
+
+
 def test_caches_drawn_before_precision_was_recorded_keep_their_keys(tmp_path):
     # images drawn in fp32 by an earlier version are found again: their key is the one it computed
     spec = ClassImageSpec(model_path=tmp_path, prompt="a dog", resolution=512, sampler="DPMSolverMultistepScheduler",

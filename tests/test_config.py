@@ -3,7 +3,7 @@ import re
 import pytest
 
 from dreambooth.cli import build_parser, build_train_config
-from dreambooth.config import TrainConfig, fill_prompt, from_dict
+from dreambooth.config import TrainConfig, changed_settings, fill_prompt, from_dict
 from dreambooth.errors import ConfigError
 
 REQUIRED = {"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "class_noun": "dog"}
@@ -187,3 +187,13 @@ def test_lora_modules_may_be_one_comma_separated_list():
                                                         "--class_noun", "dog", "--lora", "--lora_target_modules",
                                                         "to_q, to_k,to_v"]))
     assert cfg.lora_target_modules == ("to_q", "to_k", "to_v")
+
+
+def test_a_resume_that_leaves_the_class_image_precision_to_the_trainer_is_no_change():
+    # records hold the trainer's choice (fp16 on a GPU); unset or "no" asks it again, as the first run did
+    run = dict(pretrained_model_name_or_path="m", instance_data_dir="d", class_noun="dog")
+    recorded = {**run, "prior_generation_precision": "fp16"}
+    for asked in (None, "no"):
+        assert changed_settings(from_dict({**run, "prior_generation_precision": asked}), recorded, "record") == []
+    assert changed_settings(from_dict({**run, "prior_generation_precision": "fp32"}), recorded, "record") == [
+        "prior_generation_precision: trained with 'fp16', now 'fp32'"]

@@ -115,14 +115,18 @@ def _srgb() -> ImageCms.ImageCmsProfile:
 
 
 def _to_srgb(image: Image.Image) -> Image.Image:
-    """RGB or CMYK pixels in the color space their embedded profile names (a phone's Display P3, a print
-    CMYK), converted to the sRGB that models are trained on; read as they are, wide-gamut photos come
-    out desaturated. Without a profile, or with one that cannot be read, the pixels are taken as sRGB."""
+    """Color pixels in the space their embedded profile names (a phone's Display P3, a print CMYK),
+    converted to the sRGB that models are trained on; read as they are, wide-gamut photos come out
+    desaturated. Transparency is kept (as an alpha channel). Without a profile, or with one that cannot
+    be read or does not fit the pixels, they are taken as sRGB."""
     icc = image.info.get("icc_profile")
-    if not icc or image.mode not in ("RGB", "CMYK"):
+    if not icc or image.mode not in ("RGB", "RGBA", "CMYK", "P", "PA", "LA"):
         return image
+    if image.mode != "CMYK" and (image.mode != "RGB" or "transparency" in image.info):
+        image = image.convert("RGBA")  # a palette's or a PNG's transparent color, as alpha
     try:
-        return ImageCms.profileToProfile(image, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb(), outputMode="RGB")
+        return ImageCms.profileToProfile(image, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb(),
+                                         outputMode="RGBA" if image.mode == "RGBA" else "RGB")
     except (ImageCms.PyCMSError, OSError, ValueError):
         return image
 

@@ -181,7 +181,7 @@ class HFEncoder:
         if model_class is not transformers.AutoModel:
             self.family = "clip"
         else:  # a `vit` config does not say how it was trained (DINO, or labels such as ImageNet's): its name must
-            parts = Path(path).expanduser().parts
+            parts = Path(path).expanduser().absolute().parts  # "." too
             names = [parts[-1], *(part for part in parts if part.startswith("models--"))]  # the hub cache's too
             dino = config.model_type != "vit" or any("dino" in name.lower() for name in names)
             self.family = "dino" if dino else "other"

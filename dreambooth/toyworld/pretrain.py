@@ -324,9 +324,10 @@ class LossLog:
 
     @staticmethod
     def _redone(row: str, stage: str, first_step: int) -> bool:
-        """Whether `row` is the stage's at or after `first_step` (a line cut short by a crash counts too)."""
+        """Whether `row` is the stage's at or after `first_step`, or a line a crash cut short."""
         fields = row.rstrip("\n").split(",")
-        return fields[0] == stage and (len(fields) != 4 or not fields[1].isdigit() or int(fields[1]) >= first_step)
+        cut = not row.endswith("\n") or len(fields) != 4 or not fields[1].isdigit()
+        return cut or (fields[0] == stage and int(fields[1]) >= first_step)
 
 
 def check_work(cfg: PretrainConfig, work: Path) -> None:

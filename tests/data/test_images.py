@@ -161,6 +161,16 @@ def test_a_photos_color_profile_is_converted_to_srgb(tmp_path):
     assert g > 200 and r < 60 and b < 60
     Image.new("RGB", (8, 8), (200, 100, 50)).save(tmp_path / "broken.png", icc_profile=b"not a profile")
     assert load_rgb(tmp_path / "broken.png").getpixel((0, 0)) == (200, 100, 50)  # taken as sRGB
+    # with transparency too (an export with alpha, a PNG's transparent color): converted, and over white
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 255))
+    rgba.putpixel((0, 0), (255, 0, 0, 0))
+    rgba.save(tmp_path / "wide-alpha.png", icc_profile=matrix_profile(green, red, blue))
+    image = load_rgb(tmp_path / "wide-alpha.png")
+    assert image.getpixel((0, 0)) == (255, 255, 255) and image.getpixel((4, 4))[1] > 200
+    keyed = Image.new("RGB", (8, 8), (255, 0, 0))
+    keyed.putpixel((0, 0), (0, 0, 0))
+    keyed.save(tmp_path / "keyed.png", transparency=(0, 0, 0), icc_profile=matrix_profile(*SRGB_PRIMARIES_D50))
+    assert load_rgb(tmp_path / "keyed.png").getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_deep_and_float_images_are_scaled_not_clipped(tmp_path):

@@ -63,7 +63,7 @@ def test_losses_keep_one_row_per_step_across_a_resume(tmp_path):
         interrupted("vae", step, 1.0)
     interrupted("denoiser", 1, 1.0)
     with open(file, "a") as f:
-        f.write("denoiser,2,0.5")  # cut short by the crash
+        f.write("deno")  # cut short by the crash
     resumed = pretrain.LossLog(file)  # vae done (its checkpoint at 3), denoiser resumed from step 1's checkpoint
     for step in (2, 3):
         resumed("denoiser", step, 0.25)
