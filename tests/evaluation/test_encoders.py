@@ -78,7 +78,7 @@ def tiny_vit(tmp_path_factory):
     return path
 
 
-def test_a_hf_vit_named_dino_is_dino_and_cannot_score_prompts(tiny_vit, tmp_path):
+def test_a_hf_vit_named_dino_is_dino_and_cannot_score_prompts(tiny_vit, tmp_path, monkeypatch):
     encoder = load_encoder(f"hf:{tiny_vit}")
     assert encoder.family == "dino" and label(encoder) == "DINO"
     # a ViT config does not say how the model was trained: one whose path does not say DINO is not called so
@@ -87,6 +87,8 @@ def test_a_hf_vit_named_dino_is_dino_and_cannot_score_prompts(tiny_vit, tmp_path
     snapshot = tmp_path / "models--facebook--dino-vits16" / "snapshots" / "0123abc"  # the hub cache's layout
     shutil.copytree(tiny_vit, snapshot)
     assert label(load_encoder(f"hf:{snapshot}")) == "DINO"
+    monkeypatch.chdir(tiny_vit)
+    assert label(load_encoder("hf:.")) == "DINO"  # the folder's own name, though given as "."
     assert_unit_rows(encoder.embed(IMAGES), 2, 16)
     with pytest.raises(ConfigError, match="not a CLIP model"):
         ClipT(encoder)
