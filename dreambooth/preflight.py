@@ -27,6 +27,7 @@ from dreambooth.outputs import CONFIG_FILE
 from dreambooth.single_file import weight_files
 
 GIB = 2**30
+MODEL_LIBRARIES = ("diffusers", "transformers")  # where a model_index.json may name its components' classes
 ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)  # what peft adapts and diffusers' LoRA loaders read back
 
 
@@ -103,8 +104,13 @@ def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
 
 
 def _modules(model: Path, component: str, library: str, class_name: str) -> dict[str, torch.nn.Module]:
-    """A component's modules by name, built from its config on the meta device (no weights read)."""
-    cls = getattr(importlib.import_module(library), class_name)
+    """A component's modules by name, built from its config on the meta device (no weights read). The
+    class is looked up in diffusers or transformers only: its name comes from the model's own files, and
+    importing any module they named would run its code."""
+    cls = getattr(importlib.import_module(library), class_name, None) if library in MODEL_LIBRARIES else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ModelError(f"{model / 'model_index.json'}: its {component} is {library}.{class_name}, not a diffusers "
+                         "or transformers model class; pass a Stable Diffusion pipeline folder")
     with torch.device("meta"):
         built = (cls.from_config(cls.load_config(model / component)) if library == "diffusers"
                  else cls(cls.config_class.from_pretrained(model / component)))
@@ -118,7 +124,11 @@ def _check_lora_targets(cfg: TrainConfig, model: Path, report: Report) -> None:
     encoders = [e for e in ("text_encoder", "text_encoder_2") if e in listed] if cfg.train_text_encoder else []
     for component, option, targets in [("unet", "lora_target_modules", cfg.lora_target_modules),
                                        *((e, "lora_text_encoder_modules", cfg.lora_text_encoder_modules) for e in encoders)]:
-        modules = _modules(model, component, *listed[component])
+        try:
+            modules = _modules(model, component, *listed[component])
+        except ModelError as exc:
+            report.problems.append(str(exc))
+            return
         adaptable = {n: m for n, m in modules.items() if isinstance(m, ADAPTABLE)}
         examples = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in adaptable if "." in n})[:10])
         for target in targets:

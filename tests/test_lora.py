@@ -1,5 +1,6 @@
 """LoRA DreamBooth through the same loop: files diffusers loads, kohya layout, frozen-prediction prior."""
 
+import json
 import os
 import re
 import shutil
@@ -204,6 +205,21 @@ def test_lora_targets_are_checked_before_any_work(tiny_sd, subject_dir, tmp_path
     assert "--lora_target_modules attn1: matches a layer of type Attention, which LoRA cannot adapt" in err
     assert "--lora_text_encoder_modules q_prj: no layer of the text_encoder" in err
     assert "to_q:" not in err and "fc1:" not in err
+
+
+def test_a_model_index_naming_another_module_is_refused_without_importing_it(tiny_sd, subject_dir, tmp_path,
+                                                                           monkeypatch, capsys):
+    # the target check builds each component from the class model_index.json names: importing an arbitrary
+    # module named there would run its code
+    (tmp_path / "payload.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\nclass UNet: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = shutil.copytree(tiny_sd, tmp_path / "model")
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "unet": ["payload", "UNet"]}))
+    assert main(["train", "--check", "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
+                 str(subject_dir), "--class_noun", "dog", "--lora"]) == 2
+    assert "its unet is payload.UNet, not a diffusers or transformers model class" in capsys.readouterr().err
+    assert not (tmp_path / "ran").exists()
 
 
 def test_merge_redoes_its_own_merge_but_never_overwrites_another_model(lora_run, tiny_sd, tmp_path, capsys):
