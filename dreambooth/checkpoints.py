@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from dreambooth.atomic import fsync, fsync_tree, removed_on_failure
-from dreambooth.errors import ConfigError
+from dreambooth.errors import ConfigError, ModelError
 
 STATE_FILE = "dreambooth_state.json"
 log = logging.getLogger("dreambooth")
@@ -114,7 +115,12 @@ def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int
     if which is None:
         return 0
     path = named(output_dir, which)
-    accelerator.load_state(str(path))
+    try:  # the optimizer's and RNG states are torch pickles, read by torch's restricted (weights-only) loader
+        accelerator.load_state(str(path))
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"--resume_from_checkpoint {path}: holds a pickle torch's weights-only loader refuses "
+                         f"({str(exc).strip().splitlines()[0][:120]}); resume only from checkpoints this tool wrote "
+                         "(yours), or start afresh") from None
     state = json.loads((path / STATE_FILE).read_text())
     step, ran_on = int(state["step"]), state.get("num_processes", accelerator.num_processes)
     if ran_on != accelerator.num_processes and accelerator.is_main_process:

@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_libraries() -> None:
     """Keep the terminal for our progress and errors, not the libraries' advice."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded here, whatever the environment says
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is first imported
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

@@ -85,13 +85,17 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False,
         raise ModelError(f"{folder}: missing component(s) {', '.join(missing)}; a {listed.get('_class_name')} "
                          f"folder needs {', '.join(needed)}")
     for name in [c for c in needed if c in ("unet", "vae") or c.startswith("text_encoder")]:
-        if any((folder / name).glob("*.safetensors")):
+        if _weights_file(folder / name, name, "safetensors"):
             continue
-        if not any((folder / name).glob("*.bin")):
-            raise ModelError(f"{folder / name}: no weights (.safetensors) found")
+        if not _weights_file(folder / name, name, "bin"):
+            others = sorted(p.name for p in (folder / name).glob("*.safetensors"))
+            raise ModelError(f"{folder / name}: no {_weights_stem(name)}.safetensors" + (
+                f", only {', '.join(others)} (a variant such as fp16: load it in diffusers with its variant and "
+                "save_pretrained it without one)" if others else " weights found"))
         if not allow_pickle:
-            raise ModelError(f"{folder / name}: only pickled .bin weights; convert them to safetensors, or pass "
-                             "--allow_pickle if you trust the source")
+            raise ModelError(f"{folder / name}: only pickled .bin weights, which can run code when read; convert "
+                             "them to safetensors (save_pretrained writes them), or, if you trust the source, pass "
+                             "--allow_pickle to `train` or `import`")
     return folder
 
 
@@ -107,9 +111,21 @@ def native_resolution(folder: Path) -> int:
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
+def _weights_stem(component: str) -> str:
+    """The name diffusers (UNet, VAE) or transformers (text encoders) give a component's weights file."""
+    return "diffusion_pytorch_model" if component in ("unet", "vae") else "model"
+
+
+def _weights_file(folder: Path, component: str, kind: str) -> bool:
+    """Whether `folder` holds the weights `from_pretrained` reads, whole or sharded: the exact names, so a
+    variant or a stray file is not taken for them."""
+    stem = "pytorch_model" if kind == "bin" and component.startswith("text_encoder") else _weights_stem(component)
+    return any((folder / name).is_file() for name in (f"{stem}.{kind}", f"{stem}.{kind}.index.json"))
+
+
 def _weights_kwargs(folder: Path, *components: str) -> dict:
     """Prefer safetensors; fall back to .bin only where check_model_folder allowed it."""
-    has_safetensors = all(any((folder / c).glob("*.safetensors")) for c in components)
+    has_safetensors = all(_weights_file(folder / c, c, "safetensors") for c in components)
     return {"local_files_only": True, "use_safetensors": True if has_safetensors else None}
 
 

@@ -41,7 +41,9 @@ def lora_base(lora_dir: Path, base: str | Path | None = None) -> Path:
         if not base:
             raise ModelError(f"{lora_dir}: LoRA weights without {CONFIG_FILE}; pass the base model with --base")
         option += " (pass --base if it moved)"
-    return check_model_folder(base, record.get("allow_pickle", False), option=option)
+    # pickled weights only with --allow_pickle typed for this run: a LoRA folder from elsewhere could
+    # record allow_pickle to have its base's .bin read
+    return check_model_folder(base, option=option)
 
 
 def load_trained(model: Path, base: str | Path | None = None) -> "DiffusionPipeline":
@@ -50,7 +52,7 @@ def load_trained(model: Path, base: str | Path | None = None) -> "DiffusionPipel
 
     if is_lora_folder(model):
         base = lora_base(model, base)
-        pipe = load_pipeline(base, allow_pickle=training_record(model).get("allow_pickle", False))
+        pipe = load_pipeline(base)
         # diffusers logs the error below whole and peft warns before it: heard only if the adapters load
         loader_log = logging.getLogger("diffusers.loaders.peft")
         level = loader_log.level

@@ -1,5 +1,7 @@
 """Checkpoints are atomic, resume is exact, and a resume with nothing to resume fails loudly."""
 
+import os
+import pickle
 import shutil
 
 import pytest
@@ -212,3 +214,21 @@ def test_written_models_are_readable_by_the_users_the_umask_lets_read(tmp_path):
         os.umask(previous)
     for path in (tmp_path / "model.safetensors", tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+class RunsACommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_holding_a_harmful_pickle_is_one_line_and_runs_nothing(tiny_sd, subject_dir, tmp_path):
+    cfg = dict(max_train_steps=2, checkpointing_steps=1)
+    train(config(tiny_sd, subject_dir, tmp_path, **cfg))
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    (checkpoint / "optimizer.bin").write_bytes(pickle.dumps(RunsACommand(tmp_path / "ran")))  # one someone sent
+    with pytest.raises(DreamBoothError, match="holds a pickle torch's weights-only loader refuses"):
+        train(config(tiny_sd, subject_dir, tmp_path, **cfg, resume_from_checkpoint="latest"))
+    assert not (tmp_path / "ran").exists()

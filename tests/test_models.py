@@ -49,3 +49,33 @@ def test_components_report_native_size_and_prediction_type(tiny_sd):
     parts = load_components(tiny_sd)
     assert parts.native_resolution == 32 and parts.prediction_type == "epsilon"
     assert json.loads((tiny_sd / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+
+
+def test_only_the_weights_from_pretrained_reads_count(tiny_sd, tmp_path):
+    """A variant-only component (fp16), or a stray .safetensors beside pickled weights, is not taken for them."""
+    variant = shutil.copytree(tiny_sd, tmp_path / "variant")
+    (variant / "unet" / "diffusion_pytorch_model.safetensors").rename(
+        variant / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    with pytest.raises(ModelError, match=r"no diffusion_pytorch_model.safetensors, only "
+                                         r"diffusion_pytorch_model.fp16.safetensors \(a variant"):
+        check_model_folder(variant)
+    decoy = shutil.copytree(tiny_sd, tmp_path / "decoy")
+    weights = load_file(decoy / "text_encoder" / "model.safetensors")
+    torch.save(weights, decoy / "text_encoder" / "pytorch_model.bin")  # transformers 5 writes safetensors only
+    (decoy / "text_encoder" / "model.safetensors").rename(decoy / "text_encoder" / "notes.safetensors")
+    with pytest.raises(ModelError, match="only pickled .bin weights"):
+        check_model_folder(decoy)
+
+
+def test_a_lora_folder_cannot_let_its_base_be_unpickled(tiny_sd, tmp_path):
+    from dreambooth.outputs import CONFIG_FILE, LORA_WEIGHTS, lora_base
+
+    base = shutil.copytree(tiny_sd, tmp_path / "base")
+    UNet2DConditionModel.from_pretrained(base / "unet").save_pretrained(base / "unet", safe_serialization=False)
+    (base / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / LORA_WEIGHTS).write_bytes(b"")
+    (lora / CONFIG_FILE).write_text(f"pretrained_model_name_or_path: {base}\nallow_pickle: true\n")
+    with pytest.raises(ModelError, match="only pickled .bin weights"):  # --allow_pickle is the user's to give
+        lora_base(lora)

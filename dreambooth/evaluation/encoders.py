@@ -167,9 +167,11 @@ class HFEncoder:
     def __init__(self, path: str) -> None:
         transformers = require("transformers", "transformers")
         self.name = f"hf:{path}"
+        # a folder's own Python code (config auto_map) never runs, and pickled weights are never read
+        local = dict(local_files_only=True, trust_remote_code=False)
         try:
-            config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-            self.processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
+            config = transformers.AutoConfig.from_pretrained(path, **local)
+            self.processor = transformers.AutoImageProcessor.from_pretrained(path, **local)
         except (OSError, ValueError) as err:
             raise ModelError(f"not a local transformers model folder with its image processor "
                              f"({err.__class__.__name__}); save the model and processor there") from None
@@ -185,7 +187,10 @@ class HFEncoder:
             names = [parts[-1], *(part for part in parts if part.startswith("models--"))]  # the hub cache's too
             dino = config.model_type != "vit" or any("dino" in name.lower() for name in names)
             self.family = "dino" if dino else "other"
-        self.model, loading = model_class.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        if not any(Path(path).glob("*.safetensors")):
+            raise ModelError("no safetensors weights there (pickled .bin weights can run code when read, and are "
+                             "not); save the model again with save_pretrained, which writes safetensors")
+        self.model, loading = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True, **local)
         self.model.eval()
         if any(k.startswith("visual_projection") for k in loading["missing_keys"]):
             raise ModelError("a CLIP image tower without its projection (a bare CLIPVisionModel); save "
@@ -193,7 +198,7 @@ class HFEncoder:
         self.tokenizer = None
         if config.model_type == "clip":
             try:
-                self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, **local)
             except (OSError, ValueError):
                 pass  # fine for CLIP-I; embed_text says what is missing
 
@@ -223,8 +228,8 @@ class HFEncoder:
 
 
 def load_encoder(name: str, option: str = "--encoder") -> ImageEncoder:
-    """`dino-imgfocus`, `efficientnet-lite0` or `hf:<local folder or cached hub id>`; a failure names
-    `option`, the flag the user gave the name with."""
+    """`dino-imgfocus`, `efficientnet-lite0` or `hf:<local folder>`; a failure names `option`, the flag
+    the user gave the name with."""
     try:
         encoder = _loaded(name)
     except ModelError as exc:
@@ -244,5 +249,8 @@ def _loaded(name: str) -> ImageEncoder | None:
         return EfficientNetLite0()
     if name.startswith("hf:") and len(name) > 3:
         local = Path(name[3:]).expanduser()
-        return HFEncoder(str(local) if local.exists() else name[3:])  # else a hub id already in the cache
+        if not local.is_dir():  # a hub id would be looked up online
+            raise ModelError(f"no such folder; save the model and its processor to a folder (save_pretrained) "
+                             "and pass hf:<that folder>")
+        return HFEncoder(str(local))
     return None

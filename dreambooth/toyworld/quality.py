@@ -150,7 +150,7 @@ def main() -> None:
     reader = judge.load(args.judge)
     rendered = render(cells)  # first: it needs the Fashion-MNIST package, generating does not
     generated = generate(args.model, cells, seeds, args.steps, args.guidance)
-    vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae").eval()
+    vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae", use_safetensors=True, local_files_only=True).eval()
     readings = {GENERATED: judge.read(reader, generated),
                 ROUND_TRIP: judge.read(reader, vae_round_trip(vae, rendered)),
                 RENDERED: judge.read(reader, rendered)}

@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import shutil
 
 import pytest
@@ -136,3 +137,23 @@ def test_an_encoder_loads_once_per_process():
     assert load_encoder("efficientnet-lite0", option="--eval_encoder") is load_encoder("efficientnet-lite0",
                                                                                        option="--eval_encoder")
     assert load_encoder("efficientnet-lite0") is load_encoder("efficientnet-lite0", option="--eval_encoder")
+
+
+def test_hf_encoders_read_local_safetensors_and_run_no_code_of_their_own(tiny_vit, tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match="no such folder"):  # a hub id would be looked up online
+        load_encoder("hf:facebook/dino-vits16")
+    pickled = shutil.copytree(tiny_vit, tmp_path / "dino-pickled")  # transformers 5 writes safetensors only
+    torch.save(ViTModel.from_pretrained(tiny_vit).state_dict(), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="no safetensors weights there"):
+        load_encoder(f"hf:{pickled}")
+    # a config naming its own code (auto_map) is refused, never run, and never asked about
+    remote = shutil.copytree(tiny_vit, tmp_path / "dino-remote")
+    (remote / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "model_type": "evil",
+                                                    "auto_map": {"AutoConfig": "evil.EvilConfig"}}))
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("asked whether to run the folder's code"))
+    with pytest.raises(ModelError):
+        load_encoder(f"hf:{remote}")
+    assert not (tmp_path / "ran").exists()
