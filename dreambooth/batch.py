@@ -160,10 +160,10 @@ def recorded_options(run: Run, status: str) -> Path | None:
     return record if status != "new" and record.is_file() else None
 
 
-def run_changed_settings(run: Run, record: Path) -> list[str]:
+def run_changed_settings(run: Run, record: Path, may_change: tuple[str, ...] = ()) -> list[str]:
     """Options that shape the model and that the file now sets otherwise than `record` does."""
     try:
-        return changed_settings(run.cfg, read_config_file(record), str(record))
+        return changed_settings(run.cfg, read_config_file(record), str(record), may_change)
     except ConfigError as error:
         raise ConfigError(f"{run.name}: {record} is unreadable ({str(error).splitlines()[-1].strip()}); "
                           "delete the output_dir to train the run again") from None
@@ -187,7 +187,9 @@ def check(runs: list[Run], shard_spec: str | None = None) -> list[str]:
             continue
         record = recorded_options(run, status)
         try:
-            changed = run_changed_settings(run, record) if record else []
+            # an interrupted run may be given more steps, as `train --resume_from_checkpoint` may
+            more_steps = ("max_train_steps",) if status != "done" else ()
+            changed = run_changed_settings(run, record, more_steps) if record else []
         except ConfigError as error:
             problems.append(str(error))
             continue

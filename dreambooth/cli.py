@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import(sub)
     _add_demo(sub)
     _add_evaluate(sub)
+    parser.commands = sub.choices
     return parser
 
 
@@ -375,7 +376,10 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command's own parser, whose --help lists its options
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_libraries()
     return run_command(lambda: args.run(args))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -199,6 +201,8 @@ def validate(cfg: TrainConfig) -> None:
                         "without --with_prior_preservation)") if name == "class_prompt" else ""
             need(False, "class_noun", f"required because --{name} uses {{class_noun}}; e.g. --class_noun dog{no_prior}")
             break
+    if not cfg.class_noun and any("{class_noun}" in prompt for prompt in cfg.validation_prompts):
+        need(False, "class_noun", "required because a --validation_prompt uses {class_noun}; e.g. --class_noun dog")
     if cfg.identifier is not None:
         need(cfg.identifier.strip() == cfg.identifier and cfg.identifier != "", "identifier", "must be a non-empty word")
     for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "sample_batch_size",
@@ -215,6 +219,11 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.lr_scheduler != "polynomial" or cfg.learning_rate > 1e-7, "learning_rate",
          "the polynomial schedule decays to 1e-7, so the rate must be above it")
     need(cfg.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+    for name in ("adam_beta1", "adam_beta2"):
+        need(0 <= getattr(cfg, name) < 1, name, f"must be in [0, 1), got {getattr(cfg, name)}")
+    need(cfg.adam_epsilon >= 0, "adam_epsilon", f"must be >= 0, got {cfg.adam_epsilon}")
+    need(cfg.adam_weight_decay >= 0, "adam_weight_decay", f"must be >= 0, got {cfg.adam_weight_decay}")
+    need(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
     need(cfg.snr_gamma is None or cfg.snr_gamma > 0, "snr_gamma", f"must be > 0, got {cfg.snr_gamma}")
     need(cfg.noise_offset >= 0, "noise_offset", "must be >= 0")
     need(cfg.resolution is None or (cfg.resolution >= 8 and cfg.resolution % 8 == 0), "resolution",
@@ -287,9 +296,12 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     try:
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
-        return hint(value)
+        converted = hint(value)
     except (TypeError, ValueError):
         raise ConfigError(f"--{name}: expected {hint.__name__}, got {value!r}") from None
+    if hint is float and not math.isfinite(converted):
+        raise ConfigError(f"--{name}: expected a finite number, got {value!r}")
+    return converted
 
 
 def config_types() -> dict[str, Any]:
@@ -326,7 +338,12 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     values = field_keys(values, source)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; see `dreambooth train --help`")
+        # a file sets a switch's value: --no_prior_preservation is `with_prior_preservation: false` there
+        negated = [f"{field}: false for {key}" for key in unknown if key.startswith(("no_", "no-"))
+                   for field in (key[3:].replace("-", "_"), "with_" + key[3:].replace("-", "_"))
+                   if hints.get(field) is bool]
+        hint = f" (write {'; '.join(negated)})" if negated else ""
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}{hint}; see `dreambooth train --help`")
     return TrainConfig(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
 
 
@@ -338,7 +355,8 @@ RESOLVED_AT_SETUP = {"identifier": (None,), "resolution": (None,), "mixed_precis
 NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
                  "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
                  "inference_steps", "guidance_scale", "eval_every", "eval_encoder", "eval_prompt_scorer", "keep_best",
-                 "allow_pickle", "keep_checkpoints", "class_cache_dir", "gradient_checkpointing", "attention")
+                 "allow_pickle", "keep_checkpoints", "class_cache_dir", "gradient_checkpointing", "attention",
+                 "lora_format", "allow_tf32")
 
 
 def changed_settings(asked: TrainConfig, recorded: dict[str, Any], source: str,
@@ -359,6 +377,38 @@ def changed_settings(asked: TrainConfig, recorded: dict[str, Any], source: str,
     return changed
 
 
+def _mapping_without_repeats(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A mapping in which a key given twice is an error (YAML and JSON parsers keep the last one silently)."""
+    keys = [key for key, _ in pairs]
+    if twice := sorted({str(key) for key in keys if keys.count(key) > 1}):
+        raise ValueError(f"{', '.join(twice)} given twice; give each once")
+    return dict(pairs)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML read as a config file means it: only true/false are booleans (YAML 1.1's yes/no/on/off stay
+    text, so `mixed_precision: no` is "no"), integers are plain decimals (0123 and 1:20 stay text, not
+    octal 83 or sexagesimal 80), and a key given twice is an error."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_mapping(self, node, deep=False):
+        self.flatten_mapping(node)  # `<<: *defaults` merges, as SafeLoader does
+        pairs = [(self.construct_object(k, deep=deep), self.construct_object(v, deep=deep)) for k, v in node.value]
+        try:
+            return _mapping_without_repeats(pairs)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(None, None, str(exc), node.start_mark) from None
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
+                                   list("-+0123456789"))
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml), TOML (.toml) or JSON file of config keys."""
     path = Path(path).expanduser()
@@ -373,9 +423,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 import tomli as tomllib
             data = tomllib.loads(text)
         elif path.suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_mapping_without_repeats)
         else:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=ConfigLoader)
     except Exception as exc:  # every parser has its own error type
         raise ConfigError(f"{path}: cannot parse ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
     if data is None:

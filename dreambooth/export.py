@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -76,8 +77,9 @@ def publish(staging: Path, out: Path) -> None:
 
 
 def write_card_and_config(out: Path, cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> None:
-    """The resolved config (what `generate` reads back) and the model card, beside the weights."""
-    cfg = cfg.with_absolute_paths()
+    """The resolved config (what `generate` reads back, and `train --config` runs again) and the model card,
+    beside the weights. A resume's `--resume_from_checkpoint` is left out: the run it records starts afresh."""
+    cfg = dataclasses.replace(cfg.with_absolute_paths(), resume_from_checkpoint=None)
     cfg.save(out / CONFIG_FILE)
     (out / "README.md").write_text(model_card(cfg, instance_prompt, class_prompt))
 

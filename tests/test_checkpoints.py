@@ -40,6 +40,8 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_sd, subject_dir, t
     train(resumed)
     assert [r["step"] for r in losses(out)] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in losses(out)] == [r["loss"] for r in full]
+    # its saved config trains the same run again (`train --config`), not a resume of a folder's checkpoint
+    assert "resume_from_checkpoint: null" in (out / "dreambooth_config.yaml").read_text()
 
 
 def test_resume_with_nothing_to_resume_fails_clearly_before_any_work(tiny_sd, subject_dir, tmp_path):

@@ -3,8 +3,9 @@ import re
 import pytest
 
 from dreambooth.cli import build_parser, build_train_config
-from dreambooth.config import TrainConfig, changed_settings, fill_prompt, from_dict
+from dreambooth.config import TrainConfig, changed_settings, fill_prompt, from_dict, read_config_file
 from dreambooth.errors import ConfigError
+from tests.test_cli import exit_code
 
 REQUIRED = {"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "class_noun": "dog"}
 
@@ -197,3 +198,51 @@ def test_a_resume_that_leaves_the_class_image_precision_to_the_trainer_is_no_cha
         assert changed_settings(from_dict({**run, "prior_generation_precision": asked}), recorded, "record") == []
     assert changed_settings(from_dict({**run, "prior_generation_precision": "fp32"}), recorded, "record") == [
         "prior_generation_precision: trained with 'fp16', now 'fp32'"]
+
+
+@pytest.mark.parametrize("key, value", [("adam_beta1", 1.5), ("adam_beta2", -1), ("adam_epsilon", -1),
+                                        ("adam_weight_decay", -3), ("seed", -1), ("seed", 2**32)])
+def test_optimizer_values_torch_would_refuse_mid_run_are_refused_up_front(key, value):
+    with pytest.raises(ConfigError, match=f"--{key}: must be"):
+        from_dict({**REQUIRED, key: value})
+
+
+@pytest.mark.parametrize("key, value", [("learning_rate", "inf"), ("prior_loss_weight", float("inf")),
+                                        ("guidance_scale", "nan"), ("noise_offset", "-inf")])
+def test_numbers_must_be_finite(key, value):
+    with pytest.raises(ConfigError, match=f"--{key}: expected a finite number"):
+        from_dict({**REQUIRED, key: value})
+
+
+def test_yaml_config_files_mean_what_they_say(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("mixed_precision: no\nidentifier: 0123\nseed: 7\nlearning_rate: 1.0e-4\nrandom_flip: true\n")
+    values = read_config_file(file)  # YAML 1.1 would read false, octal 83
+    assert values == {"mixed_precision": "no", "identifier": "0123", "seed": 7, "learning_rate": 1e-4,
+                      "random_flip": True}
+    file.write_text("learning_rate: 1.0e-4\nseed: 1\nlearning_rate: 2.0e-4\n")
+    with pytest.raises(ConfigError, match="learning_rate given twice"):
+        read_config_file(file)
+    (tmp_path / "run.json").write_text('{"seed": 1, "seed": 2}')
+    with pytest.raises(ConfigError, match="seed given twice"):
+        read_config_file(tmp_path / "run.json")
+    file.write_text("no_prior_preservation: true\n")
+    with pytest.raises(ConfigError, match="write with_prior_preservation: false for no_prior_preservation"):
+        from_dict({**REQUIRED, **read_config_file(file)})
+
+
+def test_a_validation_prompt_naming_the_class_noun_needs_one():
+    with pytest.raises(ConfigError, match="--class_noun: required because a --validation_prompt uses"):
+        from_dict({**REQUIRED, "class_noun": None, "instance_prompt": "a photo of sks", "with_prior_preservation": False,
+                   "validation_prompts": ["a {class_noun} on the beach"]})
+
+
+def test_how_a_run_is_written_or_computed_may_change_on_a_resume():
+    recorded = {**REQUIRED, "lora": True, "lora_format": "diffusers", "allow_tf32": False}
+    asked = from_dict({**recorded, "lora_format": "kohya", "allow_tf32": True})
+    assert changed_settings(asked, recorded, "record") == []
+
+
+def test_an_unknown_flag_is_named_with_its_commands_help(capsys):
+    assert exit_code(["generate", "--model", "m", "--prompt", "p", "--sede", "1"]) == 2
+    assert "unrecognized arguments: --sede 1; see `dreambooth generate --help`" in capsys.readouterr().err
