@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import get_args, get_origin
 
 from dreambooth.config import (GenerationPrecision, TrainConfig, config_types, default_of, field_keys, flag_spellings,
-                               from_dict, read_config_file)
+                               from_dict, read_config_file, typed_values)
 from dreambooth.diffusers_flags import DIFFUSERS_NO_OPS, EPOCHS_REFUSED, add_diffusers_flags
 from dreambooth.errors import (ConfigError, finite_float, non_negative_int, positive_int, run_command,
                                writable_folder)
@@ -53,7 +53,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
     """Config file values, overridden by the flags given on the command line."""
-    values = field_keys(read_config_file(args.config), args.config) if args.config else {}
+    values = typed_values(field_keys(read_config_file(args.config), args.config), args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if v is not None and k in config_types()}
     if getattr(args, "epochs_ignored", None) is not None and "max_train_steps" not in {**values, **given}:
         raise ConfigError(EPOCHS_REFUSED)

@@ -331,6 +331,16 @@ def field_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
     return {names.get(key, key): value for key, value in values.items()}
 
 
+def typed_values(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Each known option of `source` (a file) in its field's type, so a bad value is an error naming the
+    file, not only the option (unknown keys are left to `from_dict`)."""
+    hints = config_types()
+    try:
+        return {k: _coerce(k, hints[k], v) if k in hints else v for k, v in values.items()}
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
 def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     """Build a validated config from keys spelled as fields or flags; unknown keys are an error naming the
     source and the key."""

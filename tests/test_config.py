@@ -246,3 +246,11 @@ def test_how_a_run_is_written_or_computed_may_change_on_a_resume():
 def test_an_unknown_flag_is_named_with_its_commands_help(capsys):
     assert exit_code(["generate", "--model", "m", "--prompt", "p", "--sede", "1"]) == 2
     assert "unrecognized arguments: --sede 1; see `dreambooth generate --help`" in capsys.readouterr().err
+
+
+def test_a_bad_value_in_a_config_file_names_the_file(tmp_path, capsys):
+    file = tmp_path / "run.yaml"
+    file.write_text("max_train_steps: many\n")
+    assert exit_code(["train", "--config", str(file), "--model", "m", "--instance_data_dir", "d", "--class_noun", "dog",
+                      "--check"]) == 2
+    assert f"{file}: --max_train_steps: expected int, got 'many'" in capsys.readouterr().err
