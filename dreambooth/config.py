@@ -288,8 +288,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         # str() would make "['dress']" a class noun, and int() a step count of True
         raise ConfigError(f"--{name}: expected one {hint.__name__}, got {value!r}")
     if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")  # YAML 1.1's words, which files read as text
         if not isinstance(value, bool):
             raise ConfigError(f"--{name}: expected true or false, got {value!r}")
         return value

@@ -220,6 +220,9 @@ def test_yaml_config_files_mean_what_they_say(tmp_path):
     values = read_config_file(file)  # YAML 1.1 would read false, octal 83
     assert values == {"mixed_precision": "no", "identifier": "0123", "seed": 7, "learning_rate": 1e-4,
                       "random_flip": True}
+    file.write_text("random_flip: on\ncenter_crop: yes\nwith_prior_preservation: off\n")  # still switches
+    cfg = from_dict({**REQUIRED, **read_config_file(file)})
+    assert (cfg.random_flip, cfg.center_crop, cfg.with_prior_preservation) == (True, True, False)
     file.write_text("learning_rate: 1.0e-4\nseed: 1\nlearning_rate: 2.0e-4\n")
     with pytest.raises(ConfigError, match="learning_rate given twice"):
         read_config_file(file)
