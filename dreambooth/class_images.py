@@ -2,8 +2,9 @@
 
 The cache folder is named by a hash of everything that shapes the images: the model's *content*
 (so two copies of one model share it and a changed weight doesn't), prompt, size, sampler, steps,
-guidance, seed and the precision they are drawn in. Image i always comes from the same noise, seeded by (seed, i), so the images
-don't depend on the batch size and an interrupted run resumes by generating only what is missing.
+guidance, seed and the precision they are drawn in. Image i always comes from the same noise, seeded
+by (seed, i), so the images don't depend on the batch size and an interrupted run resumes by
+generating only what is missing.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dreambooth import checkpoints
-from dreambooth.class_images import ClassImageSpec, cached_count, drawing_precision
+from dreambooth.class_images import ClassImageSpec, cache_key, cached_count, drawing_precision
 from dreambooth.config import FULL_LEARNING_RATE, TrainConfig, changed_settings, fill_prompt
 from dreambooth.data.images import ImageScan, scan_images
 from dreambooth.errors import DreamBoothError, ModelError
@@ -221,9 +221,9 @@ def disk_needs(cfg: TrainConfig, model: Path, num_user_class: int) -> list[DiskN
                                         cfg.class_guidance_scale, cfg.seed, drawing_precision(cfg.prior_generation_precision))
         to_draw = max(0, cfg.num_class_images - num_user_class)
         images = (to_draw - cached_count(spec, cache, to_draw)) * resolution * resolution * 3 // 2
-        # what the cache keys its images by, as far as the config tells it (runs that share them count once)
-        same_images = (str(cache.resolve()), str(model.resolve()), prompt, resolution, cfg.seed,
-                       cfg.class_inference_steps, cfg.class_guidance_scale, spec.precision)
+        # runs that share these images count them once: the same cache, model folder and cache key (its
+        # settings; the model's content is named by its folder here, not fingerprinted again)
+        same_images = (str(cache.resolve()), str(model.resolve()), cache_key(spec, fingerprint=""))
         needs.append(DiskNeed("class-image cache", cfg.class_cache_dir, lasting=images, shared=same_images))
     return needs
 
