@@ -117,9 +117,14 @@ def _weights_stem(component: str) -> str:
 
 
 def _weights_file(folder: Path, component: str, kind: str) -> bool:
-    """Whether `folder` holds the weights `from_pretrained` reads, whole or sharded: the exact names, so a
-    variant or a stray file is not taken for them."""
+    """Whether a pipeline component's `folder` holds the weights `from_pretrained` reads (see `has_weights`)."""
     stem = "pytorch_model" if kind == "bin" and component.startswith("text_encoder") else _weights_stem(component)
+    return has_weights(folder, stem, kind)
+
+
+def has_weights(folder: Path, stem: str, kind: str = "safetensors") -> bool:
+    """Whether `folder` holds `stem`.`kind` whole or sharded (its index): the exact names `from_pretrained`
+    reads, so a variant (`*.fp16.safetensors`) or a stray file is not taken for them."""
     return any((folder / name).is_file() for name in (f"{stem}.{kind}", f"{stem}.{kind}.index.json"))
 
 

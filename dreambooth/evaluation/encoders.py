@@ -187,7 +187,9 @@ class HFEncoder:
             names = [parts[-1], *(part for part in parts if part.startswith("models--"))]  # the hub cache's too
             dino = config.model_type != "vit" or any("dino" in name.lower() for name in names)
             self.family = "dino" if dino else "other"
-        if not any(Path(path).glob("*.safetensors")):
+        from dreambooth.models import has_weights
+
+        if not has_weights(Path(path), "model"):  # transformers' name for them
             raise ModelError("no safetensors weights there (pickled .bin weights can run code when read, and are "
                              "not); save the model again with save_pretrained, which writes safetensors")
         self.model, loading = model_class.from_pretrained(path, use_safetensors=True, output_loading_info=True, **local)

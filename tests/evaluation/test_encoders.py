@@ -147,6 +147,9 @@ def test_hf_encoders_read_local_safetensors_and_run_no_code_of_their_own(tiny_vi
     (pickled / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="no safetensors weights there"):
         load_encoder(f"hf:{pickled}")
+    (pickled / "notes.safetensors").write_bytes(b"")  # a stray file is not the model's weights
+    with pytest.raises(ModelError, match="no safetensors weights there"):
+        load_encoder(f"hf:{pickled}")
     # a config naming its own code (auto_map) is refused, never run, and never asked about
     remote = shutil.copytree(tiny_vit, tmp_path / "dino-remote")
     (remote / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
