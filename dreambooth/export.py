@@ -20,7 +20,8 @@ from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import Components, load_sampling_scheduler
 from dreambooth.outputs import CONFIG_FILE, LORA_WEIGHTS, is_lora_folder, load_trained, lora_base, training_record
 
-# kohya-ss `ss_base_model_version`; with `ss_v2` it is how A1111 files a LoRA under SD 1, SD 2 or SDXL
+# kohya-ss `ss_base_model_version` (SD 2.x-v adds "_v"); with `ss_v2` it is how A1111 files a LoRA under
+# SD 1, SD 2 or SDXL
 KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
@@ -168,11 +169,14 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
     renamed keys, one `alpha` scalar per module, and `ss_*` metadata."""
     from safetensors.torch import load_file, save_file
 
-    from dreambooth.single_file import component_config, model_family, unet_namer
+    from dreambooth.single_file import component_config, model_family, scheduler_config, unet_namer
 
     base = Path(cfg.pretrained_model_name_or_path).expanduser()
     family = model_family(base)
     ldm_unet = unet_namer(component_config(base, "unet")) if family == "sdxl" else None
+    version = KOHYA_BASE_VERSION[family]
+    if family == "sd2" and scheduler_config(base).get("prediction_type") == "v_prediction":
+        version += "_v"
     alpha = float(cfg.resolved_lora_alpha)
     tensors = {}
     for key, value in load_file(diffusers_file).items():
@@ -182,7 +186,7 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
     # A1111 shows the output name and comment; the comment carries the trigger words
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(cfg.lora_rank),
                 "ss_network_alpha": str(alpha), "ss_output_name": Path(cfg.output_dir).name,
-                "ss_base_model_version": KOHYA_BASE_VERSION[family], "ss_v2": str(family == "sd2"),
+                "ss_base_model_version": version, "ss_v2": str(family == "sd2"),
                 "ss_training_comment": f"dreambooth: {fill_prompt(cfg.instance_prompt, cfg.identifier, cfg.class_noun)}"}
     save_file(tensors, out_file, metadata=metadata)
 

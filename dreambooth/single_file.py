@@ -60,6 +60,12 @@ def component_config(folder: Path, component: str) -> dict:
     return json.loads((folder / component / "config.json").read_text())
 
 
+def scheduler_config(folder: Path) -> dict:
+    """The pipeline's scheduler settings (what it predicts, among them), {} where it has none."""
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    return json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+
+
 def model_family(folder: Path) -> Family:
     """Which original layout the diffusers pipeline in `folder` maps to: SDXL has a second text encoder;
     of the one-encoder families only SD 2.x has linear transformer projections in its UNet."""
@@ -178,8 +184,7 @@ def convert(folder: Path) -> dict[str, torch.Tensor]:
         else:  # transformers >= 5 saves CLIPTextModel without its `text_model.` level; the original has it
             state = {f"text_model.{k.removeprefix('text_model.')}": v for k, v in state.items()}
         out.update({prefix + k: v for k, v in state.items()})
-    scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+    scheduler = scheduler_config(folder)
     if model_family(folder) == "sdxl" and scheduler.get("prediction_type") == "v_prediction":
         # SDXL's weights do not say what it predicts; ComfyUI and A1111 read these empty markers
         out["v_pred"] = torch.tensor([])

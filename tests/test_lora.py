@@ -13,11 +13,14 @@ import yaml
 from PIL import Image
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dreambooth.cli import main
+from dreambooth.config import TrainConfig
+from dreambooth.export import write_kohya_lora
 from dreambooth.generate import sample
 from dreambooth.outputs import LORA_WEIGHTS, load_trained
+from dreambooth.single_file_import import write_configs
 from dreambooth.trainer import Trainer, train
 from tests.test_cli import exit_code
 from tests.test_trainer import config
@@ -88,6 +91,22 @@ def test_kohya_file_loads_with_the_same_outputs(lora_run, tiny_sd):
     assert metadata["ss_training_comment"] == f"dreambooth: a {identifier} dog"  # the trigger words
     ours, kohya = (image(p) for p in loaded_pipes(StableDiffusionPipeline, tiny_sd, lora_run, safety_checker=None))
     assert np.abs(ours - kohya).max() <= 1
+
+
+@pytest.mark.parametrize("family, version", [("sd1", "sd_v1"), ("sd2-base", "sd_v2"), ("sd2-v", "sd_v2_v"),
+                                             ("sdxl", "sdxl_base_v1-0")])
+def test_kohya_file_names_its_base_as_kohya_does(family, version, tmp_path):
+    """kohya-ss's `ss_base_model_version` (with "_v" for SD 2.x-v) and `ss_v2`, which A1111 files LoRAs by."""
+    base = write_configs(family, tmp_path / family)
+    diffusers_file = tmp_path / LORA_WEIGHTS
+    module = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_file({f"{module}.lora_A.weight": torch.zeros(4, 640), f"{module}.lora_B.weight": torch.zeros(640, 4)}, diffusers_file)
+    cfg = TrainConfig(pretrained_model_name_or_path=str(base), instance_data_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
+                      instance_prompt="a zwx dog", class_noun="dog", lora=True, lora_rank=4)
+    write_kohya_lora(diffusers_file, tmp_path / "kohya.safetensors", cfg)
+    with safe_open(str(tmp_path / "kohya.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    assert (metadata["ss_base_model_version"], metadata["ss_v2"]) == (version, str(family.startswith("sd2")))
 
 
 def test_text_encoder_adapters_off_attention_alone_load_in_diffusers(tiny_sd, subject_dir, tmp_path):
