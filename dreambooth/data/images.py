@@ -23,7 +23,8 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
 from dreambooth.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff",
-                  *([".avif"] if features.check("avif") else [])}
+                  # Pillow before 11.2 has no AVIF, and `features.check` warns about a name it does not know
+                  *([".avif"] if "avif" in features.modules and features.check_module("avif") else [])}
 HEIF_SUFFIXES = {".heic", ".heif"}
 # photos in formats not decoded here: skipped with a warning, as a photo left out is (other files silently)
 UNREAD_PHOTO_SUFFIXES = {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2",
