@@ -105,6 +105,9 @@ def parse_runs(path: str | Path) -> tuple[list[Run], list[str]]:
             if "resume_from_checkpoint" in values:
                 problems.append(f"run {number}: remove resume_from_checkpoint; a batch resumes interrupted runs itself")
                 continue
+            if "output_dir" not in values:  # train's default, the current folder, is no place for one of many
+                problems.append(f"run {number}: needs its own output_dir")
+                continue
             runs.append(Run(number, from_dict(values, source=f"run {number}")))
         except ConfigError as error:
             message = str(error) if str(error).startswith(f"run {number}:") else f"run {number}: {error}"

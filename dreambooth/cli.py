@@ -69,7 +69,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         from dreambooth.preflight import preflight
 
         report = preflight(cfg)
-        print(report.text())
+        if text := report.text():
+            print(text)
         report.raise_if_problems()
         return
     from dreambooth.trainer import train

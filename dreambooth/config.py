@@ -169,6 +169,13 @@ def fill_prompt(template: str, identifier: str | None, class_noun: str | None) -
     return template.replace("{identifier}", identifier or "").replace("{class_noun}", class_noun or "").strip()
 
 
+def placeholder_problem(template: str, option: str) -> str | None:
+    """What is wrong with a prompt template's `{word}`s besides {identifier} and {class_noun}: a typo would be
+    trained on, or sampled, as text."""
+    unknown = [m for m in re.findall(r"\{\w+\}", template) if m not in ("{identifier}", "{class_noun}")]
+    return f"{option}: unknown placeholder {', '.join(unknown)}; use {{identifier}} or {{class_noun}}" if unknown else None
+
+
 def identifier_in_prompts(instance_prompt: str, class_prompt: str) -> str | None:
     """The identifier of a literal prompt pair ("a photo of sks dog" / "a photo of dog" -> "sks"):
     the one word the instance prompt adds; None when that is not a single word."""
@@ -201,6 +208,10 @@ def validate(cfg: TrainConfig) -> None:
                         "without --with_prior_preservation)") if name == "class_prompt" else ""
             need(False, "class_noun", f"required because --{name} uses {{class_noun}}; e.g. --class_noun dog{no_prior}")
             break
+    for option, template in [("--instance_prompt", cfg.instance_prompt), ("--class_prompt", cfg.class_prompt),
+                             *(("--validation_prompt", p) for p in cfg.validation_prompts)]:
+        if problem := placeholder_problem(template, option):
+            problems.append(problem)
     if not cfg.class_noun and any("{class_noun}" in prompt for prompt in cfg.validation_prompts):
         need(False, "class_noun", "required because a --validation_prompt uses {class_noun}; e.g. --class_noun dog")
     if cfg.identifier is not None:

@@ -11,7 +11,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dreambooth.config import fill_prompt
+from dreambooth.config import fill_prompt, placeholder_problem
 from dreambooth.errors import ConfigError
 from dreambooth.outputs import load_trained, training_record
 
@@ -70,6 +70,8 @@ def sample_grid(pipe: DiffusionPipeline, prompts: list[str], n: int, steps: int,
 def generate(model: Path, prompt: str, n: int, out: Path, steps: int, guidance: float, seed: int,
              base: str | Path | None = None, batch_size: int = 4) -> list[Path]:
     """Write n PNGs and a grid for `prompt` ({identifier}/{class_noun} filled from the model)."""
+    if problem := placeholder_problem(prompt, "--prompt"):
+        raise ConfigError(problem)
     record = training_record(model)
     for name in ("identifier", "class_noun"):
         if f"{{{name}}}" in prompt and not record.get(name):
@@ -79,6 +81,8 @@ def generate(model: Path, prompt: str, n: int, out: Path, steps: int, guidance: 
     with tqdm(total=n, desc="sampling", unit="img") as bar:
         images = sample(pipe, text, n, steps, guidance, seed, batch_size=batch_size, bar=bar)
     out.mkdir(parents=True, exist_ok=True)
+    for earlier in out.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):  # an earlier call's, else read as this prompt's
+        earlier.unlink()
     paths = []
     for i, image in enumerate(images):
         paths.append(out / f"{seed + i:06d}.png")

@@ -54,8 +54,8 @@ class Report:
     disk: list[DiskNeed] = field(default_factory=list)
 
     def text(self) -> str:
-        lines = [f"problem: {p}" for p in self.problems] + [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines + self.notes) or "ok"
+        """Warnings and notes (the problems are the error `raise_if_problems` raises)."""
+        return "\n".join([f"warning: {w}" for w in self.warnings] + self.notes) or ("ok" if not self.problems else "")
 
     def raise_if_problems(self) -> None:
         if self.problems:
@@ -78,8 +78,10 @@ def _weights_bytes(folder: Path, parts: tuple[str, ...]) -> int:
 
 
 def _check_images(folder: str, role: str, min_side: int | None, report: Report) -> ImageScan | None:
+    """The photos' problems and warnings; with no `min_side` (the model folder's problem is reported) their
+    sizes are not judged: against a guessed resolution they would be warned about before the real error."""
     try:
-        scan = scan_images(Path(folder).expanduser(), role=role, **({"min_side": min_side} if min_side else {}))
+        scan = scan_images(Path(folder).expanduser(), role=role, min_side=min_side or 1)
         if role == "instance":
             scan.require()
     except DreamBoothError as exc:

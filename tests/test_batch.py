@@ -226,6 +226,15 @@ def test_disk_estimate_counts_the_checkpoints_a_run_writes(tiny_sd, subject_dir,
     assert limit_2 > none and (unlimited - none) * 2 == (limit_2 - none) * 3
 
 
+def test_a_run_without_its_own_output_dir_is_a_problem(tiny_sd, subject_dir, tmp_path):
+    """train's default, the current folder, is no place for one of many runs."""
+    path = tmp_path / "runs.yaml"
+    path.write_text(yaml.safe_dump({"runs": [{"pretrained_model_name_or_path": str(tiny_sd),
+                                              "instance_data_dir": str(subject_dir), "class_noun": "dog"}]}))
+    with pytest.raises(ConfigError, match=r"run 1: needs its own output_dir"):
+        read_runs(path)
+
+
 def test_an_option_spelled_twice_in_defaults_is_one_problem(tiny_sd, subject_dir, tmp_path):
     runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}), rank=4)
     text = runs.read_text().replace("rank: 4", "rank: 4\n  lora_rank: 8")

@@ -60,6 +60,23 @@ def test_check_reports_every_problem_at_once(tmp_path, capsys):
     assert code == 2 and "2 problems" in err and "no-model" in err and "no-photos" in err
 
 
+def test_a_wrong_model_path_is_said_once_and_before_any_photo_size(subject_dir, tmp_path, capsys):
+    """Photo sizes are judged against the model's resolution; with no model, not against a guess."""
+    code = main(["train", "--check", "--pretrained_model_name_or_path", str(tmp_path / "no-model"),
+                 "--instance_data_dir", str(subject_dir), "--class_noun", "dog"])
+    out, err = capsys.readouterr()
+    assert code == 2 and (out + err).count("no-model") == 1 and "upscaled" not in out + err
+
+
+def test_unknown_placeholders_in_prompts_are_refused(tmp_path, capsys):
+    code = main(["train", "--check", "--pretrained_model_name_or_path", str(tmp_path), "--instance_data_dir",
+                 str(tmp_path), "--class_noun", "dog", "--instance_prompt", "a {identifer} {class_noun}",
+                 "--validation_prompt", "a {class} on the beach"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--instance_prompt: unknown placeholder {identifer}; use {identifier} or {class_noun}" in err
+    assert "--validation_prompt: unknown placeholder {class};" in err
+
+
 def test_check_loads_the_eval_encoder_before_training(tiny_sd, subject_dir, capsys):
     code = main(["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
                  str(subject_dir), "--class_noun", "dog", "--eval_every", "50", "--eval_encoder", "dino-vits16"])
