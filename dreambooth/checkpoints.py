@@ -90,7 +90,9 @@ def named(output_dir: Path, which: str) -> Path:
     if not path.exists() and (output_dir / which).exists():
         path = output_dir / which
     if not path.exists():
-        raise ConfigError(f"--resume_from_checkpoint: {path} does not exist")
+        found = [p.name for p in complete_checkpoints(output_dir)] if output_dir.is_dir() else []
+        raise ConfigError(f"--resume_from_checkpoint: {path} does not exist; "
+                          + (f"{output_dir} has {', '.join(found)}" if found else f"{output_dir} has no checkpoint"))
     if not (path / STATE_FILE).is_file():
         raise ConfigError(f"--resume_from_checkpoint: {path} is not a complete checkpoint "
                           f"(no {STATE_FILE}); use 'latest' or a checkpoint-<step> folder")

@@ -131,7 +131,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     out = writable_folder(args.output or Path(args.model).expanduser() / "samples", "--output")
     paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed,
                      args.base, args.batch_size)
-    print(f"wrote {len(paths)} images and grid.png to {out}")
+    print(f"wrote {len(paths)} image{'s' * (len(paths) != 1)} and grid.png to {out}")
 
 
 def cmd_class_images(args: argparse.Namespace) -> None:

@@ -93,7 +93,7 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] = option(("to_q", "to_k", "to_v", "to_out.0"), "UNet modules given adapters")
     lora_text_encoder_modules: tuple[str, ...] = option(("q_proj", "k_proj", "v_proj", "out_proj"),
                                                         "text-encoder modules given adapters (with --train_text_encoder)")
-    lora_format: Literal["diffusers", "kohya"] = option("diffusers", "LoRA file layout: diffusers or kohya/A1111")
+    lora_format: Literal["diffusers", "kohya"] = option("diffusers", "LoRA file layout: diffusers, or kohya (what AUTOMATIC1111 and ComfyUI load)")
     prior_mode: Literal["images", "prediction"] = option(
         "images", "prior target: class images (paper) or the frozen model's own prediction (LoRA only)")
 

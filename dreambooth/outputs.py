@@ -37,10 +37,11 @@ def lora_base(lora_dir: Path, base: str | Path | None = None) -> Path:
     record = training_record(lora_dir)
     option = "--base"
     if base is None:
-        base, option = record.get("pretrained_model_name_or_path"), f"the base model {lora_dir / CONFIG_FILE} records"
+        base, option = record.get("pretrained_model_name_or_path"), f"the base model of LoRA {lora_dir}"
         if not base:
             raise ModelError(f"{lora_dir}: LoRA weights without {CONFIG_FILE}; pass the base model with --base")
-        option += " (pass --base if it moved)"
+        if not Path(base).expanduser().is_dir():
+            raise ModelError(f"{lora_dir} is a LoRA on {base}, which is gone; pass the base model with --base FOLDER")
     # pickled weights only with --allow_pickle typed for this run: a LoRA folder from elsewhere could
     # record allow_pickle to have its base's .bin read
     return check_model_folder(base, option=option)

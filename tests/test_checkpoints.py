@@ -23,6 +23,8 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_sd, subject_dir, t
     train(part)
     out = tmp_path / "part" / "out"
     assert [p.name for p in checkpoints.complete_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]  # limit 2
+    with pytest.raises(DreamBoothError, match=r"checkpoint-40 does not exist; .*out has checkpoint-1, checkpoint-2$"):
+        train(config(tiny_sd, photos, tmp_path / "part", **common, resume_from_checkpoint="checkpoint-40"))
     with pytest.raises(DreamBoothError, match=r"checkpoint-2 was trained with other settings \(learning_rate: "
                                               r"trained with 0.001, now 0.002; lora: trained with False, now True\)"):
         # (more steps than the interrupted run's 3 is no change: training on is what a resume is for)
@@ -47,7 +49,7 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_sd, subject_dir, t
 def test_resume_with_nothing_to_resume_fails_clearly_before_any_work(tiny_sd, subject_dir, tmp_path):
     with pytest.raises(DreamBoothError, match="no complete checkpoint"):
         train(config(tiny_sd, subject_dir, tmp_path, resume_from_checkpoint="latest"))
-    with pytest.raises(DreamBoothError, match="nope does not exist"):
+    with pytest.raises(DreamBoothError, match=f"nope does not exist; {tmp_path / 'out'} has no checkpoint"):
         train(config(tiny_sd, subject_dir, tmp_path, resume_from_checkpoint=str(tmp_path / "nope")))
     (tmp_path / "out" / "checkpoint-4").mkdir(parents=True)  # cut short: no state file
     with pytest.raises(DreamBoothError, match="checkpoint-4 is not a complete checkpoint"):

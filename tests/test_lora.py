@@ -161,7 +161,8 @@ def test_a_lora_whose_base_moved_says_so_and_takes_base(lora_run, tiny_sd, tmp_p
     record.write_text(record.read_text().replace(str(tiny_sd), str(tmp_path / "gone")))
     args = ["generate", "--model", str(moved), "--prompt", "a dog", "-n", "1", "--steps", "2", "--output", str(tmp_path)]
     assert main(args) != 0
-    assert f"the base model {record} records (pass --base if it moved)" in capsys.readouterr().err
+    assert f"{moved} is a LoRA on {tmp_path / 'gone'}, which is gone; pass the base model with --base FOLDER" \
+        in capsys.readouterr().err
     assert main([*args, "--base", str(tiny_sd)]) == 0
 
 
