@@ -14,11 +14,24 @@ from dreambooth.cli import main
 from tests.test_batch import write_runs
 
 
+def finished(launcher: subprocess.Popen) -> tuple[str, str]:
+    """The launcher's stdout and stderr once it exits. At the timeout it is stopped with SIGTERM, which its agent passes
+    on to the workers: they run in sessions of their own, and a SIGKILL to the launcher alone leaves them running."""
+    try:
+        return launcher.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        launcher.terminate()
+        launcher.communicate(timeout=60)
+        raise
+
+
 def launch(argv, tmp_path, cpu=True):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true" if cpu else "false", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "dreambooth.cli", *argv], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                 "-m", "dreambooth.cli", *argv], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    stdout, stderr = finished(launcher)
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
 
 
 def train_args(tiny_sd, subject_dir, tmp_path, *extra):
@@ -107,7 +120,7 @@ def test_processes_share_the_class_images_and_each_node_gets_all(tiny_sd, subjec
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for node in (0, 1)]
     for node in nodes:
-        _, stderr = node.communicate(timeout=300)
+        _, stderr = finished(node)
         assert node.returncode == 0, stderr[-2000:]
     # each process drew image k (of 4) into its node's cache; then the processes of each node drew in
     # shares what the other node's processes had drawn (none waited while one drew the rest)
