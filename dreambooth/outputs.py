@@ -37,7 +37,7 @@ def lora_base(lora_dir: Path, base: str | Path | None = None) -> Path:
     record = training_record(lora_dir)
     option = "--base"
     if base is None:
-        base, option = record.get("pretrained_model_name_or_path"), f"the base model of LoRA {lora_dir}"
+        base, option = record.get("pretrained_model_name_or_path"), f"the base model of LoRA {lora_dir} (or pass --base)"
         if not base:
             raise ModelError(f"{lora_dir}: LoRA weights without {CONFIG_FILE}; pass the base model with --base")
         if not Path(base).expanduser().is_dir():
