@@ -451,8 +451,15 @@ class Trainer:
             self.write_model(self.output_dir)
             if not self.cfg.keep_checkpoints:  # only now: until the model is published, they are the run
                 checkpoints.delete_all(self.output_dir)
-        acc.end_training()
         return self.output_dir
+
+    def close(self) -> None:
+        """End the trackers and the process group, after freeing the models as prepared for it: a DDP
+        wrapper freed later holds the group's last reference, and gloo's teardown from its destructor
+        waits on threads that need the GIL that destructor holds (a hang, now and then, in torch 2.13)."""
+        self.unet = self.text_encoders = None
+        self.accelerator.free_memory()
+        self.accelerator.end_training()
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -463,9 +470,12 @@ def train(cfg: TrainConfig) -> Path:
     """
     with only_run_in(Path(cfg.output_dir).expanduser()):
         trainer = Trainer(cfg)
-        trainer.setup()
-        with signals_noted(functools.partial(setattr, trainer, "stop_signal")):
-            out = trainer.train()
+        try:
+            trainer.setup()
+            with signals_noted(functools.partial(setattr, trainer, "stop_signal")):
+                out = trainer.train()
+        finally:
+            trainer.close()
     if trainer.stop_signal is not None:
         raise Interrupted(f"stopped by {signal.Signals(trainer.stop_signal).name} after saving {out}",
                           trainer.stop_signal, "nothing is left to resume")

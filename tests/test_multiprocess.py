@@ -2,9 +2,11 @@
 job across them; `batch` gives each process its own runs."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +14,8 @@ import yaml
 from dreambooth import checkpoints, runlog
 from dreambooth.cli import main
 from tests.test_batch import write_runs
+
+CHECKED_CLI = Path(__file__).parent / "cli_with_teardown_check.py"
 
 
 def finished(launcher: subprocess.Popen) -> tuple[str, str]:
@@ -26,11 +30,13 @@ def finished(launcher: subprocess.Popen) -> tuple[str, str]:
 
 
 def launch(argv, tmp_path, cpu=True):
+    """`dreambooth <argv>` in two processes, each checking that no DDP-wrapped model outlives its process group."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "true" if cpu else "false", "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                                 "-m", "dreambooth.cli", *argv], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                 str(CHECKED_CLI), *argv], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     stdout, stderr = finished(launcher)
+    assert not re.search(r"destroyed with [1-9]\d* DDP models alive", stderr)
     return subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
 
 
@@ -48,6 +54,7 @@ def test_two_processes_train_one_run_and_stop_together_on_a_bad_loss(tiny_sd, su
     assert [row["step"] for row in runlog.read(out)] == [1, 2, 3]  # one writer: the main process
     assert [p.name for p in checkpoints.complete_checkpoints(out)] == ["checkpoint-2"]
     assert (out / "model_index.json").is_file()
+    assert done.stderr.count("process group destroyed with 0 DDP models alive") == 2  # freed first: no hang
     diverging = launch(train_args(tiny_sd, subject_dir, tmp_path / "nan", "--learning_rate", "1e30",
                                   "--max_grad_norm", "1e30", "--max_train_steps", "20"), tmp_path)
     assert diverging.returncode != 0 and diverging.stderr.count("the loss is not finite") == 2  # both, no hang
