@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import get_args, get_origin
+from typing import Literal, get_args, get_origin
 
 from dreambooth.config import (GenerationPrecision, TrainConfig, config_types, default_of, field_keys, flag_spellings,
                                from_dict, read_config_file, typed_values)
@@ -25,6 +25,13 @@ from dreambooth.errors import (ConfigError, finite_float, non_negative_int, posi
 log = logging.getLogger("dreambooth")
 
 BASE_HELP = "a LoRA folder's base model (default: the one it was trained on, as its dreambooth_config.yaml records)"
+
+
+def metavar_of(name: str, hint) -> str:
+    """{a,b,c} for an option of fixed choices, as argparse shows choices; else NAME."""
+    if type(None) in get_args(hint):  # Optional[X]
+        (hint,) = [a for a in get_args(hint) if a is not type(None)]
+    return "{" + ",".join(get_args(hint)) + "}" if get_origin(hint) is Literal else name.upper()
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +52,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         elif get_origin(hint) is tuple:
             parser.add_argument(*flags, dest=f.name, action="append", metavar="TEXT", help=help_text + "; repeatable")
         else:  # values (choices too) are checked by the config, with one-line messages
-            parser.add_argument(*flags, dest=f.name, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(*flags, dest=f.name, metavar=metavar_of(f.name, hint), help=help_text)
     parser.add_argument("--no_prior_preservation", "--no-prior-preservation", dest="with_prior_preservation",
                         action="store_const", const=False, help="train without the prior term (lambda = 0)")
     add_diffusers_flags(parser)
@@ -79,16 +86,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     if cfg.lora:
         print(f"saved the LoRA adapters to {out} (load them onto the base model with pipe.load_lora_weights, "
               f"or `dreambooth generate --model {out}`)")
+        if cfg.lora_format == "kohya":
+            print(f"  for AUTOMATIC1111 / ComfyUI: {out / 'lora_kohya.safetensors'}")
     else:
         print(f"saved the personalized pipeline to {out}")
+    if (out / "best" / "best.json").is_file():
+        print(f"  the best-scoring step's model: {out / 'best'} (best.json says which step)")
 
 
 def cmd_batch(args: argparse.Namespace) -> None:
     from dreambooth.batch import run_batch
 
     outputs = run_batch(args.file, args.shard, check_only=args.check)
-    if not args.check:
+    if args.check:
+        return
+    if outputs:
         print(f"saved {len(outputs)} personalized model(s)" + "".join(f"\n  {out}" for out in outputs))
+    else:
+        print("nothing left to train: every run is finished")
 
 
 def checked_model(path: str | Path) -> Path:
@@ -186,8 +201,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one that its help does not already say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is unset for unset in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors instead of a screenful of usage."""
+    """argparse with one-line errors instead of a screenful of usage, and defaults in the help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, formatter_class=DefaultsShown, **kwargs)
 
     def error(self, message: str) -> None:
         self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
@@ -241,7 +269,7 @@ def _add_batch(sub) -> None:
 def _add_identifier(sub) -> None:
     ident = sub.add_parser("identifier", help="list rare-token identifiers of a model's tokenizer")
     ident.add_argument("--model", required=True, help="diffusers pipeline folder")
-    ident.add_argument("--top_k", "--top-k", "-k", type=positive_int, default=10)
+    ident.add_argument("--top_k", "--top-k", "-k", type=positive_int, default=10, help="how many to list, best first")
     ident.set_defaults(run=cmd_identifier)
 
 
@@ -249,11 +277,13 @@ def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="sample a (personalized) model")
     gen.add_argument("--model", required=True, help="pipeline folder written by `dreambooth train`")
     gen.add_argument("--prompt", required=True, help="may use {identifier} and {class_noun}")
-    gen.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=4)
+    gen.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=4, help="images to sample")
     gen.add_argument("--output", type=Path, help="folder for the PNGs (default: MODEL/samples)")
-    gen.add_argument("--steps", type=positive_int, default=default_of("inference_steps"))
-    gen.add_argument("--guidance_scale", "--guidance-scale", type=finite_float, default=default_of("guidance_scale"))
-    gen.add_argument("--seed", type=non_negative_int, default=default_of("seed"))
+    gen.add_argument("--steps", type=positive_int, default=default_of("inference_steps"), help="sampler steps")
+    gen.add_argument("--guidance_scale", "--guidance-scale", type=finite_float, default=default_of("guidance_scale"),
+                     help="classifier-free guidance")
+    gen.add_argument("--seed", type=non_negative_int, default=default_of("seed"),
+                     help="image i uses seed + i, and is saved as its number")
     gen.add_argument("--batch_size", "--batch-size", type=positive_int, default=default_of("sample_batch_size"),
                      help="images sampled at once (memory); the images are the same at any batch size")
     gen.add_argument("--base", help=BASE_HELP)
@@ -264,16 +294,20 @@ def _add_class_images(sub) -> None:
     cls = sub.add_parser("class-images", help="generate (or reuse cached) class images for prior preservation")
     cls.add_argument("--model", required=True, help="base model folder")
     cls.add_argument("--prompt", required=True, help='class prompt, e.g. "a dog"')
-    cls.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=default_of("num_class_images"))
-    cls.add_argument("--cache_dir", "--cache-dir", default=default_of("class_cache_dir"))
+    cls.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=default_of("num_class_images"),
+                     help="class images the cache should hold; the missing ones are drawn")
+    cls.add_argument("--cache_dir", "--cache-dir", default=default_of("class_cache_dir"),
+                     help="the class-image cache `train --class_cache_dir` reads (one entry per model and settings)")
     cls.add_argument("--resolution", type=positive_int,
                      help="default: the model's native size, the one `train` draws at (other sizes fill a cache "
                           "that `train` does not read)")
-    cls.add_argument("--steps", type=positive_int, default=default_of("class_inference_steps"))
+    cls.add_argument("--steps", type=positive_int, default=default_of("class_inference_steps"), help="sampler steps")
     cls.add_argument("--guidance_scale", "--guidance-scale", type=finite_float,
-                     default=default_of("class_guidance_scale"))
-    cls.add_argument("--seed", type=non_negative_int, default=default_of("seed"))
-    cls.add_argument("--batch_size", "--batch-size", type=positive_int, default=default_of("sample_batch_size"))
+                     default=default_of("class_guidance_scale"), help="classifier-free guidance")
+    cls.add_argument("--seed", type=non_negative_int, default=default_of("seed"),
+                     help="image i's noise comes from (seed, i)")
+    cls.add_argument("--batch_size", "--batch-size", type=positive_int, default=default_of("sample_batch_size"),
+                     help="images sampled at once (memory)")
     cls.add_argument("--prior_generation_precision", choices=get_args(GenerationPrecision),
                      help="default (or no): fp16 on a GPU, else fp32, the precision `train` draws in")
     cls.set_defaults(run=cmd_class_images)
@@ -314,7 +348,8 @@ def _add_import(sub) -> None:
 
 def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="run the whole method on the shipped toy-world model (CPU, minutes)")
-    demo.add_argument("--output", type=Path, default=Path("dreambooth-demo"))
+    demo.add_argument("--output", type=Path, default=Path("dreambooth-demo"),
+                      help="folder for demo.png and index.html")
     demo.add_argument("--subject", default="striped-bag",
                       help='a folder name under examples/, or a folder of photos with a subject.json '
                            '({"class_noun": "bag"})')

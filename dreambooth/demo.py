@@ -60,8 +60,11 @@ class DemoSettings:
 
 def find_subject(name: str) -> tuple[Path, str]:
     """A shipped subject by name, or any folder with photos and a subject.json (see toyworld.subjects)."""
-    folder = Path(name) if (Path(name) / "subject.json").is_file() else EXAMPLES / name
+    folder = Path(name).expanduser() if Path(name).expanduser().is_dir() else EXAMPLES / name
     info = folder / "subject.json"
+    if folder.parent != EXAMPLES and not info.is_file():  # the user's own photos
+        raise DataError(f'--subject {name}: a folder of your photos needs a subject.json naming their class, '
+                        f'e.g. {{"class_noun": "bag"}} in {info}')
     if not info.is_file():
         names = sorted(p.name for p in EXAMPLES.iterdir() if (p / "subject.json").is_file()) if EXAMPLES.is_dir() else []
         raise DataError(f"--subject {name}: no {info}; choose one of {', '.join(names) or '(none: run from a source checkout)'}")

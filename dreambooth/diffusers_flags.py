@@ -16,6 +16,9 @@ DIFFUSERS_NO_OPS = {
     "--pre_compute_text_embeddings": "frozen text embeddings are always precomputed",
     "--local_rank": "accelerate tells each process its rank",
     "--dataloader_num_workers": "images are encoded once and their latents cached, so loading is not the bottleneck",
+    # older train_dreambooth_lora_sdxl.py: one crop corner for every photo
+    **dict.fromkeys(("--crops_coords_top_left_h", "--crops_coords_top_left_w"),
+                    "SDXL is told each photo's own crop corner, the one its resize and crop kept"),
 }
 # Flags of diffusers' script that cannot do here what they do there: refused, saying what to do instead.
 _UPLOAD = "nothing is uploaded from here; upload OUTPUT_DIR afterwards (e.g. `huggingface-cli upload`)"

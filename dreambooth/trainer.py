@@ -97,6 +97,8 @@ class Trainer:
                                              resolution=cfg.resolution or self.parts.native_resolution)
         self.instance_prompt = fill_prompt(cfg.instance_prompt, identifier, cfg.class_noun)
         self.class_prompt = fill_prompt(cfg.class_prompt, identifier, cfg.class_noun)
+        if acc.is_main_process:  # the identifier to prompt the trained model with
+            log.info("instance prompt: %r; class prompt: %r", self.instance_prompt, self.class_prompt)
         # Class images come from the untouched base model, before anything is cast or adapted.
         class_paths = self._class_images()
         self._freeze_and_place()

@@ -30,6 +30,9 @@ def write_runs(tmp_path, tiny_sd, subject_dir, *runs, **defaults):
 def test_runs_train_once_and_a_changed_setting_is_refused(tiny_sd, subject_dir, tmp_path, capsys):
     runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"lora": True, "learning_rate": 1e-2}))
     assert main(["batch", str(runs)]) == 0
+    assert capsys.readouterr().out.startswith("saved 2 personalized model(s)\n")
+    assert main(["batch", str(runs)]) == 0
+    assert capsys.readouterr().out == "nothing left to train: every run is finished\n"
     assert [len(runlog.read(tmp_path / n)) for n in "ab"] == [2, 2]
     assert (tmp_path / "b" / "pytorch_lora_weights.safetensors").is_file()
     assert not (tmp_path / "a" / STARTED_FILE).exists()  # the start record goes once the model is saved

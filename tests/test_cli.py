@@ -1,5 +1,7 @@
 """The `dreambooth` command end to end on the tiny model, as a user would run it."""
 
+import argparse
+import logging
 import re
 import shutil
 import subprocess
@@ -10,16 +12,18 @@ import yaml
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from dreambooth.cli import main
+from dreambooth.cli import build_parser, main
 
 
-def test_train_generate_identifier_and_class_cache_reuse(tiny_sd, subject_dir, tmp_path, capsys):
+def test_train_generate_identifier_and_class_cache_reuse(tiny_sd, subject_dir, tmp_path, capsys, caplog):
     cache = tmp_path / "cache"
     common = ["--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
               "--class_noun", "dog", "--with_prior_preservation", "--num_class_images", "3",
               "--class-inference-steps", "2", "--class_cache_dir", str(cache), "--max_train_steps", "2",
               "--learning_rate", "1e-4", "--center_crop", "--report_to", "none"]
-    assert main(["train", *common, "--output_dir", str(tmp_path / "a")]) == 0
+    with caplog.at_level(logging.INFO, logger="dreambooth"):
+        assert main(["train", *common, "--output_dir", str(tmp_path / "a")]) == 0
+    assert "instance prompt: 'a lun dog'; class prompt: 'a dog'" in caplog.text  # the identifier it chose
     [class_folder] = list(cache.glob("a-dog-*"))
     first = {p.name: p.stat().st_mtime_ns for p in class_folder.glob("*.png")}
     assert len(first) == 3
@@ -51,6 +55,21 @@ def test_class_images_command_fills_the_cache(tiny_sd, tmp_path, capsys):
                  "--cache_dir", str(tmp_path), "--prior_generation_precision", "bf16"]) == 0
     fp32, bf16 = sorted(tmp_path.glob("a-cat-*"), key=lambda folder: (folder / "spec.json").read_text().count("bf16"))
     assert [len(list(folder.glob("*.png"))) for folder in (fp32, bf16)] == [2, 2]  # a folder of its own
+
+
+def test_every_option_says_what_it_is_and_its_default_or_choices(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside values
+    for name, command in build_parser().commands.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if action.help is argparse.SUPPRESS:
+                continue
+            assert action.help, f"{name} {action.option_strings}: no help"
+            unset = any(action.default is value for value in (None, False, argparse.SUPPRESS))
+            if not unset and "default" not in action.help:
+                assert f"(default: {action.default})" in text, f"{name} {action.option_strings}: default not shown"
+    train_help = " ".join(build_parser().commands["train"].format_help().split())
+    assert "--lr_scheduler {constant,constant_with_warmup,linear,cosine,cosine_with_restarts,polynomial}" in train_help
 
 
 def test_check_reports_every_problem_at_once(tmp_path, capsys):
@@ -217,6 +236,9 @@ def test_command_inputs_are_one_line_errors_before_any_work(tiny_sd, tmp_path, c
 def test_a_custom_demo_subject_with_a_bad_subject_json_is_one_line(tmp_path, capsys):
     subject = tmp_path / "mine"
     subject.mkdir()
+    assert main(["demo", "--fast", "--subject", str(subject), "--output", str(tmp_path / "out")]) == 2
+    needs = f'needs a subject.json naming their class, e.g. {{"class_noun": "bag"}} in {subject}'
+    assert needs in capsys.readouterr().err
     (subject / "subject.json").write_text("{}")
     assert main(["demo", "--fast", "--subject", str(subject), "--output", str(tmp_path / "out")]) == 2
     assert 'must be JSON like {"class_noun": "bag"}' in capsys.readouterr().err

@@ -93,7 +93,8 @@ def test_diffusers_lora_script_flags_map_or_pass(capsys):
     """train_dreambooth_lora*.py's flags: those whose value is ours pass, and kohya output maps onto ours."""
     cfg = build_train_config(build_parser().parse_args(
         ["train", "--pretrained_model_name_or_path", "m", "--instance_data_dir", "d", "--class_noun", "dog", "--lora",
-         "--optimizer", "AdamW", "--image_interpolation_mode", "lanczos", "--output_kohya_format", "--offset-noise"]))
+         "--optimizer", "AdamW", "--image_interpolation_mode", "lanczos", "--output_kohya_format", "--offset-noise",
+         "--crops_coords_top_left_h", "0", "--crops_coords_top_left_w", "0"]))
     assert cfg.lora_format == "kohya" and cfg.noise_offset == 0.1
 
 

@@ -33,3 +33,17 @@ def test_a_resumed_lora_run_keeps_the_best_score_so_far(tiny_sd, subject_dir, tm
                              **values))
     trainer.setup()
     assert trainer.start_step == 1 and trainer.best_score == best["eval/score"]
+
+
+def test_the_last_line_names_the_kohya_file_and_the_best_model(tiny_sd, subject_dir, tmp_path, capsys):
+    from dreambooth.cli import main
+
+    out = tmp_path / "out"
+    assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
+                 "--class_noun", "dog", "--no_prior_preservation", "--max_train_steps", "1", "--report_to", "none",
+                 "--lora", "--lora_format", "kohya", "--eval_every", "1", "--keep_best", "--center_crop",
+                 "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"for AUTOMATIC1111 / ComfyUI: {out / 'lora_kohya.safetensors'}\n" in printed
+    assert f"the best-scoring step's model: {out / 'best'} (best.json says which step)\n" in printed
+    assert (out / "lora_kohya.safetensors").is_file() and (out / "best" / "best.json").is_file()

@@ -23,7 +23,8 @@ def load_prompts(name_or_path: str | Path) -> list[str]:
     """
     path = PROMPT_DIR / f"prompts_{name_or_path}.txt" if name_or_path in PROMPT_SETS else Path(name_or_path)
     if not path.is_file():
-        raise DataError(f"--prompts {name_or_path}: no such file; use object, live, toyworld or a text file of prompts")
+        raise DataError(f"--prompts {name_or_path}: no such file; use dreambench-object, dreambench-live, "
+                        "dreambench-toyworld or a text file of prompts")
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
