@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 from peft.utils import get_peft_model_state_dict
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -42,8 +43,10 @@ def test_full_fine_tune_with_text_encoders_loads_in_diffusers(tiny_sdxl, subject
 @pytest.fixture(scope="module")
 def sdxl_lora(tiny_sdxl, subject_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sdxl-lora")
+    # the last step's validation image is our own sampling of the adapted model, as `image` samples
     return train(config(tiny_sdxl, subject_dir, tmp, lora=True, train_text_encoder=True, lora_format="kohya",
-                        max_train_steps=2, learning_rate=5e-2))
+                        max_train_steps=2, learning_rate=5e-2, validation_prompts=["a dog"], validation_steps=2,
+                        num_validation_images=1, inference_steps=2, guidance_scale=5.0))
 
 
 def image(pipe) -> np.ndarray:
@@ -58,6 +61,8 @@ def test_lora_loads_with_load_lora_weights(sdxl_lora, tiny_sdxl):
     base.load_lora_weights(sdxl_lora, weight_name=LORA_WEIGHTS)
     after = image(base)
     assert np.abs(after - before).max() > 0 and np.abs(image(load_trained(sdxl_lora)) - after).max() <= 1
+    in_training = np.asarray(Image.open(sdxl_lora / "validation" / "step-000002.png"), np.int16)
+    assert np.abs(after - in_training).max() <= 1  # the file reproduces the model as trained, encoders included
 
 
 def test_kohya_names_follow_the_original_sdxl_unet():
