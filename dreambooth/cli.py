@@ -127,13 +127,10 @@ def checked_trained(path: str | Path, base: str | None = None) -> Path:
 
 
 def cmd_identifier(args: argparse.Namespace) -> None:
-    from transformers import CLIPTokenizer
-
     from dreambooth.identifier import find_identifiers
+    from dreambooth.models import load_tokenizers
 
-    folder = checked_model(args.model)
-    names = [n for n in ("tokenizer", "tokenizer_2") if (folder / n).is_dir()]  # SDXL: one token in both
-    tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder=n) for n in names]
+    tokenizers = load_tokenizers(checked_model(args.model))  # SDXL: one token in both
     print("rank  token_id  identifier")
     for rank, candidate in enumerate(find_identifiers(tokenizers, top_k=args.top_k), start=1):
         print(f"{rank:>4}  {candidate.token_id:>8}  {candidate.text}")
@@ -178,23 +175,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if given:
             raise ConfigError(f"{', '.join(given)}: only with --model, whose images are generated; "
                               "--images scores the images as they are")
-        if not args.class_noun:
-            raise ConfigError("--images needs --class_noun: its 'a <class noun>' folder is scored as PRES")
     scorer = load_prompt_scorer(args.prompt_scorer, option="--prompt_scorer")
     if args.images and scorer is not None and not args.identifier:
         log.warning("warning: --images without --identifier: prompt fidelity reads each prompt as written, the "
-                    "subject's word included (the paper drops it); pass --identifier to drop it")
+                    "subject's word included (the usual CLIP-T convention drops it); pass --identifier to drop it")
     if args.model:
         checked_trained(args.model, args.base)
-    prompts = args.prompts
-    if prompts in {f"dreambench-{name}" for name in ("object", "live", "toyworld")}:
-        prompts = prompts.removeprefix("dreambench-")
     # unset generation options take evaluate()'s defaults, so the CLI and the API sample alike
     sampling = {key: value for key, value in (("n_per_prompt", args.num_images), ("steps", args.steps),
                                               ("seed", args.seed)) if value is not None}
     out = writable_folder(args.output, "--output")
     result = evaluate(Path(args.images or args.model).expanduser(), Path(args.real).expanduser(),
-                      class_noun=args.class_noun, identifier=args.identifier, prompts=prompts,
+                      class_noun=args.class_noun, identifier=args.identifier, prompts=args.prompts,
                       encoders=tuple(args.encoder or DEFAULT_ENCODERS), prompt_scorer=scorer,
                       out=out, base=args.base, **sampling)
     paths = write_report(result, out)

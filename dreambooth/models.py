@@ -134,14 +134,19 @@ def _weights_kwargs(folder: Path, *components: str) -> dict:
     return {"local_files_only": True, "use_safetensors": True if has_safetensors else None}
 
 
+def load_tokenizers(folder: Path) -> list[CLIPTokenizer]:
+    """The model's tokenizer, and SDXL's second one."""
+    suffixes = ("", "_2") if is_sdxl_folder(folder) else ("",)
+    return [CLIPTokenizer.from_pretrained(folder, subfolder=f"tokenizer{s}", local_files_only=True) for s in suffixes]
+
+
 def load_components(path: str | Path, allow_pickle: bool = False) -> Components:
     """Load tokenizer, text encoder, VAE, UNet and the DDPM training scheduler from a local folder."""
     folder = check_model_folder(path, allow_pickle)
     suffixes = ("", "_2") if is_sdxl_folder(folder) else ("",)
     return Components(
         path=folder,
-        tokenizers=[CLIPTokenizer.from_pretrained(folder, subfolder=f"tokenizer{s}", local_files_only=True)
-                    for s in suffixes],
+        tokenizers=load_tokenizers(folder),
         text_encoders=[_load_text_encoder(folder, f"text_encoder{s}") for s in suffixes],
         vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **_weights_kwargs(folder, "vae")),
         unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **_weights_kwargs(folder, "unet")),

@@ -36,8 +36,9 @@ from dreambooth.errors import ConfigError, DreamBoothError
 from dreambooth.finetune import cast_frozen_weights, strategy_for, trainable
 from dreambooth.generate import decoding_in_vae_precision, sample_grid
 from dreambooth.identifier import find_identifiers
-from dreambooth.models import (Components, TextConditioning, encode_text, is_sdxl_folder, load_components,
-                               load_pipeline, reload_frozen, tokenize)
+from dreambooth.models import (Components, TextConditioning, check_model_folder, encode_text, is_sdxl_folder,
+                               load_components, load_pipeline, load_tokenizers, native_resolution, reload_frozen,
+                               tokenize)
 from dreambooth.outputs import CONFIG_FILE
 from dreambooth.preflight import preflight
 from dreambooth.run_guard import Interrupted, only_run_in, signals_noted
@@ -87,20 +88,23 @@ class Trainer:
             log.info(note.splitlines()[0])
         report.raise_if_problems()
         set_seed(cfg.seed)
-        # Model first: the identifier, prompts and resolution all depend on its tokenizer and size.
-        self.parts: Components = load_components(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
+        # The model's tokenizers and size first: the identifier, prompts and resolution all depend on them.
+        self.model_folder = check_model_folder(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
         identifier = cfg.identifier
         if identifier is None:  # a template gets the tokenizer's best; a literal prompt names its own, or none
             templated = "{identifier}" in cfg.instance_prompt
-            identifier = find_identifiers(self.parts.tokenizers, top_k=1)[0].text if templated else literal_identifier(cfg)
+            identifier = (find_identifiers(load_tokenizers(self.model_folder), top_k=1)[0].text if templated
+                          else literal_identifier(cfg))
         self.cfg = cfg = dataclasses.replace(cfg, identifier=identifier,
-                                             resolution=cfg.resolution or self.parts.native_resolution)
+                                             resolution=cfg.resolution or native_resolution(self.model_folder))
         self.instance_prompt = fill_prompt(cfg.instance_prompt, identifier, cfg.class_noun)
         self.class_prompt = fill_prompt(cfg.class_prompt, identifier, cfg.class_noun)
         if acc.is_main_process:  # the identifier to prompt the trained model with
             log.info("instance prompt: %r; class prompt: %r", self.instance_prompt, self.class_prompt)
-        # Class images come from the untouched base model, before anything is cast or adapted.
+        # Class images come from the base model as it is, loaded for them alone and freed before the parts that
+        # train are loaded: both at once would take twice the memory (an SDXL in fp32 and in fp16: 15 GB).
         class_paths = self._class_images()
+        self.parts: Components = load_components(self.model_folder, cfg.allow_pickle)
         self._freeze_and_place()
         self.data = self._build_data(class_paths)
         # Text: both prompts are encoded together; with a frozen encoder, once for the whole run.
@@ -169,10 +173,13 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if not cfg.class_images_needed:
             return None
+        base_pipeline = functools.cache(functools.partial(  # loaded at most once, and only if an image is missing
+            load_pipeline, self.model_folder, PRECISIONS[cfg.prior_generation_precision], cfg.allow_pickle,
+            device=acc.device))
         ensure = functools.partial(
             ensure_class_images, self._class_image_spec(), Path(cfg.class_cache_dir).expanduser(), cfg.num_class_images,
             Path(cfg.class_data_dir).expanduser() if cfg.class_data_dir else None,
-            load_pipeline=self._base_pipeline, batch_size=cfg.sample_batch_size, progress=acc.is_local_main_process)
+            load_pipeline=base_pipeline, batch_size=cfg.sample_batch_size, progress=acc.is_local_main_process)
         if acc.num_processes > 1:  # every process draws its share (as diffusers' scripts do)
             ensure(share=(acc.process_index, acc.num_processes))
             acc.wait_for_everyone()
@@ -202,17 +209,9 @@ class Trainer:
         cfg = self.cfg
         # drawn at the model's own size, as diffusers does, and resized like the photos: a model samples
         # worst off its native resolution, and those samples would teach the prior their flaws
-        return ClassImageSpec.for_model(self.parts.path, self.class_prompt, self.parts.native_resolution,
+        return ClassImageSpec.for_model(self.model_folder, self.class_prompt, native_resolution(self.model_folder),
                                         cfg.class_inference_steps, cfg.class_guidance_scale, cfg.seed,
                                         cfg.prior_generation_precision)
-
-    def _base_pipeline(self):
-        """The base model to draw class images with: the loaded parts in full precision, else a copy read in
-        the lower one (casting the parts would round the weights training starts from)."""
-        precision, device = self.cfg.prior_generation_precision, self.accelerator.device
-        if precision == "fp32":
-            return export.pipeline_from(self.parts, self.parts.unet, self.parts.text_encoders).to(device)
-        return load_pipeline(self.parts.path, PRECISIONS[precision], self.cfg.allow_pickle, device=device)
 
     @property
     def text_encoder_training(self) -> bool:

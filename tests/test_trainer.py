@@ -222,3 +222,28 @@ def test_a_run_stopped_in_its_last_step_looks_at_it_when_resumed(tiny_sd, subjec
     assert not (tmp_path / "out" / "validation").exists()
     train(config(tiny_sd, subject_dir, tmp_path, **common, resume_from_checkpoint="latest"))
     assert [p.name for p in (tmp_path / "out" / "validation").iterdir()] == ["step-000002.png"]
+
+
+def test_class_images_are_drawn_and_their_model_freed_before_the_training_parts_load(tiny_sd, subject_dir, tmp_path,
+                                                                                     monkeypatch):
+    """Both in memory at once would take twice the memory (an SDXL in fp32 and in fp16: 15 GB)."""
+    import weakref
+
+    from dreambooth import trainer as trainer_module
+
+    drawing = []
+
+    def load_pipeline(*args, **kwargs):
+        pipe = real_load_pipeline(*args, **kwargs)
+        drawing.append(weakref.ref(pipe.unet))
+        return pipe
+
+    def load_components(*args, **kwargs):
+        assert len(drawing) == 1 and drawing[0]() is None  # loaded once for the class images, and freed
+        return real_load_components(*args, **kwargs)
+
+    real_load_pipeline, real_load_components = trainer_module.load_pipeline, trainer_module.load_components
+    monkeypatch.setattr(trainer_module, "load_pipeline", load_pipeline)
+    monkeypatch.setattr(trainer_module, "load_components", load_components)
+    Trainer(config(tiny_sd, subject_dir, tmp_path, num_class_images=2, class_inference_steps=2)).setup()
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 2

@@ -80,7 +80,7 @@ def generate_images(model: Path, prompts: Sequence[str], n_per_prompt: int, seed
 
 
 def without_identifier(prompt: str, identifier: str | None) -> str:
-    """The prompt as CLIP-T reads it: the rare-token identifier removed (paper convention), in any case
+    """The prompt as CLIP-T reads it: the rare-token identifier removed (the usual convention), in any case
     and with a possessive ("zwx's"), as CLIP's tokenizer would read it."""
     if not identifier:
         return prompt
@@ -111,12 +111,13 @@ def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], clas
             raise DataError(f"{len(found)} sets of images have the prompt '{class_prompt}' (the class images PRES "
                             f"is scored on); give exactly one (prompts found: {'; '.join(s.prompt for s in sets)})")
     real = {e.name: e.embed(list(real_images)) for e in encoders}
-    per_prompt, pres_rows = [], []
+    per_prompt, pres_rows, class_images = [], [], None
     for s in sets:
         emb = {e.name: e.embed(s.images) for e in encoders}
         if class_prompt is not None and _same_prompt(s.prompt, class_prompt):
             pres_rows = [counted(row("PRES", e.name, pres(emb[e.name], real[e.name])), 1, len(s.images))
                          for e in encoders]
+            class_images = {"prompt": s.prompt, "images": [str(p) for p in s.paths], "num_images": len(s.images)}
             continue
         rows = [row(label(e), e.name, subject_fidelity(emb[e.name], real[e.name])) for e in encoders]
         if prompt_scorer is not None:
@@ -137,6 +138,7 @@ def score(sets: Sequence[PromptImages], real_images: Sequence[Image.Image], clas
         "real_vs_real": [counted(row(label(e), e.name, self_similarity(real[e.name])), 0, len(real_images))
                          for e in encoders],
         "prompts": per_prompt,
+        "class_images": class_images,  # the images PRES was scored on
     }
 
 
@@ -182,6 +184,10 @@ def evaluate(source: Path | Sequence[PromptImages], real_images: Path | Sequence
     real = open_images(image_files(real_images)) if isinstance(real_images, Path) else [to_rgb(i) for i in real_images]
     if len(real) < 2:
         raise DataError("evaluation needs at least 2 real subject photos (the paper uses 3-6)")
+    if isinstance(source, Path) and source.is_dir() and not is_model_folder(source) and not class_noun:
+        # unfound, the class images would be scored as the subject's
+        raise ConfigError("scoring a folder of images needs --class_noun: its 'a <class noun>' folder is scored "
+                          "as PRES")
     image_encoders = [load_encoder(e) if isinstance(e, str) else e for e in encoders]
     if isinstance(div_features, str):
         div_features = next((e for e in image_encoders if e.name == div_features and hasattr(e, "feature_maps")),

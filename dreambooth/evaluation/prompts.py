@@ -17,11 +17,13 @@ def prompt_set_for(class_noun: str) -> str:
 
 
 def load_prompts(name_or_path: str | Path) -> list[str]:
-    """Prompt templates ({identifier}, {class_noun}) from "object", "live", "toyworld" or a text file, one per line.
+    """Prompt templates ({identifier}, {class_noun}) from "object", "live", "toyworld" (also spelled
+    "dreambench-object", ...) or a text file, one per line.
 
     Blank lines and lines starting with "#" (e.g. a source/licence note) are skipped.
     """
-    path = PROMPT_DIR / f"prompts_{name_or_path}.txt" if name_or_path in PROMPT_SETS else Path(name_or_path)
+    name = str(name_or_path).removeprefix("dreambench-")
+    path = PROMPT_DIR / f"prompts_{name}.txt" if name in PROMPT_SETS else Path(name_or_path)
     if not path.is_file():
         raise DataError(f"--prompts {name_or_path}: no such file; use dreambench-object, dreambench-live, "
                         "dreambench-toyworld or a text file of prompts")

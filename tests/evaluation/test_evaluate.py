@@ -56,6 +56,8 @@ def test_evaluate_image_folder(image_folder):
     counts = {r["metric"]: (r["prompts"], r["images"]) for r in result["summary"]}
     assert counts == {"DINO": (2, 4), "prompt fidelity": (2, 4), "DIV": (2, 4), "PRES": (1, 2)}
     assert result["generation"] is None
+    assert result["class_images"] == {"prompt": "a dog", "num_images": 2,  # the images PRES was scored on
+                                      "images": [str(image_folder / "02-class" / f"00000{i}.png") for i in (0, 1)]}
 
 
 def test_the_summary_weighs_prompts_equally_and_says_how_many_images_it_read():
@@ -100,11 +102,16 @@ def test_model_without_class_noun_or_output_dir_is_a_config_error(tiny_sd, tmp_p
 
 def test_bad_inputs_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="prompt.txt"):
-        evaluate(tmp_path, REAL, encoders=[PixelEncoder()])
+        evaluate(tmp_path, REAL, class_noun="dog", encoders=[PixelEncoder()])
     with pytest.raises(DataError, match="real subject photos"):
         evaluate([PromptImages("a", [noise_image(0)])], [noise_image(0)], encoders=[PixelEncoder()])
     with pytest.raises(DataError, match="not a folder"):
         evaluate(tmp_path / "missing", REAL, encoders=[PixelEncoder()])
+
+
+def test_an_image_folder_without_its_class_noun_is_refused_not_scored_as_the_subject(image_folder):
+    with pytest.raises(ConfigError, match="scoring a folder of images needs --class_noun"):
+        evaluate(image_folder, REAL, encoders=[PixelEncoder()], div_features=None)
 
 
 def test_without_identifier():
@@ -165,7 +172,7 @@ def test_cli_refuses_what_an_image_folder_cannot_use(image_folder, real_folder, 
     assert main([*args, "--class_noun", "dog", "--steps", "10", "-n", "2"]) == 2
     assert "-n, --steps: only with --model" in capsys.readouterr().err
     assert main(args) == 2
-    assert "--images needs --class_noun" in capsys.readouterr().err
+    assert "scoring a folder of images needs --class_noun" in capsys.readouterr().err
     assert main([*args, "--class_noun", "dog", "--prompt_scorer", "clip"]) == 2
     assert "--prompt_scorer 'clip': unknown" in capsys.readouterr().err
 

@@ -16,6 +16,7 @@ def test_paper_prompt_sets_have_25_templates(name):
 def test_live_and_object_lists_differ_in_the_middle():
     assert "a {identifier} {class_noun} wearing a santa hat" in load_prompts("live")
     assert "a {identifier} {class_noun} on top of a mirror" in load_prompts("object")
+    assert load_prompts("dreambench-object") == load_prompts("object")  # as `evaluate --help` spells it
 
 
 def test_user_file_skips_comments_and_blanks(tmp_path):
