@@ -33,7 +33,7 @@ from dreambooth.atomic import write_text_atomic
 from dreambooth.config import TrainConfig, changed_settings, field_keys, from_dict, key_names, read_config_file
 from dreambooth.errors import OUT_OF_MEMORY, ConfigError, DreamBoothError
 from dreambooth.outputs import CONFIG_FILE
-from dreambooth.run_guard import Interrupted
+from dreambooth.run_guard import Interrupted, InUse, only_run_in
 
 log = logging.getLogger("dreambooth")
 STARTED_FILE = "dreambooth_batch_run.yaml"  # the options a run started with, until its model is saved
@@ -105,7 +105,8 @@ def parse_runs(path: str | Path) -> tuple[list[Run], list[str]]:
             if "resume_from_checkpoint" in values:
                 problems.append(f"run {number}: remove resume_from_checkpoint; a batch resumes interrupted runs itself")
                 continue
-            if "output_dir" not in values:  # train's default, the current folder, is no place for one of many
+            if not str(values.get("output_dir") or "").strip():  # train's default, the current folder, is no place
+                # for one of many
                 problems.append(f"run {number}: needs its own output_dir")
                 continue
             runs.append(Run(number, from_dict(values, source=f"run {number}")))
@@ -149,6 +150,9 @@ def own_share(shard_spec: str | None) -> str | None:
     if shard_spec is not None:
         raise ConfigError("--shard: each of the launched processes already takes its own share; "
                           "drop --shard, or start one process per GPU with --shard K/N")
+    if "RANK" not in os.environ:
+        raise ConfigError(f"WORLD_SIZE is {world} but RANK is unset: start the processes with torchrun or "
+                          "`accelerate launch`, or unset WORLD_SIZE")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     for name in DISTRIBUTED_ENV:
         os.environ.pop(name, None)
@@ -190,9 +194,11 @@ def check(runs: list[Run], shard_spec: str | None = None) -> list[str]:
             continue
         record = recorded_options(run, status)
         try:
-            # an interrupted run may be given more steps, as `train --resume_from_checkpoint` may
-            more_steps = ("max_train_steps",) if status != "done" else ()
-            changed = run_changed_settings(run, record, more_steps) if record else []
+            # the record is in the run's folder, so a folder moved is the same run; an interrupted run may be
+            # given more steps, and its photos moved, as `train --resume_from_checkpoint` may (preflight compares
+            # them with its checkpoint's)
+            movable = ("output_dir",) if status == "done" else ("output_dir", "max_train_steps", "instance_data_dir")
+            changed = run_changed_settings(run, record, movable) if record else []
         except ConfigError as error:
             problems.append(str(error))
             continue
@@ -239,17 +245,27 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
         raise ConfigError(f"{len(problems)} problem(s) found before training:\n  " + "\n  ".join(problems))
     if check_only:
         return []
-    trained, failed = [], []
+    trained, failed, elsewhere = [], [], []
     pending = [run for run in runs if run.status() != "done"]
     for i, run in enumerate(pending, 1):
         log.info("[%d/%d] %s", i, len(pending), run.name)
-        cfg = run.config_to_train()
-        if cfg.resume_from_checkpoint is None:
-            run.output_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run.output_dir / STARTED_FILE, yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
         try:
-            trained.append(train(cfg))
-            (run.output_dir / STARTED_FILE).unlink(missing_ok=True)
+            # the run's folder is locked before its state is read again: another batch of the same file may
+            # have trained it, or be training it, since the plan
+            with only_run_in(run.output_dir):
+                if run.status() == "done":
+                    elsewhere.append(run.name)
+                    log.info("%s: finished meanwhile by another process; skipped", run.name)
+                    continue
+                cfg = run.config_to_train()
+                if cfg.resume_from_checkpoint is None:
+                    started = yaml.safe_dump(run.cfg.to_dict(), sort_keys=False)
+                    write_text_atomic(run.output_dir / STARTED_FILE, started)
+                trained.append(train(cfg))
+                (run.output_dir / STARTED_FILE).unlink(missing_ok=True)
+        except InUse:
+            elsewhere.append(run.name)
+            log.warning("warning: %s: being trained by another process; skipped", run.name)
         except Interrupted as stop:
             earlier = "".join(f"\n  earlier: {f}" for f in failed)
             raise Interrupted(f"{run.name}: {stop.what}", stop.signal_number,
@@ -261,7 +277,8 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
                 torch.cuda.empty_cache()
             failed.append(f"{run.name}: {error}")
             log.error("error: %s", failed[-1])
-    log.info("%d trained, %d already finished, %d failed", len(trained), len(runs) - len(pending), len(failed))
+    log.info("%d trained, %d already finished, %d trained by another process, %d failed", len(trained),
+             len(runs) - len(pending), len(elsewhere), len(failed))
     if failed:
         raise DreamBoothError(f"{len(failed)} of {len(pending)} runs failed (the others are saved):\n  "
                               + "\n  ".join(failed))

@@ -184,9 +184,10 @@ def ensure_class_images(spec: ClassImageSpec, cache_root: Path, num_images: int,
         return user_images[:num_images]
     folder = cache_folder(spec, Path(cache_root))
     paths = [_image_path(folder, i) for i in range(num_images - len(user_images))]
-    # a file that does not decode (damaged by something else: ours are written whole) is replaced, never
-    # deleted first: another process sharing the cache may be about to read it
-    missing = [i for i, path in enumerate(paths) if i % share[1] == share[0] and not _decodes(path)]
+    # a file that does not decode, or is not of the size drawn (damaged or replaced by something else: ours
+    # are written whole) is replaced, never deleted first: another process sharing the cache may be reading it
+    missing = [i for i, path in enumerate(paths)
+               if i % share[1] == share[0] and not _decodes_at(path, (spec.resolution, spec.resolution))]
     if missing:
         _generate(spec, load_pipeline(), missing, folder, batch_size, progress)
     return user_images + paths
@@ -228,12 +229,12 @@ def generate_for_model(model: Path, prompt: str, num_images: int, cache_root: Pa
                                batch_size, progress=True)
 
 
-def _decodes(path: Path) -> bool:
-    """Whether `path` is an image that decodes completely (a truncated PNG fails in `load`)."""
+def _decodes_at(path: Path, size: tuple[int, int]) -> bool:
+    """Whether `path` is an image of `size` that decodes completely (a truncated PNG fails in `load`)."""
     try:
         with Image.open(path) as image:
             image.load()
-        return True
+            return image.size == size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False
 

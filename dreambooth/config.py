@@ -448,7 +448,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             data = yaml.load(text, Loader=ConfigLoader)
     except Exception as exc:  # every parser has its own error type
-        raise ConfigError(f"{path}: cannot parse ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)  # YAML's says where; JSON's and TOML's messages do
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: cannot parse ({where}{exc.__class__.__name__}: "
+                          f"{str(exc).splitlines()[0]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

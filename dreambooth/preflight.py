@@ -272,7 +272,9 @@ def _foreign_model_in(output_dir: Path, model: Path | None, lora: bool) -> str |
         return "it is the base model's folder, which the trained model would overwrite"
     if not (output_dir / "model_index.json").is_file():
         return None
-    if not (output_dir / CONFIG_FILE).is_file():
+    # a crash between the final save's last two renames leaves the model without its config: the run's own
+    # checkpoints say the folder is ours
+    if not (output_dir / CONFIG_FILE).is_file() and checkpoints.latest(output_dir) is None:
         return "it holds a model that dreambooth did not train, which the trained model would overwrite"
     if lora:
         return "it holds a full model of an earlier run, which a LoRA's adapters would leave half replaced"

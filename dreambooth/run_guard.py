@@ -18,6 +18,10 @@ except ImportError:  # Windows has no flock: runs there are not locked against e
     fcntl = None
 
 
+class InUse(ConfigError):
+    """The output folder is locked by another dreambooth run."""
+
+
 class Interrupted(DreamBoothError):
     """SIGINT/SIGTERM during training: a checkpoint was saved; the message says how to resume."""
 
@@ -28,12 +32,15 @@ class Interrupted(DreamBoothError):
         self.exit_code = 128 + signal_number
 
 
+_held: set[Path] = set()  # the folders this process has locked (a batch locks a run's before `train` does)
+
+
 @contextlib.contextmanager
 def only_run_in(output_dir: Path):
     """One run at a time in an --output_dir: two (a batch started twice, say) would delete each other's
     checkpoints as leftovers. An flock on the folder, taken by the main process (the others write through
     it), goes with the process, so a crash never leaves it held; where the disk has no locks, none is taken."""
-    if int(os.environ.get("RANK", "0")) != 0 or fcntl is None:
+    if int(os.environ.get("RANK", "0")) != 0 or fcntl is None or output_dir.resolve() in _held:
         yield
         return
     created = not output_dir.exists()
@@ -43,12 +50,14 @@ def only_run_in(output_dir: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"--output_dir {output_dir} is in use by another dreambooth run; wait for it to "
-                              "finish, or choose another folder") from None
+            raise InUse(f"--output_dir {output_dir} is in use by another dreambooth run; wait for it to "
+                        "finish, or choose another folder") from None
         except OSError:
             pass
+        _held.add(output_dir.resolve())
         yield
     finally:
+        _held.discard(output_dir.resolve())
         os.close(fd)
         if created and not any(output_dir.iterdir()):  # refused before writing anything: leave no trace
             output_dir.rmdir()

@@ -3,6 +3,7 @@ failed run reported while the others go on."""
 
 import dataclasses
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -94,9 +95,15 @@ def test_an_interrupted_batch_resumes_where_it_stopped(tiny_sd, subject_dir, tmp
     with pytest.raises(ConfigError, match=r"run 2 .* was started with other settings \(seed: trained with 0, now 1\)") as error:
         run_batch(changed)  # not resumed into a mix of two configurations
     assert str(error.value).count("seed: trained with 0") == 1  # once, not again from its checkpoint
-    # resumed with more steps, as `train --resume_from_checkpoint` may be (the finished run keeps its own)
-    run_batch(write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {"max_train_steps": 5}), max_train_steps=4))
-    assert [row["step"] for row in runlog.read(tmp_path / "b")] == [1, 2, 3, 4, 5]
+    # the folders moved (a disk mounted elsewhere), the interrupted run's photos too: the same runs. It resumes
+    # with more steps, as `train --resume_from_checkpoint` may (the finished run keeps its own)
+    for name in "ab":
+        (tmp_path / name).rename(tmp_path / f"moved-{name}")
+    photos = shutil.copytree(subject_dir, tmp_path / "moved-photos")
+    moved = write_runs(tmp_path, tiny_sd, subject_dir, ("moved-a", {"instance_data_dir": str(subject_dir)}),
+                       ("moved-b", {"max_train_steps": 5}), max_train_steps=4, instance_data_dir=str(photos))
+    assert run_batch(moved) == [tmp_path / "moved-b"]
+    assert [row["step"] for row in runlog.read(tmp_path / "moved-b")] == [1, 2, 3, 4, 5]
 
 
 def test_shards_split_the_runs_without_overlap(tiny_sd, subject_dir, tmp_path):
@@ -236,6 +243,11 @@ def test_a_run_without_its_own_output_dir_is_a_problem(tiny_sd, subject_dir, tmp
                                               "instance_data_dir": str(subject_dir), "class_noun": "dog"}]}))
     with pytest.raises(ConfigError, match=r"run 1: needs its own output_dir"):
         read_runs(path)
+    for blank in ("", "  "):
+        path.write_text(yaml.safe_dump({"runs": [{"pretrained_model_name_or_path": str(tiny_sd), "output_dir": blank,
+                                                  "instance_data_dir": str(subject_dir), "class_noun": "dog"}]}))
+        with pytest.raises(ConfigError, match=r"run 1: needs its own output_dir"):
+            read_runs(path)
 
 
 def test_an_option_spelled_twice_in_defaults_is_one_problem(tiny_sd, subject_dir, tmp_path):
@@ -268,3 +280,52 @@ def test_class_images_already_in_the_cache_need_no_disk(tiny_sd, subject_dir, tm
     generate_for_model(tiny_sd, "a dog", 2, tmp_path / "cache", None, steps=2, guidance_scale=7.5, seed=0,
                        batch_size=2)  # two of the run's three, drawn as the run would draw them
     assert disk_needs(cfg, tiny_sd, 0)[1].lasting == before // 3
+
+
+def test_a_second_batch_of_the_same_file_never_trains_a_run_twice(tiny_sd, subject_dir, tmp_path, monkeypatch, caplog):
+    """Runs the other batch is training (their folder locked) or finished after this one planned are skipped."""
+    import fcntl
+    import logging
+    import os
+
+    from dreambooth import batch
+
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}), ("c", {}))
+    (tmp_path / "b").mkdir()
+    held = os.open(tmp_path / "b", os.O_RDONLY)  # the other batch is training b
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    trained = []
+
+    def train_and_meanwhile_the_other_finishes_c(cfg):
+        trained.append(Path(cfg.output_dir).name)
+        (tmp_path / "c").mkdir(exist_ok=True)
+        (tmp_path / "c" / "dreambooth_config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        return Path(cfg.output_dir)
+
+    monkeypatch.setattr("dreambooth.trainer.train", train_and_meanwhile_the_other_finishes_c)
+    try:
+        with caplog.at_level(logging.INFO, logger="dreambooth"):
+            assert batch.run_batch(runs) == [tmp_path / "a"]
+    finally:
+        os.close(held)
+    assert trained == ["a"] and not (tmp_path / "b" / STARTED_FILE).exists()
+    assert "run 2 (" in caplog.text and "being trained by another process; skipped" in caplog.text
+    assert "run 3 (" in caplog.text and "finished meanwhile by another process; skipped" in caplog.text
+    assert "1 trained, 0 already finished, 2 trained by another process, 0 failed" in caplog.text
+
+
+def test_a_run_killed_between_the_final_saves_last_renames_resumes(tiny_sd, subject_dir, tmp_path):
+    """The model is published, its config not yet: the run's own checkpoints say the folder is ours."""
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {"keep_checkpoints": True, "checkpointing_steps": 1}),
+                      max_train_steps=3)
+    run_batch(runs)
+    (tmp_path / "a" / "dreambooth_config.yaml").unlink()
+    assert f"run 1 ({tmp_path / 'a'}): to resume from checkpoint-2" in plan(read_runs(runs))
+    assert run_batch(runs) == [tmp_path / "a"] and (tmp_path / "a" / "dreambooth_config.yaml").is_file()
+
+
+def test_a_launch_environment_without_rank_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="WORLD_SIZE is 2 but RANK is unset"):
+        run_batch(tmp_path / "runs.yaml")

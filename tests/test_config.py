@@ -230,6 +230,9 @@ def test_yaml_config_files_mean_what_they_say(tmp_path):
     (tmp_path / "run.json").write_text('{"seed": 1, "seed": 2}')
     with pytest.raises(ConfigError, match="seed given twice"):
         read_config_file(tmp_path / "run.json")
+    file.write_text("seed: 1\nvalidation_prompts: [a dog\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: cannot parse \(line 3, column 1: ParserError"):
+        read_config_file(file)  # where, not only what
     file.write_text("no_prior_preservation: true\n")
     with pytest.raises(ConfigError, match="write with_prior_preservation: false for no_prior_preservation"):
         from_dict({**REQUIRED, **read_config_file(file)})
