@@ -103,7 +103,7 @@ def cmd_batch(args: argparse.Namespace) -> None:
     if outputs:
         print(f"saved {len(outputs)} personalized model(s)" + "".join(f"\n  {out}" for out in outputs))
     else:
-        print("nothing left to train: every run is finished")
+        print("no run left to train here (the line above counts them)")
 
 
 def checked_model(path: str | Path) -> Path:

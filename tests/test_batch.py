@@ -33,7 +33,7 @@ def test_runs_train_once_and_a_changed_setting_is_refused(tiny_sd, subject_dir, 
     assert main(["batch", str(runs)]) == 0
     assert capsys.readouterr().out.startswith("saved 2 personalized model(s)\n")
     assert main(["batch", str(runs)]) == 0
-    assert capsys.readouterr().out == "nothing left to train: every run is finished\n"
+    assert capsys.readouterr().out == "no run left to train here (the line above counts them)\n"
     assert [len(runlog.read(tmp_path / n)) for n in "ab"] == [2, 2]
     assert (tmp_path / "b" / "pytorch_lora_weights.safetensors").is_file()
     assert not (tmp_path / "a" / STARTED_FILE).exists()  # the start record goes once the model is saved
