@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 from dreambooth.config import (GenerationPrecision, TrainConfig, config_types, default_of, field_keys, flag_spellings,
-                               from_dict, read_config_file, typed_values)
+                               from_dict, read_config_file, typed_values, without_none)
 from dreambooth.diffusers_flags import DIFFUSERS_NO_OPS, EPOCHS_REFUSED, add_diffusers_flags
 from dreambooth.errors import (ConfigError, finite_float, non_negative_int, positive_int, run_command,
                                writable_folder)
@@ -29,8 +29,7 @@ BASE_HELP = "a LoRA folder's base model (default: the one it was trained on, as 
 
 def metavar_of(name: str, hint) -> str:
     """{a,b,c} for an option of fixed choices, as argparse shows choices; else NAME."""
-    if type(None) in get_args(hint):  # Optional[X]
-        (hint,) = [a for a in get_args(hint) if a is not type(None)]
+    hint = without_none(hint)
     return "{" + ",".join(get_args(hint)) + "}" if get_origin(hint) is Literal else name.upper()
 
 

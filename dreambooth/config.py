@@ -274,6 +274,14 @@ LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules"
                 "lora_format")
 
 
+def without_none(hint: Any) -> Any:
+    """X of an Optional[X] (X | None) field's type; any other type as it is."""
+    if type(None) not in get_args(hint):
+        return hint
+    (inner,) = [a for a in get_args(hint) if a is not type(None)]
+    return inner
+
+
 def _coerce(name: str, hint: Any, value: Any) -> Any:
     """Turn a YAML/TOML/CLI value into the field's type, or raise naming the field."""
     origin, args = get_origin(hint), get_args(hint)
@@ -281,8 +289,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         if type(None) in args:
             return None
         raise ConfigError(f"--{name}: a value is required")
-    if args and type(None) in args:  # Optional[X]
-        (hint,) = [a for a in args if a is not type(None)]
+    if type(None) in args:  # Optional[X]
+        hint = without_none(hint)
         if hint is not str and isinstance(value, str) and value.lower() == "none":  # --checkpoints_total_limit none
             return None
         origin, args = get_origin(hint), get_args(hint)

@@ -1,8 +1,8 @@
 """Prompt fidelity (paper Sec. 4.1): how well images follow their prompt.
 
 The paper's CLIP-T is the cosine between the CLIP text embedding of the prompt and each image's CLIP image
-embedding, averaged; the prompt is read without the identifier, the usual convention (the paper does not say). Any `PromptScorer` can stand in, e.g. the toy world's
-judge, which knows what each prompt asks for.
+embedding, averaged; the prompt is read without the identifier, the usual convention (the paper does not
+say). Any `PromptScorer` can stand in, e.g. the toy world's judge, which knows what each prompt asks for.
 """
 
 from __future__ import annotations
