@@ -88,6 +88,19 @@ def finite_float(text: str) -> float:
     return value
 
 
+def torch_device(text: str) -> str:
+    """argparse type for --device: one this machine has, so 'cuda' without a GPU is refused at once."""
+    import torch
+
+    try:
+        torch.empty(0, device=text)
+    except (RuntimeError, AssertionError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = f"{text!r} is not a device of this machine ({reason}); give e.g. cpu"
+        raise argparse.ArgumentTypeError(message) from None
+    return text
+
+
 def writable_folder(path: str | Path, option: str) -> Path:
     """`path` as a folder that exists, created now, before any work: a file in the way or a place that
     cannot be written is a one-line error naming `option`, not a traceback after minutes of sampling."""

@@ -176,7 +176,12 @@ def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, allow_pi
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, safety_checker=None, requires_safety_checker=False,
                                              **_weights_kwargs(folder, "unet", "vae"))
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return pipe.to(device or default_device())
+
+
+def default_device() -> str:
+    """The GPU if there is one: where sampling and the toy world's training run unless told otherwise."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def tokenize(tokenizers: list[CLIPTokenizer], prompts: list[str]) -> list[torch.Tensor]:

@@ -62,14 +62,15 @@ def rendered_batch(split: str, n: int, rng: np.random.Generator, augment: bool, 
 
 
 class RenderedBatches(torch.utils.data.IterableDataset):
-    """Endless augmented batches of train-item renders; drawn in a worker process, since rendering
-    and degrading a batch costs about as much as the judge's step on it."""
+    """Endless augmented batches of train-item renders; drawn in worker processes, since rendering
+    and degrading a batch costs about as much as the judge's step on it (each worker draws its own)."""
 
     def __init__(self, batch: int, seed: int, two_tone_fraction: float) -> None:
         self.batch, self.seed, self.two_tone_fraction = batch, seed, two_tone_fraction
 
     def __iter__(self):
-        rng = np.random.default_rng(self.seed)
+        worker = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(self.seed if worker is None or worker.id == 0 else [self.seed, worker.id])
         while True:
             pixels, targets = rendered_batch("train", self.batch, rng, augment=True, two_tone_fraction=self.two_tone_fraction)
             flip = torch.from_numpy(rng.random(self.batch) < 0.5)  # clothes read the same mirrored
@@ -77,7 +78,7 @@ class RenderedBatches(torch.utils.data.IterableDataset):
 
 
 def train(out: Path, steps: int = 9000, batch: int = 64, width: int = WIDTH, seed: int = 0, workers: int = 1,
-          two_tone_fraction: float = TWO_TONE_FRACTION) -> Judge:
+          two_tone_fraction: float = TWO_TONE_FRACTION, device: str = "cpu") -> Judge:
     torch.manual_seed(seed)
     data = RenderedBatches(batch, seed, two_tone_fraction)
     batches = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers)
@@ -86,7 +87,7 @@ def train(out: Path, steps: int = 9000, batch: int = 64, width: int = WIDTH, see
         logits = judge(pixels)
         return sum(nn.functional.cross_entropy(logits[k], targets[k], label_smoothing=0.1) for k in HEADS)
 
-    judge = fit(Judge(width), batches, loss, steps, lr=2e-3)
+    judge = fit(Judge(width), batches, loss, steps, lr=2e-3, device=device)
     save(judge, out, steps=steps, batch=batch, width=width, seed=seed, two_tone_fraction=two_tone_fraction)
     return judge
 
@@ -151,15 +152,17 @@ class JudgeScorer:
 
 
 def main() -> None:
-    parser, t, _ = command_line(__doc__, "judge", JUDGE_DIR, steps=9000)
+    parser, t, _ = command_line(__doc__, "judge", JUDGE_DIR, steps=9000, batch=64)
     t.add_argument("--width", type=positive_int, default=WIDTH, help="channels of the first stage (x2, x2, x4 after)")
+    t.add_argument("--workers", type=positive_int, default=1, help="processes that render the training batches")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # a place train cannot write to, or no Fashion-MNIST, is found now, not after (or inside) the training
     folder = writable_folder(args.out, "--out") if args.command == "train" else args.judge
     for split in ("train", "test") if args.command == "train" else ("test",):  # accuracy reads the test items
         fashion_mnist.load(split)
-    judge = train(folder, args.steps, width=args.width) if args.command == "train" else load(folder)
+    judge = (train(folder, args.steps, args.batch, args.width, workers=args.workers, device=args.device)
+             if args.command == "train" else load(folder))
     result = {"clean": accuracy(judge.eval()), "degraded": accuracy(judge, augment=True),
               "two-toned (like the subjects)": accuracy(judge, two_toned=True),
               "train items (how well it fits)": accuracy(judge, split="train")}

@@ -78,7 +78,8 @@ def rendered_batch(split: str, n: int, rng: np.random.Generator, augment: bool, 
     return pixels, masks
 
 
-def train(out: Path, steps: int = 3000, batch: int = 32, width: int = WIDTH, seed: int = 0) -> Locator:
+def train(out: Path, steps: int = 3000, batch: int = 32, width: int = WIDTH, seed: int = 0,
+          device: str = "cpu") -> Locator:
     """Per-pixel cross-entropy against the render's soft mask."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -88,7 +89,7 @@ def train(out: Path, steps: int = 3000, batch: int = 32, width: int = WIDTH, see
     def loss(locator: Locator, pixels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(locator(pixels), masks)
 
-    locator = fit(Locator(width), batches, loss, steps, lr=3e-3)
+    locator = fit(Locator(width), batches, loss, steps, lr=3e-3, device=device)
     recipe = {"steps": steps, "batch": batch, "width": width, "seed": seed, "two_tone_fraction": TWO_TONE_FRACTION}
     save_weights(locator, out / "locator.safetensors", recipe)
     return locator
@@ -185,7 +186,7 @@ def crop_sheet(locator: Locator, folders: list[Path], out: Path, per_folder: int
 
 
 def main() -> None:
-    parser, _, a = command_line(__doc__, "locator", LOCATOR_DIR, steps=3000)
+    parser, _, a = command_line(__doc__, "locator", LOCATOR_DIR, steps=3000, batch=32)
     a.add_argument("--sheet", type=Path, help="also draw images and their object crops here (PNG)")
     a.add_argument("--images", type=Path, nargs="+", help="folders of images for --sheet (e.g. generated ones)")
     args = parser.parse_args()
@@ -202,7 +203,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     # a place train cannot write to is found now, not after its minutes of training
     folder = writable_folder(args.out, "--out") if args.command == "train" else args.locator
-    locator = train(folder, args.steps) if args.command == "train" else load(folder)
+    locator = train(folder, args.steps, args.batch, device=args.device) if args.command == "train" else load(folder)
     if args.command == "accuracy" and args.sheet:
         crop_sheet(locator, args.images, args.sheet)
     result = {"clean": accuracy(locator), "degraded": accuracy(locator, augment=True),

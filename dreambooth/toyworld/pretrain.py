@@ -6,6 +6,8 @@ Stages, each resumable from the newest checkpoint in --work: render the data set
 *train* items only) -> train the VAE -> encode every scene once -> train the text encoder and
 UNet jointly on captioned latents (DDPM epsilon objective, optionally min-SNR weighted; captions
 dropped for CFG) -> fine-tune the VAE decoder on one- and two-toned objects, encoder frozen -> save.
+The stages train on --device (the GPU if there is one); random draws stay on the CPU, one stream
+on any device. A GPU takes a larger --unet_batch (docs/toyworld.md, "More training on a GPU").
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic, write_text_atomic
 from dreambooth.diffusion import loss_weights, sample_noise, training_target
-from dreambooth.errors import DataError, positive_int, run_command, writable_folder
+from dreambooth.errors import DataError, finite_float, positive_int, run_command, torch_device, writable_folder
 from dreambooth.export import staged
-from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config
+from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config, default_device
 from dreambooth.toyworld import captions, fashion_mnist, world
 from dreambooth.toyworld.model_card import CONFIG_FILE, QUALITY_FILE, write_model_card
 
@@ -139,7 +141,7 @@ class Checkpointer:
         for name, module in modules.items():
             module.load_state_dict(load_file(final / f"{name}.safetensors"))
         if optimizer is not None:
-            optimizer.load_state_dict(torch.load(final / "optimizer.pt", weights_only=True))
+            optimizer.load_state_dict(torch.load(final / "optimizer.pt", map_location="cpu", weights_only=True))
         return json.loads((final / "step.json").read_text())["step"]
 
 
@@ -163,12 +165,13 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (recon - x).abs().mean() + (recon - x).pow(2).mean()
 
 
-def train_vae(cfg: PretrainConfig, vae: AutoencoderKL, images: np.ndarray, ckpt: Checkpointer, log) -> None:
+def train_vae(cfg: PretrainConfig, vae: AutoencoderKL, images: np.ndarray, ckpt: Checkpointer, log,
+              device: str = "cpu") -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     start = ckpt.load({"vae": vae}, opt)
     for step in range(start, cfg.vae_steps):
         rng = np.random.default_rng([cfg.seed, 1, step])
-        x = _to_pixels(images[rng.integers(0, len(images), cfg.vae_batch)])
+        x = _to_pixels(images[rng.integers(0, len(images), cfg.vae_batch)]).to(device)
         dist = vae.encode(x).latent_dist
         recon = vae.decode(dist.sample(generator=torch.Generator().manual_seed(step))).sample
         loss = reconstruction_loss(recon, x) + cfg.kl_weight * dist.kl().mean()
@@ -176,14 +179,14 @@ def train_vae(cfg: PretrainConfig, vae: AutoencoderKL, images: np.ndarray, ckpt:
 
 
 @torch.no_grad()
-def encode_dataset(vae: AutoencoderKL, images: np.ndarray, path: Path) -> torch.Tensor:
+def encode_dataset(vae: AutoencoderKL, images: np.ndarray, path: Path, device: str = "cpu") -> torch.Tensor:
     """Latent means and stds of every scene, (N, 8, 16, 16) fp16, so UNet steps skip the VAE."""
     if path.is_file():
         return load_file(path)["moments"]
     moments = []
     for start in range(0, len(images), 256):
-        dist = vae.encode(_to_pixels(images[start:start + 256])).latent_dist
-        moments.append(torch.cat([dist.mean, dist.std], 1).half())
+        dist = vae.encode(_to_pixels(images[start:start + 256]).to(device)).latent_dist
+        moments.append(torch.cat([dist.mean, dist.std], 1).half().cpu())
     moments = torch.cat(moments).contiguous()
     save_file_atomic({"moments": moments}, path)
     return moments
@@ -214,7 +217,7 @@ def denoising_loss(cfg: PretrainConfig, pred: torch.Tensor, target: torch.Tensor
 
 
 def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scaling: float, text_encoder, unet,
-                   tokenizer, ckpt: Checkpointer, log) -> None:
+                   tokenizer, ckpt: Checkpointer, log, device: str = "cpu") -> None:
     if cfg.object_weight and "object_cover" not in data:
         raise DataError("--object_weight: scenes.npz in --work was rendered without the objects' masks; "
                         "delete it to render them again")
@@ -228,19 +231,19 @@ def train_denoiser(cfg: PretrainConfig, data: dict, moments: torch.Tensor, scali
         gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
         index = rng.integers(0, len(moments), cfg.unet_batch)
         mean, std = moments[index].float().chunk(2, dim=1)
-        latents = (mean + std * torch.randn(mean.shape, generator=gen)) * scaling
+        latents = ((mean + std * torch.randn(mean.shape, generator=gen)) * scaling).to(device)
         prompts = [captions.caption(nouns[data["labels"][i]], colors[data["colors"][i]],
                                     world.CONTEXTS[data["contexts"][i]], rng) for i in index]
         ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=cfg.context_length,
-                        return_tensors="pt").input_ids
-        noise = sample_noise(latents, 0.0, gen)
-        t = torch.randint(0, 1000, (len(index),), generator=gen)
+                        return_tensors="pt").input_ids.to(device)
+        noise = sample_noise(latents, 0.0, gen)  # drawn on the CPU, as are t and the latents: one stream on any device
+        t = torch.randint(0, 1000, (len(index),), generator=gen).to(device)
         for group in opt.param_groups:
             group["lr"] = unet_rate(cfg, step)
         pred = unet(sched.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
         target = training_target(sched.config.prediction_type, latents, noise, sched.alphas_cumprod, t)
         weights = loss_weights(cfg.snr_gamma, sched.alphas_cumprod, t, sched.config.prediction_type)
-        cover = torch.from_numpy(data["object_cover"][index]) if cfg.object_weight else None
+        cover = torch.from_numpy(data["object_cover"][index]).to(device) if cfg.object_weight else None
         loss = denoising_loss(cfg, pred, target, weights, cover)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
@@ -262,7 +265,7 @@ def decoder_batch(cfg: PretrainConfig, items: np.ndarray, labels: np.ndarray, rn
     return _to_pixels(np.stack(images))
 
 
-def train_decoder(cfg: PretrainConfig, vae: AutoencoderKL, ckpt: Checkpointer, log) -> None:
+def train_decoder(cfg: PretrainConfig, vae: AutoencoderKL, ckpt: Checkpointer, log, device: str = "cpu") -> None:
     """Fine-tune the VAE decoder alone, on one- and two-toned objects.
 
     The first stage's short run blurs an object's own look (thin stripes average into one color), so
@@ -279,7 +282,7 @@ def train_decoder(cfg: PretrainConfig, vae: AutoencoderKL, ckpt: Checkpointer, l
     items, labels = fashion_mnist.load("train")
     for step in range(start, cfg.decoder_steps):
         rng = np.random.default_rng([cfg.seed, 3, step])
-        x = decoder_batch(cfg, items, labels, rng)
+        x = decoder_batch(cfg, items, labels, rng).to(device)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(step))
         recon = vae.decode(latents).sample
@@ -347,7 +350,7 @@ def check_work(cfg: PretrainConfig, work: Path) -> None:
     write_text_atomic(record, json.dumps(now, indent=2))
 
 
-def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
+def pretrain(cfg: PretrainConfig, out: Path, work: Path, device: str = "cpu") -> None:
     """Every stage in order; each resumes from its checkpoint in `work`, or is skipped when done.
     `cfg.vae_from` (a pipeline folder, recorded in the model's config) supplies the VAE as is, so only
     the UNet and text encoder train: a recipe tried on the latents the shipped model was trained on,
@@ -356,20 +359,20 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path) -> None:
     check_work(cfg, work)
     log = LossLog(work / "losses.csv")
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
-    vae, text_encoder, unet = build_models(cfg)
+    vae, text_encoder, unet = (model.to(device) for model in build_models(cfg))
     data = render_dataset(cfg, work / "scenes.npz")
     if cfg.vae_from is None:
-        train_vae(cfg, vae, data["images"], Checkpointer(work, "vae"), log)
+        train_vae(cfg, vae, data["images"], Checkpointer(work, "vae"), log, device)
     else:
         vae.load_state_dict(load_file(Path(cfg.vae_from) / VAE_WEIGHTS))
     vae.eval()
-    moments = encode_dataset(vae, data["images"], work / "moments.safetensors")
+    moments = encode_dataset(vae, data["images"], work / "moments.safetensors", device)
     vae.register_to_config(scaling_factor=float(1 / moments[:, :4].float().std()))
     train_denoiser(cfg, data, moments, vae.config.scaling_factor, text_encoder, unet, tokenizer,
-                   Checkpointer(work, "denoiser"), log)
+                   Checkpointer(work, "denoiser"), log, device)
     if cfg.vae_from is None:
-        train_decoder(cfg, vae, Checkpointer(work, "decoder"), log)
-    save_pipeline(cfg, vae, text_encoder, unet, out)
+        train_decoder(cfg, vae, Checkpointer(work, "decoder"), log, device)
+    save_pipeline(cfg, vae.cpu(), text_encoder.cpu(), unet.cpu(), out)
 
 
 def main() -> None:
@@ -386,12 +389,22 @@ def main() -> None:
                         help="also add attention-pooled text to the UNet's time embedding (addition_embed_type 'text')")
     parser.add_argument("--vae_from", "--vae-from", type=Path, default=None,
                         help="a pipeline folder whose VAE is used as is; only the UNet and text encoder train")
+    parser.add_argument("--unet_batch", "--unet-batch", type=positive_int, default=PretrainConfig.unet_batch,
+                        help="scenes per UNet step (a GPU takes far more than the 2-core default's)")
+    parser.add_argument("--unet_lr", "--unet-lr", type=finite_float, default=PretrainConfig.unet_lr,
+                        help="the UNet's and text encoder's peak learning rate")
+    parser.add_argument("--unet_decay_steps", "--unet-decay-steps", type=positive_int,
+                        default=PretrainConfig.unet_decay_steps, help="each cycle's linear decay to zero, in steps")
+    parser.add_argument("--device", type=torch_device, default=default_device(),
+                        help="where the parts train (default: the GPU if there is one)")
     parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     cycles = tuple(args.unet_cycles)
-    if list(cycles) != sorted(set(cycles)) or cycles[0] <= PretrainConfig.unet_decay_steps:
+    if list(cycles) != sorted(set(cycles)) or cycles[0] <= args.unet_decay_steps:
         parser.error(f"--unet_cycles {' '.join(map(str, cycles))}: give increasing step counts, "
-                     f"the first above {PretrainConfig.unet_decay_steps}")
+                     f"the first above --unet_decay_steps {args.unet_decay_steps}")
+    if args.unet_lr <= 0:
+        parser.error(f"--unet_lr {args.unet_lr}: give a rate above 0 (3e-4 is the default)")
     if args.snr_gamma is not None and not 0 < args.snr_gamma < math.inf:  # nan too
         parser.error(f"--snr_gamma {args.snr_gamma}: give a value above 0 (5 is typical), or leave it out")
     if not 0 <= args.object_weight < math.inf:
@@ -399,11 +412,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     vae_from = str(args.vae_from.expanduser().resolve()) if args.vae_from else None  # one spelling, for recipe.json
     cfg = replace(PretrainConfig(), unet_cycles=cycles, snr_gamma=args.snr_gamma, object_weight=args.object_weight,
-                  pooled_text=args.pooled_text, vae_from=vae_from)
+                  pooled_text=args.pooled_text, vae_from=vae_from, unet_batch=args.unet_batch, unet_lr=args.unet_lr,
+                  unet_decay_steps=args.unet_decay_steps)
     if args.vae_from is not None and not (args.vae_from / VAE_WEIGHTS).is_file():
         parser.error(f"--vae_from {args.vae_from}: no {VAE_WEIGHTS} there; give a pipeline folder such as the shipped model")
     writable_folder(args.out, "--out")  # now, not after three hours of training
-    pretrain(cfg, args.out, args.work.expanduser())
+    pretrain(cfg, args.out, args.work.expanduser(), args.device)
     print(f"saved {args.out}")
 
 

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dreambooth.atomic import save_file_atomic
-from dreambooth.errors import ModelError, positive_int
+from dreambooth.errors import ModelError, positive_int, torch_device
+from dreambooth.models import default_device
 from dreambooth.toyworld import fashion_mnist, world
 
 
@@ -51,20 +52,31 @@ def random_scenes(split: str, n: int, rng: np.random.Generator,
         yield world.two_toned(scene, rng) if two_tone_fraction and rng.random() < two_tone_fraction else scene
 
 
+def on_device(batch, device: str):
+    """A batch's tensors (alone, or in a tuple or a dict) moved to `device`."""
+    if isinstance(batch, dict):
+        return {k: on_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(on_device(v, device) for v in batch)
+    return batch.to(device)
+
+
 def fit(model: nn.Module, batches: Iterable[tuple], loss: Callable[..., torch.Tensor], steps: int,
-        lr: float) -> nn.Module:
-    """`steps` AdamW steps on `loss(model, *batch)`, the learning rate in one cycle peaking at `lr`."""
+        lr: float, device: str = "cpu") -> nn.Module:
+    """`steps` AdamW steps on `loss(model, *batch)`, the learning rate in one cycle peaking at `lr`;
+    trained on `device`, returned on the CPU, where it is read and saved."""
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     for step, batch in zip(range(steps), batches):
-        value = loss(model, *batch)
+        value = loss(model, *on_device(batch, device))
         value.backward()
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         if (step + 1) % 100 == 0:
             print(f"step {step + 1}/{steps} loss {value.item():.4f}", flush=True)
-    return model.eval()
+    return model.cpu().eval()
 
 
 def save_weights(model: nn.Module, file: Path, recipe: dict) -> None:
@@ -84,14 +96,18 @@ def load_weights(build: Callable[[int], nn.Module], file: Path, first_conv: str)
     return model.eval()
 
 
-def command_line(doc: str, name: str, folder: Path, steps: int) -> tuple[argparse.ArgumentParser, ...]:
-    """A reader's command line and its two commands: `train --out --steps`, and `accuracy --<name>` of
-    a trained one; both take --threads. Returned as (parser, train, accuracy) for each to add its own."""
+def command_line(doc: str, name: str, folder: Path, steps: int, batch: int) -> tuple[argparse.ArgumentParser, ...]:
+    """A reader's command line and its two commands: `train --out --steps --batch --device`, and
+    `accuracy --<name>` of a trained one; both take --threads. Returned as (parser, train, accuracy)
+    for each to add its own."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train")
     train.add_argument("--out", type=Path, default=folder)
     train.add_argument("--steps", type=positive_int, default=steps)
+    train.add_argument("--batch", type=positive_int, default=batch, help="renders per step")
+    train.add_argument("--device", type=torch_device, default=default_device(),
+                       help="where it trains (default: the GPU if there is one); it is read and saved on the CPU")
     accuracy = sub.add_parser("accuracy")
     accuracy.add_argument(f"--{name}", type=Path, default=folder)
     accuracy.add_argument("--record", action="store_true",

@@ -1,4 +1,5 @@
-"""A judge of any width loads back from its weights alone, and is scored on the split asked for."""
+"""A judge of any width loads back from its weights alone, is scored on the split asked for, and
+learns from renders that differ from one rendering worker to the next."""
 
 import math
 
@@ -27,3 +28,16 @@ def test_accuracy_scores_renders_of_the_split_asked_for(monkeypatch):
     for split, scored in (("train", "boot"), ("test", "t-shirt")):
         by_class = judge.accuracy(narrow, n=4, split=split)["class, by class"]
         assert [noun for noun, value in by_class.items() if not math.isnan(value)] == [scored]
+
+
+def test_each_rendering_worker_draws_its_own_batches_and_the_first_those_of_one_process(monkeypatch):
+    """Workers seeded alike would hand the judge the same renders several times over; the first keeps
+    the stream a single process draws, so the shipped judge's recipe (one worker) is unchanged."""
+    items = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    monkeypatch.setattr(fashion_mnist, "load", lambda split: (items, np.arange(8, dtype=np.uint8)))
+    data = judge.RenderedBatches(batch=2, seed=0, two_tone_fraction=0.5)
+    alone = next(iter(data))[0]
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    batches = iter(loader)
+    first, second = next(batches)[0], next(batches)[0]  # workers take turns: worker 0, then worker 1
+    assert torch.equal(first, alone) and not torch.equal(first, second)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from dreambooth.errors import ModelError
 from dreambooth.toyworld import locator, world
@@ -98,9 +99,10 @@ def test_saved_locator_loads_at_its_own_width(tmp_path, monkeypatch):
 def test_the_train_command_trains_saves_and_scores(tmp_path, monkeypatch):
     monkeypatch.setattr(locator, "rendered_batch", lambda *a, **k: (torch.zeros(2, 3, 64, 64), torch.zeros(2, 64, 64)))
     monkeypatch.setattr(locator, "accuracy", lambda *a, **k: 0.5)
-    monkeypatch.setattr(sys, "argv", ["locator", "train", "--out", str(tmp_path), "--steps", "1"])
+    monkeypatch.setattr(sys, "argv", ["locator", "train", "--out", str(tmp_path), "--steps", "1", "--batch", "3"])
     locator.main()
-    assert (tmp_path / "locator.safetensors").is_file()
+    with safe_open(tmp_path / "locator.safetensors", "pt") as weights:
+        assert weights.metadata()["batch"] == "3"
     assert json.loads((tmp_path / "accuracy.json").read_text())["mean IoU on held-out renders"]["clean"] == 0.5
 
 

@@ -180,9 +180,25 @@ def test_a_work_folder_holds_one_recipe_and_may_only_gain_unet_cycles(tmp_path):
             pretrain.check_work(replace(cfg, **{"unet_cycles": (3000, 6000, 9000), **changed}), tmp_path)
 
 
-@pytest.mark.parametrize("flag", [["--snr_gamma", "nan"], ["--object_weight", "inf"]])
-def test_a_number_that_is_no_number_is_refused_before_any_work(flag, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("flag", [["--snr_gamma", "nan"], ["--object_weight", "inf"], ["--unet_lr", "0"],
+                                  ["--unet_lr", "nan"], ["--unet_cycles", "1500", "--unet_decay_steps", "1500"],
+                                  ["--unet_batch", "0"], ["--device", "nonesuch"]])
+def test_a_setting_that_cannot_work_is_refused_before_any_work(flag, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["pretrain", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), *flag])
     with pytest.raises(SystemExit):
         pretrain.main()
     assert flag[0] in capsys.readouterr().err and not (tmp_path / "w").exists()
+
+
+def test_the_unet_stage_settings_and_device_reach_the_recipe(tmp_path, monkeypatch):
+    """A GPU takes a larger batch at another rate; the recipe records them, so a --work folder is
+    resumed only by the same ones."""
+    ran = {}
+    monkeypatch.setattr(pretrain, "pretrain", lambda cfg, out, work, device: ran.update(cfg=cfg, device=device))
+    monkeypatch.setattr("sys.argv", ["pretrain", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
+                                     "--unet_batch", "256", "--unet_lr", "6e-4", "--unet_decay_steps", "500",
+                                     "--unet_cycles", "1125", "2500", "--device", "cpu"])
+    pretrain.main()
+    assert ran["device"] == "cpu"
+    assert ran["cfg"] == replace(pretrain.PretrainConfig(), unet_batch=256, unet_lr=6e-4, unet_decay_steps=500,
+                                 unet_cycles=(1125, 2500))
