@@ -22,6 +22,7 @@ import dataclasses
 import gc
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,9 +267,11 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
         except InUse:
             elsewhere.append(run.name)
             log.warning("warning: %s: being trained by another process; skipped", run.name)
-        except Interrupted as stop:
+        except (Interrupted, KeyboardInterrupt) as stop:  # the latter at once: loading, class images, a second signal
             earlier = "".join(f"\n  earlier: {f}" for f in failed)
-            raise Interrupted(f"{run.name}: {stop.what}", stop.signal_number,
+            number = getattr(stop, "signal_number", signal.SIGINT)
+            what = stop.what if isinstance(stop, Interrupted) else f"interrupted at once by {signal.Signals(number).name}"
+            raise Interrupted(f"{run.name}: {what}", number,
                               "the same `dreambooth batch` command goes on from there" + earlier) from None
         except (DreamBoothError, torch.OutOfMemoryError) as error:
             if isinstance(error, torch.OutOfMemoryError):

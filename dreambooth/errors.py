@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +30,13 @@ class ModelError(DreamBoothError):
     """A model folder is missing, incomplete or not loadable."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM where training's loop does not take it (loading a model, drawing class images, sampling):
+    the command stops at once, as on Ctrl-C, with its `finally` blocks run, rather than being killed."""
+
+    signal_number = signal.SIGTERM
+
+
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -45,16 +55,35 @@ OUT_OF_MEMORY = ("out of device memory; try --gradient_checkpointing, --mixed_pr
                  "--train_batch_size (train), a smaller --batch_size (generate)")
 
 
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While the block runs, SIGTERM raises `Terminated` as SIGINT raises KeyboardInterrupt (signal
+    handlers live in the main thread only: elsewhere, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number: int, frame) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(command: Callable[[], object]) -> int:
     """The exit code of `command`: 0, or 2 with `error: <message>` on stderr for a user mistake."""
     try:
-        command()
+        with sigterm_interrupts():
+            command()
     except DreamBoothError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training's loop
+    except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM, or one outside training's loop
         print("interrupted at once, saving nothing more", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signal_number", signal.SIGINT)
     except OSError as exc:
         if exc.errno not in DISK_FULL:
             raise

@@ -13,7 +13,7 @@ import yaml
 from dreambooth import runlog
 from dreambooth.batch import STARTED_FILE, plan, read_runs, run_batch, shard
 from dreambooth.cli import main
-from dreambooth.errors import ConfigError, DreamBoothError
+from dreambooth.errors import ConfigError, DreamBoothError, Terminated
 from dreambooth.run_guard import Interrupted
 from dreambooth.trainer import Trainer
 
@@ -126,6 +126,21 @@ def test_a_signal_during_the_final_save_stops_the_batch_after_it(tiny_sd, subjec
     with pytest.raises(Interrupted, match=r"run 1 .*stopped by SIGTERM after saving"):
         run_batch(runs)
     assert (tmp_path / "a" / "dreambooth_config.yaml").is_file() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("stop, code", [(KeyboardInterrupt, 130), (Terminated, 143)])
+def test_a_signal_before_training_takes_it_stops_the_batch_saying_it_goes_on(stop, code, tiny_sd, subject_dir,
+                                                                              tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM while a run loads or draws its class images stops at once; the batch says
+    that the same command goes on, as it does for a signal during training."""
+    def interrupted(cfg):
+        raise stop
+
+    monkeypatch.setattr("dreambooth.trainer.train", interrupted)
+    with pytest.raises(Interrupted, match="run 1 .*interrupted at once by SIG.*the same `dreambooth batch` command goes on") \
+            as raised:
+        run_batch(write_runs(tmp_path, tiny_sd, subject_dir, ("a", {})))
+    assert raised.value.exit_code == code
 
 
 def test_publish_moves_the_config_last(tmp_path, monkeypatch):

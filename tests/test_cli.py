@@ -2,10 +2,13 @@
 
 import argparse
 import logging
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -13,6 +16,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from dreambooth.cli import build_parser, main
+from dreambooth.errors import run_command
 
 
 def test_train_generate_identifier_and_class_cache_reuse(tiny_sd, subject_dir, tmp_path, capsys, caplog):
@@ -263,3 +267,16 @@ def test_train_never_overwrites_the_base_model_or_a_model_it_did_not_train(tiny_
     (foreign / "dreambooth_config.yaml").write_text("{}")  # as an earlier full fine-tune left it
     assert main([*common, "--output_dir", str(foreign), "--lora"]) == 2
     assert "a LoRA's adapters would leave half replaced" in capsys.readouterr().err
+
+
+def test_sigterm_outside_training_stops_at_once_with_one_line_and_exit_143(capsys):
+    """As Ctrl-C does (exit 130): `finally` blocks run, instead of the process being killed silently."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    def command():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+
+    assert run_command(command) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "interrupted at once, saving nothing more\n"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -1,5 +1,6 @@
 """kill -9 at random moments of a real training process, then resume: the result equals an
-uninterrupted run, and no half-written checkpoint, class image or model is ever trusted."""
+uninterrupted run, and no half-written checkpoint, class image or model is ever trusted. SIGTERM saves
+a checkpoint in training's loop and stops at once before it, keeping what is written whole."""
 
 import os
 import random
@@ -7,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from PIL import Image
 
 from dreambooth import checkpoints, runlog
 from dreambooth.trainer import train
@@ -65,3 +68,21 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny_sd, subject_dir,
     assert proc.returncode == 128 + signal.SIGTERM
     assert "--resume_from_checkpoint latest" in err and "Traceback" not in err
     assert checkpoints.latest(out) is not None
+
+
+def test_sigterm_while_class_images_are_drawn_stops_at_once_with_one_line_and_whole_images(tiny_sd, subject_dir,
+                                                                                          tmp_path):
+    cmd = [sys.executable, "-m", "dreambooth.cli", "train", *args(tiny_sd, subject_dir, tmp_path),
+           "--num_class_images", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cache = tmp_path / "cache"
+    while not any(cache.rglob("*.png")):  # wait until class images are being drawn
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.splitlines()[-1] == "interrupted at once, saving nothing more" and "Traceback" not in err
+    drawn = sorted(cache.rglob("*.png"))
+    assert drawn and all(Image.open(png).load() for png in drawn)  # every image written whole
+    assert not [f for f in cache.rglob("*") if f.is_file() and f.suffix not in (".png", ".json")]
