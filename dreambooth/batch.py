@@ -78,6 +78,8 @@ def read_runs(path: str | Path) -> list[Run]:
 def parse_runs(path: str | Path) -> tuple[list[Run], list[str]]:
     """The runs whose options are valid, and the problems of the others (a problem of `defaults` once)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; pass the batch file (YAML) itself, e.g. {path / 'runs.yaml'}")
     if not path.is_file():
         raise ConfigError(f"{path}: no such batch file; see `dreambooth batch --help` for its layout")
     data = read_config_file(path)
@@ -240,7 +242,8 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
     runs = shard(every_run, shard_spec)
     if not runs and not problems:
         log.warning("warning: share %s holds no run of %s", shard_spec, path)
-    log.info("%s", plan(runs))
+    if runs:
+        log.info("%s", plan(runs))
     problems += check(every_run, shard_spec)
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) found before training:\n  " + "\n  ".join(problems))

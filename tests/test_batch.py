@@ -2,6 +2,7 @@
 failed run reported while the others go on."""
 
 import dataclasses
+import logging
 import re
 import shutil
 import signal
@@ -344,3 +345,17 @@ def test_a_launch_environment_without_rank_is_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(ConfigError, match="WORLD_SIZE is 2 but RANK is unset"):
         run_batch(tmp_path / "runs.yaml")
+
+
+def test_a_folder_given_as_the_batch_file_is_one_line_naming_the_file_to_pass(tmp_path, capsys):
+    assert main(["batch", str(tmp_path), "--check"]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path} is a folder; pass the batch file (YAML) itself, "
+                                       f"e.g. {tmp_path / 'runs.yaml'}\n")
+
+
+def test_a_share_with_no_run_warns_once_and_plans_nothing(tiny_sd, subject_dir, tmp_path, caplog):
+    """More shards than runs (4 machines, 3 runs): the spare machine's share is empty, not an error."""
+    runs = write_runs(tmp_path, tiny_sd, subject_dir, ("a", {}), ("b", {}), ("c", {}))
+    with caplog.at_level(logging.INFO, logger="dreambooth"):
+        assert main(["batch", str(runs), "--shard", "4/4", "--check"]) == 0
+    assert [r.getMessage() for r in caplog.records] == [f"warning: share 4/4 holds no run of {runs}"]
