@@ -57,9 +57,11 @@ OUT_OF_MEMORY = ("out of device memory; try --gradient_checkpointing, --mixed_pr
 
 @contextlib.contextmanager
 def sigterm_interrupts():
-    """While the block runs, SIGTERM raises `Terminated` as SIGINT raises KeyboardInterrupt (signal
-    handlers live in the main thread only: elsewhere, nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
+    """While the block runs, SIGTERM raises `Terminated` as SIGINT raises KeyboardInterrupt. Not in the
+    processes of a launch (WORLD_SIZE above 1): a Python handler waits for the native call in progress,
+    and one waiting in a collective for a rank that is gone must still die of the launcher's SIGTERM.
+    Signal handlers live in the main thread only: elsewhere, nothing changes either."""
+    if threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield
         return
 
@@ -122,6 +124,8 @@ def torch_device(text: str) -> str:
     import torch
 
     try:
+        if torch.device(text).type == "meta":  # holds no data: nothing could be trained or saved on it
+            raise RuntimeError("it holds no data")
         torch.empty(0, device=text)
     except (RuntimeError, AssertionError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -280,3 +280,13 @@ def test_sigterm_outside_training_stops_at_once_with_one_line_and_exit_143(capsy
     assert run_command(command) == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "interrupted at once, saving nothing more\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_processes_of_a_launch_keep_sigterm_as_it_was(monkeypatch):
+    """A rank waiting in a collective for one that is gone runs no Python handler: the launcher's
+    SIGTERM must still end it."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+    assert run_command(lambda: seen.append(signal.getsignal(signal.SIGTERM))) == 0
+    assert seen == [before]

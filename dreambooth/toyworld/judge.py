@@ -88,7 +88,8 @@ def train(out: Path, steps: int = 9000, batch: int = 64, width: int = WIDTH, see
         return sum(nn.functional.cross_entropy(logits[k], targets[k], label_smoothing=0.1) for k in HEADS)
 
     judge = fit(Judge(width), batches, loss, steps, lr=2e-3, device=device)
-    save(judge, out, steps=steps, batch=batch, width=width, seed=seed, two_tone_fraction=two_tone_fraction)
+    save(judge, out, steps=steps, batch=batch, width=width, seed=seed, workers=workers,
+         two_tone_fraction=two_tone_fraction)
     return judge
 
 

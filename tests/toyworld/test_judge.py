@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from dreambooth.toyworld import fashion_mnist, judge
 
@@ -41,3 +42,12 @@ def test_each_rendering_worker_draws_its_own_batches_and_the_first_those_of_one_
     batches = iter(loader)
     first, second = next(batches)[0], next(batches)[0]  # workers take turns: worker 0, then worker 1
     assert torch.equal(first, alone) and not torch.equal(first, second)
+
+
+def test_the_recipe_saved_with_a_judge_names_its_rendering_workers(tmp_path, monkeypatch):
+    """Several workers draw other renders than one: the recipe must say how many to be reproduced."""
+    items = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    monkeypatch.setattr(fashion_mnist, "load", lambda split: (items, np.arange(8, dtype=np.uint8)))
+    judge.train(tmp_path, steps=1, batch=2, width=4, workers=1)
+    with safe_open(tmp_path / "judge.safetensors", "pt") as weights:
+        assert weights.metadata()["workers"] == "1" and weights.metadata()["batch"] == "2"

@@ -182,7 +182,7 @@ def test_a_work_folder_holds_one_recipe_and_may_only_gain_unet_cycles(tmp_path):
 
 @pytest.mark.parametrize("flag", [["--snr_gamma", "nan"], ["--object_weight", "inf"], ["--unet_lr", "0"],
                                   ["--unet_lr", "nan"], ["--unet_cycles", "1500", "--unet_decay_steps", "1500"],
-                                  ["--unet_batch", "0"], ["--device", "nonesuch"]])
+                                  ["--unet_batch", "0"], ["--device", "nonesuch"], ["--device", "meta"]])
 def test_a_setting_that_cannot_work_is_refused_before_any_work(flag, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["pretrain", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), *flag])
     with pytest.raises(SystemExit):
