@@ -69,6 +69,31 @@ def test_a_sharded_unet_is_exported_whole(tiny_sd, tmp_path):
     assert whole.keys() == from_shards.keys() and all(torch.equal(whole[k], from_shards[k]) for k in whole)
 
 
+def test_a_vae_with_the_old_attention_names_exports_as_the_new(tiny_sd, tmp_path):
+    """Folders saved by older diffusers name the VAE's attention query/key/value/proj_attn; diffusers
+    loads them, and so must the single file's readers (they drop names they do not know, silently)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    old = tmp_path / "old-names"
+    shutil.copytree(tiny_sd, old)
+    weights = old / "vae" / "diffusion_pytorch_model.safetensors"
+    renamed = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+    state = {}
+    for key, value in load_file(weights).items():
+        for new_name, old_name in renamed.items():
+            key = key.replace(new_name, old_name) if ".attentions." in key else key
+        state[key] = value
+    assert any(".query." in key for key in state)
+    save_file(state, weights)
+    files = [tmp_path / f"{name}.safetensors" for name in ("new", "old")]
+    for folder, file in zip((tiny_sd, old), files):
+        assert main(["export", "--model", str(folder), "--output", str(file)]) == 0
+    new, from_old = (load_file(f) for f in files)
+    assert new.keys() == from_old.keys() and all(torch.equal(new[k], from_old[k]) for k in new)
+
+
 def test_export_output_mistakes_are_one_line_errors(tiny_sd, tmp_path, capsys):
     assert main(["export", "--model", str(tiny_sd), "--output", str(tmp_path)]) == 2
     assert "is a folder; name the file" in capsys.readouterr().err
