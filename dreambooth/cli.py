@@ -221,12 +221,19 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from dreambooth.export import export_kohya_lora
+    from dreambooth.outputs import is_lora_folder
     from dreambooth.single_file import export_single_file
 
     output = Path(args.output).expanduser()
     writable_folder(output.parent, "--output's folder")
-    out = export_single_file(checked_model(args.model), output, half=args.half)
-    print(f"wrote {out} (original Stable Diffusion key layout, for AUTOMATIC1111 / ComfyUI)")
+    model = checked_trained(args.model, args.base)
+    if is_lora_folder(model):
+        out = export_kohya_lora(model, output, args.base, half=args.half)
+        print(f"wrote {out} (kohya-ss LoRA layout, for AUTOMATIC1111 / ComfyUI, on the base model it was trained on)")
+    else:
+        out = export_single_file(model, output, half=args.half)
+        print(f"wrote {out} (original Stable Diffusion key layout, for AUTOMATIC1111 / ComfyUI)")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -314,11 +321,14 @@ def _add_merge(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    export = sub.add_parser("export", help="write a full pipeline folder as one A1111/ComfyUI .safetensors file")
+    export = sub.add_parser("export", help="write a model for A1111/ComfyUI: a pipeline folder as one .safetensors "
+                                           "file, a LoRA folder as a kohya-ss LoRA file")
     export.add_argument("--model", required=True,
-                        help="SD 1.x, 2.x or SDXL pipeline folder (e.g. written by train or merge)")
+                        help="SD 1.x, 2.x or SDXL pipeline folder (e.g. written by train or merge), or a LoRA folder "
+                             "train wrote")
     export.add_argument("--output", required=True, help="the .safetensors file to write")
     export.add_argument("--half", action="store_true", help="store weights in fp16 (half the size)")
+    export.add_argument("--base", help=BASE_HELP)
     export.set_defaults(run=cmd_export)
 
 

@@ -14,8 +14,8 @@ import torch
 import yaml
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from dreambooth.atomic import fsync, fsync_tree, removed_on_failure, umask_modes
-from dreambooth.config import TrainConfig, fill_prompt
+from dreambooth.atomic import fsync, fsync_tree, removed_on_failure, save_file_atomic, umask_modes
+from dreambooth.config import TrainConfig, fill_prompt, from_dict
 from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import Components, load_sampling_scheduler
 from dreambooth.outputs import CONFIG_FILE, LORA_WEIGHTS, is_lora_folder, load_trained, lora_base, training_record
@@ -164,10 +164,10 @@ def kohya_key(diffusers_key: str, ldm_unet: Callable[[str], str | None] | None =
     return f"{prefix}{module.replace('.', '_')}.{kind}.{tail}"
 
 
-def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> None:
+def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig, half: bool = False) -> None:
     """Rewrite a diffusers LoRA file in the kohya-ss layout that AUTOMATIC1111 and ComfyUI load:
-    renamed keys, one `alpha` scalar per module, and `ss_*` metadata."""
-    from safetensors.torch import load_file, save_file
+    renamed keys, one `alpha` scalar per module, and `ss_*` metadata (the weights in fp16 with `half`)."""
+    from safetensors.torch import load_file
 
     from dreambooth.single_file import component_config, model_family, scheduler_config, unet_namer
 
@@ -181,14 +181,32 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig) -> 
     tensors = {}
     for key, value in load_file(diffusers_file).items():
         new_key = kohya_key(key, ldm_unet)
-        tensors[new_key] = value.contiguous()
+        tensors[new_key] = (value.half() if half else value).contiguous()
         tensors[new_key.split(".")[0] + ".alpha"] = torch.tensor(alpha)
     # A1111 shows the output name and comment; the comment carries the trigger words
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(cfg.lora_rank),
                 "ss_network_alpha": str(alpha), "ss_output_name": Path(cfg.output_dir).name,
                 "ss_base_model_version": version, "ss_v2": str(family == "sd2"),
                 "ss_training_comment": f"dreambooth: {fill_prompt(cfg.instance_prompt, cfg.identifier, cfg.class_noun)}"}
-    save_file(tensors, out_file, metadata=metadata)
+    save_file_atomic(tensors, out_file, metadata)
+
+
+def export_kohya_lora(lora_dir: Path, out_file: Path, base: str | Path | None = None, half: bool = False) -> Path:
+    """A LoRA folder's adapters as the kohya-ss file `--lora_format kohya` writes at training, for a run
+    trained without it: the record beside the adapters says how (rank, alpha, prompt); the base model
+    (recorded, or `base`) which family's names to use."""
+    from dreambooth.single_file import check_output_file
+
+    check_output_file(out_file)
+    record = training_record(lora_dir)
+    if not record:
+        raise ModelError(f"--model {lora_dir}: no {CONFIG_FILE}, which says how the adapters were trained (alpha, "
+                         "prompt); export LoRA folders that `dreambooth train` wrote")
+    cfg = from_dict({**{k: v for k, v in record.items() if k in TrainConfig.__dataclass_fields__},
+                     "pretrained_model_name_or_path": str(lora_base(lora_dir, base))}, source=str(lora_dir / CONFIG_FILE))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    write_kohya_lora(lora_dir / LORA_WEIGHTS, out_file, cfg, half)
+    return out_file
 
 
 def merge_lora(lora_dir: Path, out: Path, scale: float = 1.0, base: Path | None = None) -> Path:

@@ -195,12 +195,17 @@ def convert(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_single_file(folder: Path, out_file: Path, half: bool = False) -> Path:
-    """Write `folder` (a diffusers SD 1.x, 2.x or SDXL pipeline) as one original-layout safetensors file."""
+def check_output_file(out_file: Path) -> None:
+    """A file for AUTOMATIC1111 and ComfyUI to list: a .safetensors name, not a folder's."""
     if out_file.is_dir():
         raise ConfigError(f"--output {out_file} is a folder; name the file, e.g. {out_file / 'model.safetensors'}")
     if out_file.suffix != ".safetensors":
         raise ConfigError(f"--output {out_file}: end the name in .safetensors (AUTOMATIC1111 and ComfyUI list only those)")
+
+
+def export_single_file(folder: Path, out_file: Path, half: bool = False) -> Path:
+    """Write `folder` (a diffusers SD 1.x, 2.x or SDXL pipeline) as one original-layout safetensors file."""
+    check_output_file(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in convert(folder).items()}
     save_file_atomic(tensors, out_file, {"format": "pt", "source": "dreambooth"})

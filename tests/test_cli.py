@@ -226,7 +226,11 @@ def test_command_inputs_are_one_line_errors_before_any_work(tiny_sd, tmp_path, c
         (["class-images", *base, "--resolution", "7", "--cache_dir", str(tmp_path / "c")], "multiple of 8"),
         (["class-images", *base, "--cache_dir", str(tmp_path / "a-file")], "--cache_dir .*cannot be created"),
         (["export", "--model", str(lora), "--output", str(tmp_path / "e.safetensors")],
-         "is a LoRA folder; fold it into a full model first with `dreambooth merge"),
+         "LoRA weights without dreambooth_config.yaml; pass the base model with --base"),
+        (["export", "--model", str(lora), "--output", str(tmp_path / "e.safetensors"), "--base", str(tiny_sd)],
+         "no dreambooth_config.yaml, which says how the adapters were trained"),
+        (["export", "--model", str(tiny_sd), "--output", str(tmp_path / "e.safetensors"), "--base", str(tiny_sd)],
+         "--base: only for a LoRA folder"),
         (["export", "--model", str(tiny_sd), "--output", str(tmp_path / "a-file" / "e.safetensors")], "cannot be created"),
         (["demo", "--fast", "--output", str(tmp_path / "a-file")], "--output .*a-file: cannot be created"),
     ]

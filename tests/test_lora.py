@@ -93,6 +93,24 @@ def test_kohya_file_loads_with_the_same_outputs(lora_run, tiny_sd):
     assert np.abs(ours - kohya).max() <= 1
 
 
+def test_export_writes_the_kohya_file_of_a_lora_trained_without_it(lora_run, tiny_sd, tmp_path, capsys):
+    """The file `--lora_format kohya` writes at training, made afterwards from the folder alone; and
+    in fp16 with --half (the alphas stay fp32 scalars)."""
+    exported, half = tmp_path / "lora.safetensors", tmp_path / "lora-fp16.safetensors"
+    assert main(["export", "--model", str(lora_run), "--output", str(exported)]) == 0
+    assert "kohya-ss LoRA layout" in capsys.readouterr().out
+    at_training = load_file(lora_run / "lora_kohya.safetensors")
+    after = load_file(exported)
+    assert after.keys() == at_training.keys() and all(torch.equal(after[k], at_training[k]) for k in after)
+    with safe_open(str(exported), "pt") as a, safe_open(str(lora_run / "lora_kohya.safetensors"), "pt") as b:
+        assert a.metadata() == b.metadata()
+    assert main(["export", "--model", str(lora_run), "--output", str(half), "--half", "--base", str(tiny_sd)]) == 0
+    halved = load_file(half)
+    assert all(v.dtype == (torch.float32 if k.endswith(".alpha") else torch.float16) for k, v in halved.items())
+    assert main(["export", "--model", str(lora_run), "--output", str(tmp_path)]) == 2  # a folder: one line
+    assert "is a folder; name the file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("family, version", [("sd1", "sd_v1"), ("sd2-base", "sd_v2"), ("sd2-v", "sd_v2_v"),
                                              ("sdxl", "sdxl_base_v1-0")])
 def test_kohya_file_names_its_base_as_kohya_does(family, version, tmp_path):
