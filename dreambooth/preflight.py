@@ -141,6 +141,23 @@ def _check_lora_targets(cfg: TrainConfig, model: Path, report: Report) -> None:
             elif not all(isinstance(m, ADAPTABLE) for m in found):
                 report.problems.append(f"--{option} {target}: matches a layer of type {type(found[0]).__name__}, which "
                                        f"LoRA cannot adapt; name its linear or conv layers ({examples})")
+    _check_a1111_attention(cfg, model, report)
+
+
+def _check_a1111_attention(cfg: TrainConfig, model: Path, report: Report) -> None:
+    """AUTOMATIC1111 fuses the attention of an OpenCLIP text encoder (SD 2.x's, SDXL's second) and applies
+    a kohya file's adapters there only if q, k, v and out all have one: with fewer it skips them in silence."""
+    from dreambooth.single_file import model_family
+
+    attention = ("q_proj", "k_proj", "v_proj", "out_proj")
+    named = [m for m in attention if m in cfg.lora_text_encoder_modules]
+    if cfg.lora_format != "kohya" or not cfg.train_text_encoder or not named or len(named) == len(attention):
+        return
+    if (family := model_family(model)) in ("sd2", "sdxl"):
+        encoder = "SD 2.x's text encoder" if family == "sd2" else "SDXL's second text encoder"
+        report.warnings.append(f"--lora_text_encoder_modules names {', '.join(named)} of {', '.join(attention)}: "
+                               f"AUTOMATIC1111 applies the kohya file's adapters on the attention of {encoder} only "
+                               "with all four, and skips these in silence; name all four for that file to work there")
 
 
 def _check_scheduler(model: Path, report: Report) -> None:

@@ -276,3 +276,21 @@ def test_a_lora_on_a_base_of_another_architecture_is_one_line(lora_run, tiny_sdx
     err = capsys.readouterr().err
     assert re.search(r"^error: .*its LoRA does not fit the base model .*\(size mismatch for .*\); pass the --base it "
                      r"was trained on\n$", err), err
+
+
+def test_a_kohya_file_a1111_would_apply_only_in_part_is_warned_about(tiny_sd, tiny_sdxl, subject_dir, tmp_path):
+    """A1111 drops adapters on an OpenCLIP encoder's attention unless q, k, v and out all have one: said
+    before training for SDXL's second encoder (and SD 2.x's), not for SD 1.x's CLIP, where each applies."""
+    from dreambooth.preflight import preflight
+
+    def warnings(model, modules):
+        cfg = config(model, subject_dir, tmp_path / "out", lora=True, lora_format="kohya", train_text_encoder=True,
+                     lora_text_encoder_modules=modules)
+        return [w for w in preflight(cfg, check_disk=False).warnings if "AUTOMATIC1111" in w]
+
+    assert warnings(tiny_sdxl, ["q_proj", "v_proj", "fc1"]) == [
+        "--lora_text_encoder_modules names q_proj, v_proj of q_proj, k_proj, v_proj, out_proj: AUTOMATIC1111 applies "
+        "the kohya file's adapters on the attention of SDXL's second text encoder only with all four, and skips these "
+        "in silence; name all four for that file to work there"]
+    assert warnings(tiny_sdxl, ["q_proj", "k_proj", "v_proj", "out_proj"]) == []
+    assert warnings(tiny_sd, ["q_proj", "v_proj"]) == []
