@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from dreambooth.atomic import fsync_tree, replace_durably, save_file_atomic, write_text_atomic
+from dreambooth.cli import quiet_libraries
 from dreambooth.diffusion import loss_weights, sample_noise, training_target
 from dreambooth.errors import DataError, finite_float, positive_int, run_command, torch_device, writable_folder
-from dreambooth.export import staged
 from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config, default_device
 from dreambooth.toyworld import captions, fashion_mnist, world
 from dreambooth.toyworld.model_card import CONFIG_FILE, QUALITY_FILE, write_model_card
@@ -297,6 +297,11 @@ def save_pipeline(cfg: PretrainConfig, vae, text_encoder, unet, out: Path) -> No
     """Written in a staging folder and published into `out`, so a crash never leaves old and new files mixed;
     the old quality record goes first, since it measured the weights being replaced. A fresh
     tokenizer is saved: one that has encoded writes its padding and truncation into tokenizer.json."""
+    # imported here, after main() quieted the libraries: the pipeline classes import image processors that warn
+    from diffusers import StableDiffusionPipeline
+
+    from dreambooth.export import staged
+
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR, model_max_length=cfg.context_length)
     scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler().config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
@@ -399,6 +404,7 @@ def main() -> None:
                         help="where the parts train (default: the GPU if there is one)")
     parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
+    quiet_libraries()
     cycles = tuple(args.unet_cycles)
     if list(cycles) != sorted(set(cycles)) or cycles[0] <= args.unet_decay_steps:
         parser.error(f"--unet_cycles {' '.join(map(str, cycles))}: give increasing step counts, "
