@@ -294,3 +294,16 @@ def test_processes_of_a_launch_keep_sigterm_as_it_was(monkeypatch):
     seen = []
     assert run_command(lambda: seen.append(signal.getsignal(signal.SIGTERM))) == 0
     assert seen == [before]
+
+
+def test_evaluate_help_states_the_sampling_defaults_evaluate_applies():
+    """Unset, -n/--steps/--seed take evaluate()'s own defaults (the CLI and the API sample alike); the
+    help names them, so it must name those."""
+    import inspect
+
+    from dreambooth.evaluation.evaluate import evaluate
+
+    defaults = {name: p.default for name, p in inspect.signature(evaluate).parameters.items()}
+    options = {a.dest: a for a in build_parser().commands["evaluate"]._actions}
+    for dest, parameter in (("num_images", "n_per_prompt"), ("steps", "steps"), ("seed", "seed")):
+        assert options[dest].default is None and f"(default: {defaults[parameter]})" in options[dest].help
