@@ -53,11 +53,12 @@ def min_snr_weights(snr_t: Tensor, gamma: float, prediction_type: str) -> Tensor
     """Per-example loss weights of Min-SNR-gamma (Hang et al., ICCV 2023, Eq. 9).
 
     The paper's weight min(SNR, gamma) is for predicting x0; for an eps target it becomes
-    min(SNR, gamma) / SNR and for a v target min(SNR, gamma) / (SNR + 1).
+    min(SNR, gamma) / SNR (1 at SNR 0, its limit: a zero-terminal-SNR schedule's last step) and for a
+    v target min(SNR, gamma) / (SNR + 1).
     """
     clipped = torch.clamp(snr_t, max=gamma)
     if prediction_type == "epsilon":
-        return clipped / snr_t
+        return torch.where(snr_t > 0, clipped / snr_t, torch.ones_like(snr_t))
     if prediction_type == "v_prediction":
         return clipped / (snr_t + 1)
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")

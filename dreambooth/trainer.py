@@ -358,6 +358,9 @@ class Trainer:
         """Two rows: the instance prompt's conditioning, then the class prompt's."""
         if not self.cfg.train_text_encoder:
             return self.base_embeddings
+        if not self.text_encoder_training:  # past --text_encoder_stop_step: frozen, so no (LoRA) dropout either
+            for encoder in self.text_encoders:
+                encoder.eval()
         with torch.set_grad_enabled(self.text_encoder_training):
             return encode_text(self.text_encoders, self.prompt_ids)
 

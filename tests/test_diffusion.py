@@ -45,6 +45,14 @@ def test_min_snr_weights():
     assert min_snr_weights(s, 5.0, "v_prediction").tolist() == pytest.approx([0.5, 0.5, 0.1], rel=1e-5)
 
 
+def test_min_snr_weights_at_zero_snr_are_their_limit_not_nan():
+    """A zero-terminal-SNR schedule (rescale_betas_zero_snr) reaches SNR 0 at its last step: 1 for an eps
+    target (min(s, gamma) / s -> 1), 0 for a v target."""
+    s = torch.tensor([0.0, 1.0])
+    assert min_snr_weights(s, 5.0, "epsilon").tolist() == [1.0, 1.0]
+    assert min_snr_weights(s, 5.0, "v_prediction").tolist() == [0.0, 0.5]
+
+
 def test_loss_weights_are_min_snr_with_a_gamma_and_none_without():
     abar, t = torch.tensor([0.9, 0.5, 0.1]), torch.arange(3)
     assert loss_weights(None, abar, t, "epsilon") is None

@@ -73,6 +73,20 @@ def test_text_encoder_training_changes_it_and_stops(tiny_sd, subject_dir, tmp_pa
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
 
 
+def test_a_text_encoder_past_its_stop_step_conditions_without_dropout(tiny_sd, subject_dir, tmp_path):
+    """Frozen from --text_encoder_stop_step on, it must give the UNet the conditioning sampling gives
+    (eval mode), not prompts re-randomized by LoRA dropout every step."""
+    trainer = Trainer(config(tiny_sd, subject_dir, tmp_path, lora=True, lora_dropout=0.5, train_text_encoder=True,
+                             text_encoder_stop_step=1))
+    trainer.setup()
+    try:
+        trainer.step = 1
+        first, again = trainer.prompt_embeddings(), trainer.prompt_embeddings()
+        assert torch.equal(first.hidden, again.hidden) and not any(e.training for e in trainer.text_encoders)
+    finally:
+        trainer.close()
+
+
 def test_nan_loss_stops_with_advice(tiny_sd, subject_dir, tmp_path):
     from dreambooth.errors import DreamBoothError
 
