@@ -1,4 +1,5 @@
-"""Resumable training checkpoints, written atomically (diffusers' `checkpoint-<step>` layout).
+"""Resumable training checkpoints, written atomically, in folders named as diffusers names them
+(`checkpoint-<step>`), though what they hold is accelerate's state, for resuming, not a pipeline to load.
 
 A checkpoint is written under a temporary name, flushed to disk, and renamed into place, so a
 folder named `checkpoint-<step>` is always complete; leftovers of an interrupted write are ignored

@@ -263,7 +263,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.prior_mode == "images" or cfg.lora, "prior_mode",
          "'prediction' needs --lora (the frozen model is the base with adapters disabled)")
     for name in LORA_OPTIONS:  # diffusers' LoRA scripts take --rank alone: here it would full fine-tune
-        need(cfg.lora or getattr(cfg, name) == default_of(name), name, "only takes effect with --lora; add --lora")
+        aliases = [a for a in TrainConfig.__dataclass_fields__[name].metadata["aliases"] if a.startswith("--")]
+        spelled = f"{name} (also spelled {', '.join(aliases)})" if aliases else name  # --rank, as diffusers spells it
+        need(cfg.lora or getattr(cfg, name) == default_of(name), spelled, "only takes effect with --lora; add --lora")
     if len(problems) == 1:
         raise ConfigError(f"invalid config: {problems[0]}")
     if problems:

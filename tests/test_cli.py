@@ -27,7 +27,9 @@ def test_train_generate_identifier_and_class_cache_reuse(tiny_sd, subject_dir, t
               "--learning_rate", "1e-4", "--center_crop", "--report_to", "none"]
     with caplog.at_level(logging.INFO, logger="dreambooth"):
         assert main(["train", *common, "--output_dir", str(tmp_path / "a")]) == 0
-    assert "instance prompt: 'a lun dog'; class prompt: 'a dog'" in caplog.text  # the identifier it chose
+    # the identifier it chose, and that the class is kept (diffusers' scripts train without it unless told)
+    assert ("instance prompt: 'a lun dog'; prior preservation on (--no_prior_preservation turns it off), "
+            "class prompt: 'a dog'") in caplog.text
     [class_folder] = list(cache.glob("a-dog-*"))
     first = {p.name: p.stat().st_mtime_ns for p in class_folder.glob("*.png")}
     assert len(first) == 3

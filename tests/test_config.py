@@ -157,7 +157,7 @@ def test_lora_options_without_lora_are_refused():
     with pytest.raises(ConfigError) as err:
         build_train_config(build_parser().parse_args(["train", *sum((["--" + k, v] for k, v in REQUIRED.items()), []),
                                                       "--rank", "8", "--lora_format", "kohya"]))
-    assert "--lora_rank: only takes effect with --lora" in str(err.value)
+    assert "--lora_rank (also spelled --rank): only takes effect with --lora" in str(err.value)  # as typed
     assert "--lora_format: only takes effect with --lora" in str(err.value)
     assert from_dict({**REQUIRED, "lora": True, "lora_rank": 8}).lora_rank == 8
     with pytest.raises(ConfigError, match="--text_encoder_stop_step: must be >= 1"):
