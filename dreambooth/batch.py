@@ -273,7 +273,8 @@ def run_batch(path: str | Path, shard_spec: str | None = None, check_only: bool 
         except (Interrupted, KeyboardInterrupt) as stop:  # the latter at once: loading, class images, a second signal
             earlier = "".join(f"\n  earlier: {f}" for f in failed)
             number = getattr(stop, "signal_number", signal.SIGINT)
-            what = stop.what if isinstance(stop, Interrupted) else f"interrupted at once by {signal.Signals(number).name}"
+            what = (stop.what if isinstance(stop, Interrupted)
+                    else f"interrupted at once by {signal.Signals(number).name}")
             raise Interrupted(f"{run.name}: {what}", number,
                               "the same `dreambooth batch` command goes on from there" + earlier) from None
         except (DreamBoothError, torch.OutOfMemoryError) as error:

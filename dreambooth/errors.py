@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import math
-import contextlib
 import os
 import signal
 import sys

@@ -202,8 +202,9 @@ def export_kohya_lora(lora_dir: Path, out_file: Path, base: str | Path | None = 
     if not record:
         raise ModelError(f"--model {lora_dir}: no {CONFIG_FILE}, which says how the adapters were trained (alpha, "
                          "prompt); export LoRA folders that `dreambooth train` wrote")
-    cfg = from_dict({**{k: v for k, v in record.items() if k in TrainConfig.__dataclass_fields__},
-                     "pretrained_model_name_or_path": str(lora_base(lora_dir, base))}, source=str(lora_dir / CONFIG_FILE))
+    options = {k: v for k, v in record.items() if k in TrainConfig.__dataclass_fields__}
+    cfg = from_dict({**options, "pretrained_model_name_or_path": str(lora_base(lora_dir, base))},
+                    source=str(lora_dir / CONFIG_FILE))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     write_kohya_lora(lora_dir / LORA_WEIGHTS, out_file, cfg, half)
     return out_file

@@ -100,8 +100,8 @@ class Trainer:
         self.instance_prompt = fill_prompt(cfg.instance_prompt, identifier, cfg.class_noun)
         self.class_prompt = fill_prompt(cfg.class_prompt, identifier, cfg.class_noun)
         if acc.is_main_process:  # the identifier to prompt the trained model with
-            prior = (f"prior preservation on (--no_prior_preservation turns it off), class prompt: {self.class_prompt!r}"
-                     if cfg.with_prior_preservation else "no prior preservation")
+            prior = ("prior preservation on (--no_prior_preservation turns it off), class prompt: "
+                     f"{self.class_prompt!r}" if cfg.with_prior_preservation else "no prior preservation")
             log.info("instance prompt: %r; %s", self.instance_prompt, prior)
         # Class images come from the base model as it is, loaded for them alone and freed before the parts that
         # train are loaded: both at once would take twice the memory (an SDXL in fp32 and in fp16: 15 GB).
