@@ -108,8 +108,8 @@ def parse_runs(path: str | Path) -> tuple[list[Run], list[str]]:
             if "resume_from_checkpoint" in values:
                 problems.append(f"run {number}: remove resume_from_checkpoint; a batch resumes interrupted runs itself")
                 continue
-            if not str(values.get("output_dir") or "").strip():  # train's default, the current folder, is no place
-                # for one of many
+            # train's default, the current folder, is no place for one of many runs
+            if not str(values.get("output_dir") or "").strip():
                 problems.append(f"run {number}: needs its own output_dir")
                 continue
             runs.append(Run(number, from_dict(values, source=f"run {number}")))

@@ -45,10 +45,6 @@ class Components:
         return len(self.text_encoders) == 2
 
     @property
-    def native_resolution(self) -> int:
-        return native_resolution(self.path)
-
-    @property
     def prediction_type(self) -> str:
         return self.noise_scheduler.config.prediction_type
 

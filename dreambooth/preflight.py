@@ -141,7 +141,6 @@ def _check_lora_targets(cfg: TrainConfig, model: Path, report: Report) -> None:
             elif not all(isinstance(m, ADAPTABLE) for m in found):
                 report.problems.append(f"--{option} {target}: matches a layer of type {type(found[0]).__name__}, which "
                                        f"LoRA cannot adapt; name its linear or conv layers ({examples})")
-    _check_a1111_attention(cfg, model, report)
 
 
 def _check_a1111_attention(cfg: TrainConfig, model: Path, report: Report) -> None:
@@ -353,6 +352,7 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         _check_learning_rate(cfg, model, report)
         if cfg.lora:
             _check_lora_targets(cfg, model, report)
+            _check_a1111_attention(cfg, model, report)
         report.disk = disk_needs(cfg, model, num_user_class)
         if check_disk:
             report.problems += disk_problems(report.disk)

@@ -90,13 +90,14 @@ class Trainer:
         set_seed(cfg.seed)
         # The model's tokenizers and size first: the identifier, prompts and resolution all depend on them.
         self.model_folder = check_model_folder(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
+        self.native_resolution = native_resolution(self.model_folder)  # class images are drawn at it
         identifier = cfg.identifier
         if identifier is None:  # a template gets the tokenizer's best; a literal prompt names its own, or none
             templated = "{identifier}" in cfg.instance_prompt
             identifier = (find_identifiers(load_tokenizers(self.model_folder), top_k=1)[0].text if templated
                           else literal_identifier(cfg))
         self.cfg = cfg = dataclasses.replace(cfg, identifier=identifier,
-                                             resolution=cfg.resolution or native_resolution(self.model_folder))
+                                             resolution=cfg.resolution or self.native_resolution)
         self.instance_prompt = fill_prompt(cfg.instance_prompt, identifier, cfg.class_noun)
         self.class_prompt = fill_prompt(cfg.class_prompt, identifier, cfg.class_noun)
         if acc.is_main_process:  # the identifier to prompt the trained model with
@@ -211,7 +212,7 @@ class Trainer:
         cfg = self.cfg
         # drawn at the model's own size, as diffusers does, and resized like the photos: a model samples
         # worst off its native resolution, and those samples would teach the prior their flaws
-        return ClassImageSpec.for_model(self.model_folder, self.class_prompt, native_resolution(self.model_folder),
+        return ClassImageSpec.for_model(self.model_folder, self.class_prompt, self.native_resolution,
                                         cfg.class_inference_steps, cfg.class_guidance_scale, cfg.seed,
                                         cfg.prior_generation_precision)
 

@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
 from dreambooth.errors import ModelError
-from dreambooth.models import check_model_folder, load_components
+from dreambooth.models import check_model_folder, load_components, native_resolution
 
 
 def test_not_a_model_folder(tmp_path):
@@ -45,9 +45,9 @@ def test_pickled_weights_are_refused_unless_allowed(tiny_sd, tmp_path):
     assert all(torch.equal(parts.unet.state_dict()[k], v) for k, v in expected.items())
 
 
-def test_components_report_native_size_and_prediction_type(tiny_sd):
+def test_the_native_size_and_prediction_type_are_read_off_the_folder(tiny_sd):
     parts = load_components(tiny_sd)
-    assert parts.native_resolution == 32 and parts.prediction_type == "epsilon"
+    assert native_resolution(tiny_sd) == 32 and parts.prediction_type == "epsilon"
     assert json.loads((tiny_sd / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
 
 
