@@ -3,7 +3,8 @@
 
 A checkpoint is written under a temporary name, flushed to disk, and renamed into place, so a
 folder named `checkpoint-<step>` is always complete; leftovers of an interrupted write are ignored
-and removed. It holds what accelerate saves (models, optimizer, LR schedule, RNG states) and
+and removed. It holds what accelerate saves (models, optimizer, RNG states; the LR schedule is rebuilt
+from the optimizer's count of updates, see `updates_applied`) and
 `dreambooth_state.json` with the step, the run's config and its photos' sha256s (a resume with other
 options or photos is refused);
 data order and noise are derived from (seed, step).
@@ -135,3 +136,9 @@ def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int
             if int(_NAME.match(newer.name).group(1)) > step:
                 shutil.rmtree(newer)
     return step
+
+
+def updates_applied(optimizer) -> int:
+    """The updates the optimizer has applied (0 before the first), from Adam's per-parameter step counts,
+    which a checkpoint keeps: fewer than the run's steps where fp16's loss scaler skipped an overflow."""
+    return max((int(state["step"]) for state in optimizer.state.values() if "step" in state), default=0)

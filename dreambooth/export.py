@@ -20,8 +20,8 @@ from dreambooth.errors import ConfigError, ModelError
 from dreambooth.models import Components, load_sampling_scheduler
 from dreambooth.outputs import CONFIG_FILE, LORA_WEIGHTS, is_lora_folder, load_trained, lora_base, training_record
 
-# kohya-ss `ss_base_model_version` (SD 2.x-v adds "_v"); with `ss_v2` it is how A1111 files a LoRA under
-# SD 1, SD 2 or SDXL
+# kohya-ss `ss_base_model_version` (a v-prediction SD 1.x or 2.x adds "_v"); with `ss_v2` it is how A1111
+# files a LoRA under SD 1, SD 2 or SDXL
 KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
@@ -169,13 +169,13 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig, hal
     renamed keys, one `alpha` scalar per module, and `ss_*` metadata (the weights in fp16 with `half`)."""
     from safetensors.torch import load_file
 
-    from dreambooth.single_file import component_config, model_family, scheduler_config, unet_namer
+    from dreambooth.single_file import component_config, model_family, modelspec, predicts_v, unet_namer
 
     base = Path(cfg.pretrained_model_name_or_path).expanduser()
     family = model_family(base)
     ldm_unet = unet_namer(component_config(base, "unet")) if family == "sdxl" else None
     version = KOHYA_BASE_VERSION[family]
-    if family == "sd2" and scheduler_config(base).get("prediction_type") == "v_prediction":
+    if family != "sdxl" and predicts_v(base):
         version += "_v"
     alpha = float(cfg.resolved_lora_alpha)
     tensors = {}
@@ -187,7 +187,8 @@ def write_kohya_lora(diffusers_file: Path, out_file: Path, cfg: TrainConfig, hal
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(cfg.lora_rank),
                 "ss_network_alpha": str(alpha), "ss_output_name": Path(cfg.output_dir).name,
                 "ss_base_model_version": version, "ss_v2": str(family == "sd2"),
-                "ss_training_comment": f"dreambooth: {fill_prompt(cfg.instance_prompt, cfg.identifier, cfg.class_noun)}"}
+                "ss_training_comment": f"dreambooth: {fill_prompt(cfg.instance_prompt, cfg.identifier, cfg.class_noun)}",
+                **modelspec(base, Path(cfg.output_dir).name, cfg.to_dict(), lora=True)}
     save_file_atomic(tensors, out_file, metadata)
 
 

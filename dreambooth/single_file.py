@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from dreambooth.atomic import save_file_atomic
 from dreambooth.errors import ConfigError, ModelError
-from dreambooth.models import is_sdxl_folder
+from dreambooth.models import is_sdxl_folder, native_resolution
+from dreambooth.outputs import training_record
 
 Family = Literal["sd1", "sd2", "sdxl"]
 
@@ -43,6 +44,10 @@ TEXT_ENCODERS: dict[Family, tuple[tuple[str, str, str], ...]] = {
     "sdxl": (("text_encoder", "conditioner.embedders.0.transformer.", "clip"),
              ("text_encoder_2", "conditioner.embedders.1.model.", "open_clip")),
 }
+# Stability AI's model spec: the architecture IDs it lists (SD 2.x's depend on what the model predicts)
+MODELSPEC_ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
+                          "sd2-v": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
+ORIGINAL_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 
 
 def _rename(key: str, prefixes: dict[str, str], inner: dict[str, str] | None = None) -> str | None:
@@ -74,6 +79,34 @@ def model_family(folder: Path) -> Family:
     if is_sdxl_folder(folder):
         return "sdxl"
     return "sd2" if component_config(folder, "unet").get("use_linear_projection") else "sd1"
+
+
+def predicts_v(folder: Path) -> bool:
+    return scheduler_config(folder).get("prediction_type") == "v_prediction"
+
+
+def modelspec(base: Path, title: str, record: dict, lora: bool = False) -> dict[str, str]:
+    """Stability AI's model-spec metadata (`modelspec.*`), which SwarmUI and model sites read to tell what a
+    file is (architecture, prediction type, resolution) without sniffing its keys. `base` is the model (or a
+    LoRA's base); `record` the training record, {} for a model `dreambooth train` did not write. For LoRA files
+    the architecture ends in "/lora" and the implementation is the layout of the keys, as kohya-ss writes
+    them: diffusers' module names for SD 1.x/2.x, the original ones for SDXL."""
+    family, v = model_family(base), predicts_v(base)
+    architecture = MODELSPEC_ARCHITECTURE["sd2-v" if family == "sd2" and v else family]
+    resolution = record.get("resolution") or native_resolution(base)
+    spec = {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": architecture + ("/lora" if lora else ""),
+            "modelspec.implementation": "diffusers" if lora and family != "sdxl" else ORIGINAL_IMPLEMENTATION,
+            "modelspec.title": title, "modelspec.resolution": f"{resolution}x{resolution}",
+            "modelspec.prediction_type": "v" if v else "epsilon"}
+    identifier, class_noun = record.get("identifier"), record.get("class_noun")
+    # what UIs may add to a prompt: the identifier and its class, or a literal instance prompt whole
+    trigger = " ".join(filter(None, [identifier, class_noun])) if identifier else record.get("instance_prompt")
+    if trigger:
+        spec["modelspec.trigger_phrase"] = trigger
+        spec["modelspec.description"] = (f"DreamBooth {'LoRA' if lora else 'fine-tune'} of "
+                                          f"{Path(record.get('pretrained_model_name_or_path', base)).name}; "
+                                          f"prompt with \"{trigger}\"")
+    return spec
 
 
 def unet_prefixes(config: dict) -> tuple[dict[str, str], dict[str, str]]:
@@ -186,11 +219,10 @@ def convert(folder: Path) -> dict[str, torch.Tensor]:
         else:  # transformers >= 5 saves CLIPTextModel without its `text_model.` level; the original has it
             state = {f"text_model.{k.removeprefix('text_model.')}": v for k, v in state.items()}
         out.update({prefix + k: v for k, v in state.items()})
-    scheduler = scheduler_config(folder)
-    if model_family(folder) == "sdxl" and scheduler.get("prediction_type") == "v_prediction":
+    if model_family(folder) == "sdxl" and predicts_v(folder):
         # SDXL's weights do not say what it predicts; ComfyUI and A1111 read these empty markers
         out["v_pred"] = torch.tensor([])
-        if scheduler.get("rescale_betas_zero_snr"):
+        if scheduler_config(folder).get("rescale_betas_zero_snr"):
             out["ztsnr"] = torch.tensor([])
     return out
 
@@ -208,5 +240,6 @@ def export_single_file(folder: Path, out_file: Path, half: bool = False) -> Path
     check_output_file(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in convert(folder).items()}
-    save_file_atomic(tensors, out_file, {"format": "pt", "source": "dreambooth"})
+    metadata = {"format": "pt", "source": "dreambooth", **modelspec(folder, out_file.stem, training_record(folder))}
+    save_file_atomic(tensors, out_file, metadata)
     return out_file

@@ -4,8 +4,10 @@ and model sites share) as the diffusers pipeline folder that `train` takes as it
 diffusers' `from_single_file` converts the keys, given the diffusers configs of the file's
 architecture, which it would otherwise download. They are written here instead, from the published
 configs of SD 1.5, SD 2.1 (768-v and base) and SDXL base 1.0; the family is told from the file's
-keys (SD 2.x's prediction type is not in its weights: 768-v is assumed, as diffusers does). A file
-of another architecture needs `config=`: a diffusers folder whose configs describe it.
+keys, what it predicts from its markers: the model spec's architecture and prediction type (metadata
+that kohya-ss, ComfyUI and our export write), SDXL's `v_pred` and `ztsnr` keys. Without them an SD 2.x
+file is taken as 768-v, as diffusers does. A file of another architecture needs `config=`: a diffusers
+folder whose configs describe it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from transformers import CLIPTokenizer
 from dreambooth.atomic import fsync_tree, removed_on_failure, umask_modes
 from dreambooth.errors import ModelError
 from dreambooth.models import CLIP_TOKENIZER_DIR, clip_text_config, is_sdxl_folder
-from dreambooth.single_file import TEXT_ENCODERS
+from dreambooth.single_file import MODELSPEC_ARCHITECTURE, TEXT_ENCODERS
 
 log = logging.getLogger("dreambooth")
 FAMILIES = ("sd1", "sd2-v", "sd2-base", "sdxl")
@@ -81,10 +83,12 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
-def write_configs(family: str, folder: Path) -> Path:
-    """A diffusers pipeline folder without weights: the family's configs and CLIP tokenizers."""
+def write_configs(family: str, folder: Path, scheduler_settings: dict | None = None) -> Path:
+    """A diffusers pipeline folder without weights: the family's configs (its scheduler's changed by
+    `scheduler_settings`) and CLIP tokenizers."""
     arch = ARCHITECTURES[family]
     scheduler_class, scheduler = arch["scheduler"]
+    scheduler = {**scheduler, **(scheduler_settings or {})}
     index = {"_class_name": arch["pipeline"], "unet": ["diffusers", "UNet2DConditionModel"],
              "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", scheduler_class]}
     if arch["pipeline"] == "StableDiffusionPipeline":
@@ -109,7 +113,7 @@ def write_configs(family: str, folder: Path) -> Path:
 def check_format(file: Path, allow_pickle: bool) -> None:
     """A readable safetensors file, or a pickle only where the user allowed it: loading one can run code."""
     if file.suffix == ".safetensors":
-        read_keys(file)  # the header alone: a damaged file is named here, not deep in diffusers
+        read_header(file)  # the header alone: a damaged file is named here, not deep in diffusers
         return
     if file.suffix not in PICKLES:
         raise ModelError(f"{file}: expected a .safetensors (or, with --allow_pickle, .ckpt) checkpoint")
@@ -143,12 +147,13 @@ def extras_read_as_stand_ins(file: Path):
         yield
 
 
-def read_keys(file: Path) -> list[str]:
-    """The file's tensor names, without loading the tensors where the format allows (pickles: see check_format)."""
+def read_header(file: Path) -> tuple[list[str], dict[str, str]]:
+    """The file's tensor names and metadata (a pickle has none), without loading the tensors where the
+    format allows (pickles: see check_format)."""
     if file.suffix == ".safetensors":
         try:
             with safe_open(str(file), framework="pt") as handle:
-                return list(handle.keys())
+                return list(handle.keys()), handle.metadata() or {}
         except Exception as exc:  # safetensors raises its own error types for a damaged header
             raise ModelError(f"{file}: not a readable safetensors file ({exc})") from None
     try:  # diffusers reads it the same way (weights only: no code runs)
@@ -158,23 +163,35 @@ def read_keys(file: Path) -> list[str]:
         raise ModelError(f"{file}: not a loadable torch checkpoint ({exc.__class__.__name__})") from None
     while "state_dict" in state:
         state = state["state_dict"]
-    return list(state)
+    return list(state), {}
 
 
-def detect_family(file: Path, keys: list[str]) -> str:
-    """sd1, sd2-v or sdxl, from where the file keeps its text encoder(s)."""
+def detect_family(file: Path, keys: list[str], metadata: dict[str, str]) -> str:
+    """sd1, sd2-v, sd2-base or sdxl, from where the file keeps its text encoder(s); SD 2.x's two by the
+    model spec's architecture, 768-v where it names none."""
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
     if not has("model.diffusion_model.") or not has("first_stage_model."):
         raise ModelError(f"{file}: no UNet (model.diffusion_model.) or no VAE (first_stage_model.) weights; "
                          "pass a full Stable Diffusion checkpoint, not a LoRA, VAE or UNet alone")
-    if "v_pred" in keys:  # the marker some SDXL fine-tunes carry; the written SDXL config predicts noise
-        raise ModelError(f"{file}: a v-prediction SDXL checkpoint; pass --config with a diffusers folder whose "
-                         "scheduler says prediction_type v_prediction")
     for layout, family in (("sdxl", "sdxl"), ("sd2", "sd2-v"), ("sd1", "sd1")):  # SDXL also has an sd1-like encoder
         if all(has(prefix) for _, prefix, _ in TEXT_ENCODERS[layout]):
+            if family == "sd2-v" and metadata.get("modelspec.architecture") == MODELSPEC_ARCHITECTURE["sd2"]:
+                return "sd2-base"
             return family
     raise ModelError(f"{file}: no text encoder of SD 1.x, 2.x or SDXL found; for another architecture pass "
                      "--config with a diffusers folder that describes it")
+
+
+def marked_scheduler_settings(keys: list[str], metadata: dict[str, str]) -> dict:
+    """What the file's markers say of its noise schedule beyond the family's published config: v-prediction
+    (SDXL's `v_pred` key, the model spec's prediction type) and a zero terminal SNR (`ztsnr`), sampled with
+    trailing timesteps as that schedule needs."""
+    settings: dict = {}
+    if "v_pred" in keys or metadata.get("modelspec.prediction_type") == "v":
+        settings["prediction_type"] = "v_prediction"
+    if "ztsnr" in keys:
+        settings.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return settings
 
 
 def import_single_file(file: str | Path, output: str | Path, family: str | None = None,
@@ -191,9 +208,11 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
     output.parent.mkdir(parents=True, exist_ok=True)
     check_format(file, allow_pickle)
     if config is None:
+        keys, metadata = read_header(file)
+        scheduler_settings = marked_scheduler_settings(keys, metadata)
         if family is None:
-            family = detect_family(file, read_keys(file))
-            if family == "sd2-v":
+            family = detect_family(file, keys, metadata)
+            if family == "sd2-v" and "modelspec.architecture" not in metadata:
                 log.warning("warning: %s: an SD 2.x checkpoint, taken as 768-px v-prediction (SD 2.0/2.1); "
                             "for a 2.x-base model pass --family sd2-base", file)
         if family not in FAMILIES:
@@ -202,7 +221,8 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
         raise ModelError("--family and --config: pass one; --config describes the file's architecture itself")
     staging = output.parent / f".{output.name}.import.tmp"
     with tempfile.TemporaryDirectory() as tmp:
-        configs = Path(config).expanduser() if config else write_configs(family, Path(tmp) / "configs")
+        configs = (Path(config).expanduser() if config else
+                   write_configs(family, Path(tmp) / "configs", scheduler_settings))
         if not (configs / "model_index.json").is_file():
             raise ModelError(f"--config {configs}: no model_index.json; pass a diffusers pipeline folder")
         pipeline_class = StableDiffusionXLPipeline if is_sdxl_folder(configs) else StableDiffusionPipeline

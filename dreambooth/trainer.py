@@ -127,7 +127,8 @@ class Trainer:
         self.text_encoders = trained_encoders or self.parts.text_encoders
         self.finetune.register_checkpoint_hooks(acc)
         self.start_step = checkpoints.resume(acc, self.output_dir, cfg.resume_from_checkpoint)
-        # The rate is a function of the optimizer step alone: built at the resumed step, not checkpointed
+        # The rate is a function of the updates applied alone (as in diffusers, not those fp16's loss scaler
+        # skipped on an overflow): built at the resumed count, which Adam's state keeps, not checkpointed
         # (accelerate's prepared scheduler counts a tick per process, so a resume on another number of
         # processes would land elsewhere in the schedule).
         for group, rate in zip(self.optimizer.param_groups, base_rates):
@@ -135,7 +136,7 @@ class Trainer:
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
                                           num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_train_steps,
                                           num_cycles=cfg.lr_num_cycles, power=cfg.lr_power,
-                                          last_epoch=self.start_step - 1)
+                                          last_epoch=checkpoints.updates_applied(self.optimizer) - 1)
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)
         best = self.output_dir / "best" / "best.json"
@@ -328,7 +329,7 @@ class Trainer:
         if self.accelerator.sync_gradients:
             self.accelerator.clip_grad_norm_(self.trainable_parameters(), cfg.max_grad_norm)
         self.optimizer.step()  # accelerate skips it (and zero_grad) while gradients accumulate
-        if self.accelerator.sync_gradients:
+        if self.accelerator.sync_gradients and not self.optimizer.step_was_skipped:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss

@@ -111,20 +111,31 @@ def test_export_writes_the_kohya_file_of_a_lora_trained_without_it(lora_run, tin
     assert "is a folder; name the file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("family, version", [("sd1", "sd_v1"), ("sd2-base", "sd_v2"), ("sd2-v", "sd_v2_v"),
-                                             ("sdxl", "sdxl_base_v1-0")])
-def test_kohya_file_names_its_base_as_kohya_does(family, version, tmp_path):
-    """kohya-ss's `ss_base_model_version` (with "_v" for SD 2.x-v) and `ss_v2`, which A1111 files LoRAs by."""
-    base = write_configs(family, tmp_path / family)
+@pytest.mark.parametrize("family, version, architecture", [
+    ("sd1", "sd_v1", "stable-diffusion-v1"), ("sd1-v", "sd_v1_v", "stable-diffusion-v1"),
+    ("sd2-base", "sd_v2", "stable-diffusion-v2-512"), ("sd2-v", "sd_v2_v", "stable-diffusion-v2-768-v"),
+    ("sdxl", "sdxl_base_v1-0", "stable-diffusion-xl-v1-base"), ("sdxl-v", "sdxl_base_v1-0", "stable-diffusion-xl-v1-base")])
+def test_kohya_file_names_its_base_as_kohya_does(family, version, architecture, tmp_path):
+    """kohya-ss's `ss_base_model_version` (with "_v" for a v-prediction SD 1.x or 2.x) and `ss_v2`, which A1111
+    files LoRAs by; and the model spec SwarmUI reads, with kohya's "/lora" and implementation names."""
+    v = family.endswith("-v")
+    base = write_configs(family.removesuffix("-v") if family != "sd2-v" else family, tmp_path / family,
+                         {"prediction_type": "v_prediction"} if v else None)
     diffusers_file = tmp_path / LORA_WEIGHTS
     module = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
     save_file({f"{module}.lora_A.weight": torch.zeros(4, 640), f"{module}.lora_B.weight": torch.zeros(640, 4)}, diffusers_file)
     cfg = TrainConfig(pretrained_model_name_or_path=str(base), instance_data_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
-                      instance_prompt="a zwx dog", class_noun="dog", lora=True, lora_rank=4)
+                      identifier="zwx", instance_prompt="a {identifier} {class_noun}", class_noun="dog", lora=True,
+                      lora_rank=4, resolution=384)
     write_kohya_lora(diffusers_file, tmp_path / "kohya.safetensors", cfg)
     with safe_open(str(tmp_path / "kohya.safetensors"), "pt") as f:
         metadata = f.metadata()
     assert (metadata["ss_base_model_version"], metadata["ss_v2"]) == (version, str(family.startswith("sd2")))
+    implementation = "https://github.com/Stability-AI/generative-models" if family.startswith("sdxl") else "diffusers"
+    assert {k.removeprefix("modelspec."): v for k, v in metadata.items() if k.startswith("modelspec.")} == {
+        "sai_model_spec": "1.0.0", "architecture": f"{architecture}/lora", "implementation": implementation,
+        "title": "out", "resolution": "384x384", "prediction_type": "v" if v else "epsilon",
+        "trigger_phrase": "zwx dog", "description": f'DreamBooth LoRA of {family}; prompt with "zwx dog"'}
 
 
 def test_text_encoder_adapters_off_attention_alone_load_in_diffusers(tiny_sd, subject_dir, tmp_path):

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from dreambooth.cli import main
 from dreambooth.single_file import model_family
+from dreambooth.single_file_import import marked_scheduler_settings, read_header, write_configs
 from tests.tiny_models import build_tiny_sd2, build_tiny_sdxl
 
 # family: (pipeline class, builder (None: the session's tiny SD 1.x), {key: shape} the original layout has)
@@ -42,8 +43,13 @@ def test_single_file_round_trips_through_diffusers(family, tiny_sd, tmp_path):
     out = tmp_path / "model.safetensors"
     assert main(["export", "--model", str(folder), "--output", str(out)]) == 0
     with safe_open(str(out), "pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        shapes, metadata = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, f.metadata()
     assert {k: shapes.get(k) for k in expected} == expected
+    # the model spec SwarmUI tells a file's kind by (the tiny SD 2.x predicts noise: 2.x-512, not 768-v)
+    architecture = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
+    assert (metadata["modelspec.architecture"], metadata["modelspec.prediction_type"], metadata["modelspec.title"],
+            metadata["modelspec.implementation"]) == (architecture[family], "epsilon", "model",
+                                                      "https://github.com/Stability-AI/generative-models")
     loaded = cls.from_single_file(str(out), config=str(folder), local_files_only=True, **extra)
     for name in ("unet", "vae", "text_encoder", "text_encoder_2")[:4 if family == "sdxl" else 3]:
         want, got = load_file(next((folder / name).glob("*.safetensors"))), getattr(loaded, name).state_dict()
@@ -113,6 +119,29 @@ def test_a_v_prediction_sdxl_carries_the_markers_loaders_read(tmp_path, capsys):
     out = tmp_path / "model.safetensors"
     assert main(["export", "--model", str(folder), "--output", str(out)]) == 0
     with safe_open(str(out), "pt") as f:
-        assert {"v_pred", "ztsnr"} <= set(f.keys())
-    assert main(["import", str(out), "--output", str(tmp_path / "back")]) == 2  # and our import knows it
-    assert "a v-prediction SDXL checkpoint" in capsys.readouterr().err
+        assert {"v_pred", "ztsnr"} <= set(f.keys()) and f.metadata()["modelspec.prediction_type"] == "v"
+    # and our import writes them into the configs it loads the file with (SDXL's publised ones predict noise)
+    settings = marked_scheduler_settings(*read_header(out))
+    assert settings == {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    written = json.loads((write_configs("sdxl", tmp_path / "configs", settings) / "scheduler" /
+                          "scheduler_config.json").read_text())
+    assert {k: written[k] for k in settings} == settings and written["_class_name"] == "EulerDiscreteScheduler"
+
+
+def test_a_trained_model_names_its_trigger_and_resolution(tiny_sd, tmp_path):
+    """What UIs may add to a prompt (the identifier and class noun) and the size it was trained at."""
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "trained"
+    shutil.copytree(tiny_sd, folder)
+    (folder / "dreambooth_config.yaml").write_text(yaml.safe_dump(
+        {"pretrained_model_name_or_path": "/models/base-sd", "identifier": "zwx", "class_noun": "dog", "resolution": 48}))
+    out = tmp_path / "zwx-dog.safetensors"
+    assert main(["export", "--model", str(folder), "--output", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        metadata = f.metadata()
+    assert (metadata["modelspec.trigger_phrase"], metadata["modelspec.resolution"], metadata["modelspec.title"]) == (
+        "zwx dog", "48x48", "zwx-dog")
+    assert metadata["modelspec.description"] == 'DreamBooth fine-tune of base-sd; prompt with "zwx dog"'

@@ -12,10 +12,11 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from dreambooth.cli import main
 from dreambooth.models import check_model_folder
-from dreambooth.single_file_import import ARCHITECTURES, detect_family, read_keys, write_configs
+from dreambooth.single_file_import import ARCHITECTURES, detect_family, read_header, write_configs
 from tests.tiny_models import build_tiny_sd2, build_tiny_sdxl
 
-BUILDERS = {"sd1": None, "sd2-v": build_tiny_sd2, "sdxl": build_tiny_sdxl}
+# the tiny SD 2.x predicts noise, as 2.x-base does: its exported file says so (the model spec's architecture)
+BUILDERS = {"sd1": None, "sd2-base": build_tiny_sd2, "sdxl": build_tiny_sdxl}
 
 
 def exported(folder, tmp_path):
@@ -28,7 +29,10 @@ def exported(folder, tmp_path):
 def test_an_exported_file_imports_back_to_the_same_weights(family, tiny_sd, tmp_path, capsys):
     folder = BUILDERS[family](tmp_path / "model") if BUILDERS[family] else tiny_sd
     file = exported(folder, tmp_path)
-    assert detect_family(file, read_keys(file)) == family
+    keys, metadata = read_header(file)
+    assert detect_family(file, keys, metadata) == family
+    if family == "sd2-base":  # a file without the model spec is taken as 768-v, as diffusers does
+        assert detect_family(file, keys, {}) == "sd2-v"
     out = tmp_path / "imported"
     assert main(["import", str(file), "--output", str(out), "--config", str(folder)]) == 0
     assert f"--pretrained_model_name_or_path {out}" in capsys.readouterr().out
@@ -111,7 +115,7 @@ def test_a_lightning_era_ckpt_imports_with_allow_pickle(tiny_sd, tmp_path, monke
                 "callbacks": {checkpoint_class: {"best_model_score": np.float64(0.5)}}}, file)
     for name in names:
         monkeypatch.delitem(sys.modules, name)  # not installed where the file is imported
-    assert read_keys(file) == list(load_file(tmp_path / "model.safetensors"))  # what family detection reads
+    assert read_header(file) == (list(load_file(tmp_path / "model.safetensors")), {})  # what detection reads
     out = tmp_path / "imported"
     assert main(["import", str(file), "--output", str(out), "--allow_pickle", "--config", str(tiny_sd)]) == 0
     want, got = (load_file(next((f / "unet").glob("*.safetensors"))) for f in (tiny_sd, out))

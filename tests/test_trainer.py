@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from accelerate.optimizer import AcceleratedOptimizer
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
@@ -124,6 +125,43 @@ def test_v_prediction_min_snr_offset_noise_checkpointing_bf16_and_accumulation(t
     # frozen parts ran in bf16 but are saved in full precision, unchanged
     base, saved = (load_file(m / "vae" / "diffusion_pytorch_model.safetensors") for m in (model, out))
     assert all(saved[k].dtype == torch.float32 and torch.equal(saved[k], base[k]) for k in base)
+
+
+class SkipsFirstUpdates:
+    """fp16's loss scaler, as accelerate calls it, finding an overflow in the first `n` updates (it skips them)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def step(self, optimizer, closure=None):
+        if self.n:
+            self.n -= 1
+        else:
+            optimizer.step(closure)
+
+    def update(self):
+        pass
+
+
+def test_updates_fp16_skipped_do_not_advance_the_schedule(tiny_sd, subject_dir, tmp_path):
+    """As in diffusers, the rate follows the updates applied; a resume rebuilds it at the same place."""
+    cfg = config(tiny_sd, subject_dir, tmp_path, with_prior_preservation=False, lr_scheduler="linear", max_train_steps=8)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    # as accelerate wraps the optimizer under fp16, where a GPU gives it a loss scaler (a CPU gives none)
+    trainer.optimizer = AcceleratedOptimizer(trainer.optimizer.optimizer, device_placement=False,
+                                             scaler=SkipsFirstUpdates(2))
+    for trainer.step in range(3):
+        trainer.update()
+    trainer.step += 1
+    assert trainer.optimizer.step_was_skipped is False
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 7 / 8)  # one update applied of eight
+    trainer._save_checkpoint()
+    trainer.close()
+    resumed = Trainer(from_dict({**cfg.to_dict(), "resume_from_checkpoint": "latest"}))
+    resumed.setup()
+    assert resumed.start_step == 3 and resumed.lr_scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 7 / 8)
+    resumed.close()
 
 
 def test_scale_lr_and_the_schedule_options_reach_the_optimizer(tiny_sd, subject_dir, tmp_path):
