@@ -5,8 +5,8 @@ diffusers' `from_single_file` converts the keys, given the diffusers configs of 
 architecture, which it would otherwise download. They are written here instead, from the published
 configs of SD 1.5, SD 2.1 (768-v and base) and SDXL base 1.0; the family is told from the file's
 keys, what it predicts from its markers: the model spec's architecture and prediction type (metadata
-that kohya-ss, ComfyUI and our export write), SDXL's `v_pred` and `ztsnr` keys. Without them an SD 2.x
-file is taken as 768-v, as diffusers does. A file of another architecture needs `config=`: a diffusers
+that kohya-ss and our export write; ComfyUI names the latter `predict_key`), SDXL's `v_pred` and `ztsnr`
+keys. Without them an SD 2.x file is taken as 768-v, as diffusers does. A file of another architecture needs `config=`: a diffusers
 folder whose configs describe it.
 """
 
@@ -89,6 +89,9 @@ def write_configs(family: str, folder: Path, scheduler_settings: dict | None = N
     arch = ARCHITECTURES[family]
     scheduler_class, scheduler = arch["scheduler"]
     scheduler = {**scheduler, **(scheduler_settings or {})}
+    if scheduler.get("rescale_betas_zero_snr") and scheduler_class == "PNDMScheduler":  # PNDM has no such betas
+        scheduler_class, scheduler = "DDIMScheduler", {**scheduler, "clip_sample": False}
+        del scheduler["skip_prk_steps"]
     index = {"_class_name": arch["pipeline"], "unet": ["diffusers", "UNet2DConditionModel"],
              "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", scheduler_class]}
     if arch["pipeline"] == "StableDiffusionPipeline":
@@ -168,18 +171,24 @@ def read_header(file: Path) -> tuple[list[str], dict[str, str]]:
 
 def detect_family(file: Path, keys: list[str], metadata: dict[str, str]) -> str:
     """sd1, sd2-v, sd2-base or sdxl, from where the file keeps its text encoder(s); SD 2.x's two by the
-    model spec's architecture, 768-v where it names none."""
+    metadata's architecture or prediction type, 768-v where it names neither."""
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
     if not has("model.diffusion_model.") or not has("first_stage_model."):
         raise ModelError(f"{file}: no UNet (model.diffusion_model.) or no VAE (first_stage_model.) weights; "
                          "pass a full Stable Diffusion checkpoint, not a LoRA, VAE or UNet alone")
     for layout, family in (("sdxl", "sdxl"), ("sd2", "sd2-v"), ("sd1", "sd1")):  # SDXL also has an sd1-like encoder
         if all(has(prefix) for _, prefix, _ in TEXT_ENCODERS[layout]):
-            if family == "sd2-v" and metadata.get("modelspec.architecture") == MODELSPEC_ARCHITECTURE["sd2"]:
+            if family == "sd2-v" and (metadata.get("modelspec.architecture") == MODELSPEC_ARCHITECTURE["sd2"]
+                                      or stated_prediction(metadata) == "epsilon"):
                 return "sd2-base"
             return family
     raise ModelError(f"{file}: no text encoder of SD 1.x, 2.x or SDXL found; for another architecture pass "
                      "--config with a diffusers folder that describes it")
+
+
+def stated_prediction(metadata: dict[str, str]) -> str | None:
+    """"v" or "epsilon" where the file's metadata says: the model spec's key, or ComfyUI's name for it."""
+    return metadata.get("modelspec.prediction_type") or metadata.get("modelspec.predict_key")
 
 
 def marked_scheduler_settings(keys: list[str], metadata: dict[str, str]) -> dict:
@@ -187,7 +196,7 @@ def marked_scheduler_settings(keys: list[str], metadata: dict[str, str]) -> dict
     (SDXL's `v_pred` key, the model spec's prediction type) and a zero terminal SNR (`ztsnr`), sampled with
     trailing timesteps as that schedule needs."""
     settings: dict = {}
-    if "v_pred" in keys or metadata.get("modelspec.prediction_type") == "v":
+    if "v_pred" in keys or stated_prediction(metadata) == "v":
         settings["prediction_type"] = "v_prediction"
     if "ztsnr" in keys:
         settings.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
@@ -208,11 +217,12 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
     output.parent.mkdir(parents=True, exist_ok=True)
     check_format(file, allow_pickle)
     if config is None:
-        keys, metadata = read_header(file)
+        # a pickle is read whole for its keys: only where they must name the family
+        keys, metadata = read_header(file) if family is None or file.suffix == ".safetensors" else ([], {})
         scheduler_settings = marked_scheduler_settings(keys, metadata)
         if family is None:
             family = detect_family(file, keys, metadata)
-            if family == "sd2-v" and "modelspec.architecture" not in metadata:
+            if family == "sd2-v" and "modelspec.architecture" not in metadata and not stated_prediction(metadata):
                 log.warning("warning: %s: an SD 2.x checkpoint, taken as 768-px v-prediction (SD 2.0/2.1); "
                             "for a 2.x-base model pass --family sd2-base", file)
         if family not in FAMILIES:

@@ -10,6 +10,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from dreambooth import single_file_import
 from dreambooth.cli import main
 from dreambooth.models import check_model_folder
 from dreambooth.single_file_import import ARCHITECTURES, detect_family, read_header, write_configs
@@ -33,6 +34,7 @@ def test_an_exported_file_imports_back_to_the_same_weights(family, tiny_sd, tmp_
     assert detect_family(file, keys, metadata) == family
     if family == "sd2-base":  # a file without the model spec is taken as 768-v, as diffusers does
         assert detect_family(file, keys, {}) == "sd2-v"
+        assert detect_family(file, keys, {"modelspec.predict_key": "epsilon"}) == "sd2-base"  # as ComfyUI says it
     out = tmp_path / "imported"
     assert main(["import", str(file), "--output", str(out), "--config", str(folder)]) == 0
     assert f"--pretrained_model_name_or_path {out}" in capsys.readouterr().out
@@ -65,6 +67,19 @@ def test_the_written_configs_build_the_published_architectures(family, tmp_path)
     assert counts == PUBLISHED[family]
     tokenizer = CLIPTokenizer.from_pretrained(folder / ("tokenizer_2" if family == "sdxl" else "tokenizer"))
     assert tokenizer.pad_token == ("<|endoftext|>" if family == "sd1" else "!")
+
+
+def test_zero_terminal_snr_sd1_samples_with_a_scheduler_that_has_it(tmp_path):
+    """PNDM, SD 1.5's sampler, has no zero-terminal-SNR betas: such a file gets DDIM, trailing, as diffusers advises."""
+    from diffusers import DDIMScheduler
+
+    from dreambooth.models import load_sampling_scheduler
+
+    settings = single_file_import.marked_scheduler_settings(["ztsnr"], {"modelspec.predict_key": "v"})
+    scheduler = load_sampling_scheduler(write_configs("sd1", tmp_path / "sd1", settings))
+    assert isinstance(scheduler, DDIMScheduler) and scheduler.config.rescale_betas_zero_snr
+    assert (scheduler.config.prediction_type, scheduler.config.timestep_spacing) == ("v_prediction", "trailing")
+    assert scheduler.alphas_cumprod[-1] < 1e-6  # the last step is pure noise
 
 
 def test_sd2_base_differs_from_768_v_in_size_and_prediction():
@@ -116,6 +131,9 @@ def test_a_lightning_era_ckpt_imports_with_allow_pickle(tiny_sd, tmp_path, monke
     for name in names:
         monkeypatch.delitem(sys.modules, name)  # not installed where the file is imported
     assert read_header(file) == (list(load_file(tmp_path / "model.safetensors")), {})  # what detection reads
+    # with --family named, the pickle is not read a first time for its keys (diffusers reads it once)
+    monkeypatch.setattr(single_file_import, "read_header", lambda file: pytest.fail("read the pickle twice"))
+    assert main(["import", str(file), "--output", str(tmp_path / "sd1"), "--allow_pickle", "--family", "sd1"]) == 2
     out = tmp_path / "imported"
     assert main(["import", str(file), "--output", str(out), "--allow_pickle", "--config", str(tiny_sd)]) == 0
     want, got = (load_file(next((f / "unet").glob("*.safetensors"))) for f in (tiny_sd, out))
