@@ -1,7 +1,8 @@
 """Check `dreambooth import`'s built-in configs at full size, where the tests (tiny models) cannot.
 
 A family's published architecture is built at random weights, exported as one original-layout file
-(`dreambooth export`), and imported back with the configs the file's keys select (no --config); every
+(`dreambooth export`), and imported back with the configs the file's keys and metadata select (no
+--family, no --config); every
 weight must come back exactly, and the imported folder must carry the same configs.
 
     python scripts/check_import.py --family sd1
@@ -61,7 +62,7 @@ def main() -> None:
         tmp = Path(tmp)
         original = build_random_published(args.family, tmp / "original")
         file = export_single_file(original, tmp / "model.safetensors")
-        imported = import_single_file(file, tmp / "imported", family=None if args.family != "sd2-base" else "sd2-base")
+        imported = import_single_file(file, tmp / "imported")  # the family told by the file alone
         results = {}
         for part in sorted(p.name for p in original.iterdir() if p.name.startswith(("unet", "vae", "text_encoder"))):
             count, differ = same_weights(original, imported, part)
