@@ -19,7 +19,7 @@ from typing import Literal, get_args, get_origin
 from dreambooth.config import (GenerationPrecision, TrainConfig, config_types, default_of, field_keys, flag_spellings,
                                from_dict, read_config_file, typed_values, without_none)
 from dreambooth.diffusers_flags import DIFFUSERS_NO_OPS, EPOCHS_REFUSED, add_diffusers_flags
-from dreambooth.errors import (ConfigError, finite_float, non_negative_int, positive_int, run_command,
+from dreambooth.errors import (ConfigError, finite_float, positive_int, run_command, seed_int,
                                writable_folder)
 
 log = logging.getLogger("dreambooth")
@@ -136,12 +136,20 @@ def cmd_identifier(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from dreambooth.generate import generate
+    from dreambooth.generate import Sampling, generate
 
     checked_trained(args.model, args.base)
-    out = writable_folder(args.output or Path(args.model).expanduser() / "samples", "--output")
-    paths = generate(Path(args.model), args.prompt, args.num_images, out, args.steps, args.guidance_scale, args.seed,
-                     args.base, args.batch_size)
+    output = Path(args.output or Path(args.model).expanduser() / "samples").expanduser()
+    created = not output.exists()
+    out = writable_folder(output, "--output")
+    sampling = Sampling(args.num_images, args.steps, args.guidance_scale, args.seed, args.batch_size,
+                        args.negative_prompt, args.height, args.width, args.lora_scale)
+    try:
+        paths = generate(Path(args.model), args.prompt, out, sampling, args.base)
+    except BaseException:
+        if created and not any(out.iterdir()):  # made for this call, which wrote nothing: not left behind
+            out.rmdir()
+        raise
     print(f"wrote {len(paths)} image{'s' * (len(paths) != 1)} and grid.png to {out}")
 
 
@@ -280,10 +288,16 @@ def _add_generate(sub) -> None:
     gen.add_argument("--steps", type=positive_int, default=default_of("inference_steps"), help="sampler steps")
     gen.add_argument("--guidance_scale", "--guidance-scale", type=finite_float, default=default_of("guidance_scale"),
                      help="classifier-free guidance")
-    gen.add_argument("--seed", type=non_negative_int, default=default_of("seed"),
+    gen.add_argument("--seed", type=seed_int, default=default_of("seed"),
                      help="image i uses seed + i, and is saved as its number")
     gen.add_argument("--batch_size", "--batch-size", type=positive_int, default=default_of("sample_batch_size"),
                      help="images sampled at once (memory); the images are the same at any batch size")
+    gen.add_argument("--negative_prompt", "--negative-prompt", help="what the images should not show")
+    gen.add_argument("--height", type=positive_int, help="image height in pixels (default: the size the model "
+                     "was trained at, else its native size)")
+    gen.add_argument("--width", type=positive_int, help="image width in pixels (default: as --height)")
+    gen.add_argument("--lora_scale", "--lora-scale", type=finite_float,
+                     help="how strongly a LoRA folder's adapters apply (default 1: as trained; 0: the base model)")
     gen.add_argument("--base", help=BASE_HELP)
     gen.set_defaults(run=cmd_generate)
 
@@ -302,7 +316,7 @@ def _add_class_images(sub) -> None:
     cls.add_argument("--steps", type=positive_int, default=default_of("class_inference_steps"), help="sampler steps")
     cls.add_argument("--guidance_scale", "--guidance-scale", type=finite_float,
                      default=default_of("class_guidance_scale"), help="classifier-free guidance")
-    cls.add_argument("--seed", type=non_negative_int, default=default_of("seed"),
+    cls.add_argument("--seed", type=seed_int, default=default_of("seed"),
                      help="image i's noise comes from (seed, i)")
     cls.add_argument("--batch_size", "--batch-size", type=positive_int, default=default_of("sample_batch_size"),
                      help="images sampled at once (memory)")
@@ -336,11 +350,13 @@ def _add_import(sub) -> None:
     imp = sub.add_parser("import", help="turn an A1111/ComfyUI single-file checkpoint into a base-model folder",
                          description="Write a single-file SD 1.x, 2.x or SDXL checkpoint (original key layout) as "
                                      "a diffusers pipeline folder, the base model `train` takes. The family is "
-                                     "told from the file's keys; SD 2.x is taken as 768-px v-prediction.")
+                                     "told from the file's keys, SD 2.x's 768-v or base from its metadata "
+                                     "(taken as 768-v where it has none).")
     imp.add_argument("file", help="the .safetensors checkpoint")
     imp.add_argument("--output", required=True, help="the pipeline folder to write (new or empty)")
     imp.add_argument("--family", choices=("sd1", "sd2-v", "sd2-base", "sdxl"),
-                     help="the file's architecture (default: from its keys; needed for SD 2.x base models)")
+                     help="the file's architecture (default: from its keys and metadata; name sd2-base for an "
+                          "SD 2.x base model whose file does not say so)")
     imp.add_argument("--config", help="a diffusers pipeline folder whose configs describe the file (other architectures)")
     imp.add_argument("--allow_pickle", "--allow-pickle", action="store_true",
                      help="load a pickled .ckpt (only from a source you trust)")
@@ -376,7 +392,7 @@ def _add_evaluate(sub) -> None:
                     help="none, toy-judge or hf:<CLIP model folder> (CLIP-T)")
     ev.add_argument("-n", "--num_images", "--num-images", type=positive_int, help="images per prompt (default: 4)")
     ev.add_argument("--steps", type=positive_int, help="sampler steps (default: 50)")
-    ev.add_argument("--seed", type=non_negative_int, help="image i uses seed + i (default: 0)")
+    ev.add_argument("--seed", type=seed_int, help="image i uses seed + i (default: 0)")
     ev.add_argument("--base", help=BASE_HELP)
     ev.add_argument("--output", "--output_dir", type=Path, required=True, help="folder for images and reports")
     ev.set_defaults(run=cmd_evaluate)

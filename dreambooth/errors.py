@@ -103,9 +103,14 @@ def run_command(command: Callable[[], object]) -> int:
     return 0
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type for seeds: image files are named by them, and '-00001.png' reads as an option."""
-    return _whole_number(text, minimum=0)
+def seed_int(text: str) -> int:
+    """argparse type for seeds: below 2**32, as `train` takes them (image i uses seed + i, which torch's
+    generators take up to 2**64), and not negative: image files are named by them, and '-00001.png' reads
+    as an option."""
+    value = _whole_number(text, minimum=0)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"{value}: give a seed below 2**32 (4294967296)")
+    return value
 
 
 def finite_float(text: str) -> float:

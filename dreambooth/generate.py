@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,9 +15,10 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dreambooth.atomic import fsync_tree, removed_on_failure
 from dreambooth.config import fill_prompt, placeholder_problem
 from dreambooth.errors import ConfigError
-from dreambooth.outputs import load_trained, training_record
+from dreambooth.outputs import is_lora_folder, load_trained, training_record
 
 
 def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
@@ -46,15 +51,19 @@ def decoding_in_vae_precision(vae: torch.nn.Module):
 
 @torch.no_grad()
 def sample(pipe: DiffusionPipeline, prompt: str, n: int, steps: int, guidance: float, seed: int,
-           resolution: int | None = None, batch_size: int = 4, bar: tqdm | None = None) -> list[Image.Image]:
+           resolution: int | tuple[int, int] | None = None, batch_size: int = 4, bar: tqdm | None = None,
+           negative_prompt: str | None = None, **pipe_kwargs) -> list[Image.Image]:
     """n images for one prompt, `batch_size` at a time (memory); image i uses seed + i, so the images
-    don't depend on n or batch size. `bar` counts the images as they come."""
+    don't depend on n or batch size. `resolution`: the side of a square, or (height, width); None, the
+    model's native size. `bar` counts the images as they come."""
+    height, width = resolution if isinstance(resolution, tuple) else (resolution, resolution)
     images = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
+        negative = {"negative_prompt": [negative_prompt] * count} if negative_prompt else {}
         images += pipe(prompt=[prompt] * count, num_inference_steps=steps, guidance_scale=guidance,
-                       generator=generators, height=resolution, width=resolution).images
+                       generator=generators, height=height, width=width, **negative, **pipe_kwargs).images
         if bar is not None:
             bar.update(count)
     return images
@@ -67,26 +76,62 @@ def sample_grid(pipe: DiffusionPipeline, prompts: list[str], n: int, steps: int,
     return make_grid(images, n)
 
 
-def generate(model: Path, prompt: str, n: int, out: Path, steps: int, guidance: float, seed: int,
-             base: str | Path | None = None, batch_size: int = 4) -> list[Path]:
-    """Write n PNGs and a grid for `prompt` ({identifier}/{class_noun} filled from the model)."""
+@dataclass(frozen=True)
+class Sampling:
+    """How `dreambooth generate` samples: n images, image i from seed + i."""
+
+    n: int
+    steps: int
+    guidance: float
+    seed: int
+    batch_size: int  # images sampled at once (memory): the images are the same at any
+    negative_prompt: str | None = None
+    height: int | None = None  # None: the size the model was trained at, else its native size
+    width: int | None = None
+    lora_scale: float | None = None  # LoRA folders only; None: 1, as trained
+
+
+SAMPLE_FILE = re.compile(r"^\d{6,}\.png$")  # image i is saved as its seed, six digits or more
+
+
+def generate(model: Path, prompt: str, out: Path, sampling: Sampling, base: str | Path | None = None) -> list[Path]:
+    """Write n PNGs, a grid and the prompt for `prompt` ({identifier}/{class_noun} filled from the model)
+    into `out`, replacing an earlier call's: all of them, or (on a failure) none, the earlier ones kept."""
     if problem := placeholder_problem(prompt, "--prompt"):
         raise ConfigError(problem)
     record = training_record(model)
     for name in ("identifier", "class_noun"):
         if f"{{{name}}}" in prompt and not record.get(name):
             raise ConfigError(f"--prompt uses {{{name}}} but {model} records none; write the word out instead")
+    if sampling.lora_scale is not None and not is_lora_folder(model):
+        raise ConfigError(f"--lora_scale: {model} is a full pipeline, not a LoRA folder; drop it (or merge a LoRA at "
+                          "another scale with `dreambooth merge --scale`)")
     text = fill_prompt(prompt, record.get("identifier"), record.get("class_noun"))
     pipe = load_trained(model, base)
-    with tqdm(total=n, desc="sampling", unit="img") as bar:
-        images = sample(pipe, text, n, steps, guidance, seed, batch_size=batch_size, bar=bar)
-    out.mkdir(parents=True, exist_ok=True)
-    for earlier in out.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):  # an earlier call's, else read as this prompt's
-        earlier.unlink()
+    trained_at = record.get("resolution")
+    height = sampling.height or sampling.width or trained_at
+    width = sampling.width or sampling.height or trained_at
+    # diffusers scales a LoRA's text-encoder adapters by the same
+    scale = {} if sampling.lora_scale is None else {"cross_attention_kwargs": {"scale": sampling.lora_scale}}
+    with tqdm(total=sampling.n, desc="sampling", unit="img") as bar:
+        images = sample(pipe, text, sampling.n, sampling.steps, sampling.guidance, sampling.seed,
+                        (height, width) if height else None, sampling.batch_size, bar, sampling.negative_prompt,
+                        **scale)
+    staging = out / ".generate.tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # a crashed call's
+    with removed_on_failure(staging, writing=out):
+        staging.mkdir()
+        for i, image in enumerate(images):
+            image.save(staging / f"{sampling.seed + i:06d}.png")
+        make_grid(images, min(sampling.n, 4)).save(staging / "grid.png")
+        (staging / "prompt.txt").write_text(text + "\n")
+        fsync_tree(staging)
+    for earlier in out.iterdir():  # an earlier call's, else read as this prompt's
+        if SAMPLE_FILE.match(earlier.name) or earlier.name in ("grid.png", "prompt.txt"):
+            earlier.unlink()
     paths = []
-    for i, image in enumerate(images):
-        paths.append(out / f"{seed + i:06d}.png")
-        image.save(paths[-1])
-    make_grid(images, min(n, 4)).save(out / "grid.png")
-    (out / "prompt.txt").write_text(text + "\n")
-    return paths
+    for file in sorted(staging.iterdir(), key=lambda f: f.name == "prompt.txt"):  # the prompt, saying what they are, last
+        os.replace(file, out / file.name)
+        paths.append(out / file.name)
+    staging.rmdir()
+    return [path for path in paths if SAMPLE_FILE.match(path.name)]

@@ -29,7 +29,7 @@ def test_generate_into_a_used_folder_keeps_only_this_prompts_images(tiny_sd, tmp
     from dreambooth.cli import main
 
     common = ["generate", "--model", str(tiny_sd), "--steps", "2", "--output", str(tmp_path)]
-    assert main([*common, "--prompt", "a dog", "-n", "3"]) == 0
+    assert main([*common, "--prompt", "a dog", "-n", "3", "--seed", "999999"]) == 0  # 999999, ..., 1000001
     assert main([*common, "--prompt", "a cat", "-n", "2", "--seed", "7"]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000007.png", "000008.png", "grid.png"]
     assert (tmp_path / "prompt.txt").read_text() == "a cat\n"
@@ -41,3 +41,57 @@ def test_an_unknown_placeholder_is_refused_before_sampling(tiny_sd, tmp_path, ca
     assert main(["generate", "--model", str(tiny_sd), "--prompt", "a {identifer} dog", "--output", str(tmp_path)]) == 2
     assert "--prompt: unknown placeholder {identifer}; use {identifier} or {class_noun}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_call_keeps_the_earlier_images_and_no_new_folder(tiny_sd, tmp_path, monkeypatch, capsys):
+    """A full disk while saving leaves the earlier call's files as they were; a call that fails before any
+    image leaves no folder it created."""
+    import errno
+
+    from PIL import Image
+
+    from dreambooth.cli import main
+    from tests.test_cli import exit_code
+
+    common = ["generate", "--model", str(tiny_sd), "--steps", "2", "--output", str(tmp_path / "samples")]
+    assert main([*common, "--prompt", "a dog", "-n", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "samples").iterdir()}
+    save = Image.Image.save
+
+    def second_save_fails(image, path, *args, **kwargs):
+        if str(path).endswith("000001.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", second_save_fails)
+    assert main([*common, "--prompt", "a cat", "-n", "3", "--seed", "0"]) == 1
+    assert "disk" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "samples").iterdir()} == before
+    monkeypatch.undo()
+    new = tmp_path / "new"
+    assert main(["generate", "--model", str(tiny_sd), "--prompt", "a {identifier} dog", "--output", str(new)]) == 2
+    assert not new.exists()
+    assert exit_code(["generate", "--model", str(tiny_sd), "--prompt", "a dog", "--seed", str(2**32)]) == 2
+    assert "give a seed below 2**32" in capsys.readouterr().err
+
+
+def test_generate_samples_at_the_trained_size_or_the_one_asked(tiny_sd, tmp_path):
+    """A model trained at another size than its native one samples at it, as its validation grids did;
+    --height/--width ask for another (one alone gives a square); --negative_prompt changes the images."""
+    import shutil
+
+    import yaml
+    from PIL import Image
+
+    from dreambooth.cli import main
+
+    model = shutil.copytree(tiny_sd, tmp_path / "model")
+    (model / "dreambooth_config.yaml").write_text(yaml.safe_dump({"resolution": 64, "identifier": "zwx"}))
+    common = ["generate", "--model", str(model), "--steps", "2", "-n", "1", "--prompt", "a {identifier} dog"]
+    for extra, size in [([], (64, 64)), (["--height", "32", "--width", "48"], (48, 32)), (["--width", "48"], (48, 48))]:
+        assert main([*common, *extra, "--output", str(tmp_path / "out")]) == 0
+        assert Image.open(tmp_path / "out" / "000000.png").size == size
+    plain = np.asarray(Image.open(tmp_path / "out" / "000000.png"), np.int16)
+    assert main([*common, "--width", "48", "--negative_prompt", "a cat", "--output", str(tmp_path / "out")]) == 0
+    assert np.abs(np.asarray(Image.open(tmp_path / "out" / "000000.png"), np.int16) - plain).max() > 0
+    assert main([*common, "--lora_scale", "0.5"]) == 2  # a full pipeline has no adapters to scale

@@ -80,6 +80,22 @@ def test_lora_output_is_small_and_loads_in_diffusers(lora_run, tiny_sd):
     assert keys and all(k.startswith("text_encoder.text_model.encoder.layers.") for k in keys)
 
 
+def test_generate_scales_the_adapters(lora_run, tiny_sd, tmp_path):
+    """--lora_scale 0 samples the base model, 1 the model as trained (the default)."""
+    def generated(*extra):
+        out = tmp_path / "-".join(extra or ("default",))
+        assert main(["generate", "--model", str(lora_run), "--prompt", "a dog", "-n", "1", "--steps", "2",
+                     "--output", str(out), *extra]) == 0
+        return np.asarray(Image.open(out / "000000.png"), np.int16)
+
+    base = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
+    base.set_progress_bar_config(disable=True)
+    without = image(base)
+    assert np.abs(generated("--lora_scale", "0") - without).max() <= 1
+    assert np.abs(generated("--lora_scale", "1") - generated()).max() == 0
+    assert np.abs(generated() - without).max() > 1
+
+
 def test_kohya_file_loads_with_the_same_outputs(lora_run, tiny_sd):
     with safe_open(str(lora_run / "lora_kohya.safetensors"), "pt") as f:
         keys, metadata = list(f.keys()), f.metadata()
