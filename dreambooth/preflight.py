@@ -19,7 +19,7 @@ import torch
 
 from dreambooth import checkpoints
 from dreambooth.class_images import ClassImageSpec, cache_key, cached_count, drawing_precision
-from dreambooth.config import FULL_LEARNING_RATE, TrainConfig, changed_settings, fill_prompt
+from dreambooth.config import FULL_LEARNING_RATE, TrainConfig, changed_settings, fill_prompt, literal_identifier
 from dreambooth.data.images import ImageScan, scan_images
 from dreambooth.errors import DreamBoothError, ModelError
 from dreambooth.models import check_model_folder, native_resolution
@@ -100,9 +100,11 @@ def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
     instance = fill_prompt(cfg.instance_prompt, cfg.identifier or "[V]", cfg.class_noun)
     if instance == fill_prompt(cfg.class_prompt, cfg.identifier, cfg.class_noun):
         report.problems.append(f"--instance_prompt {instance!r} equals the class prompt; it needs the identifier")
-    if cfg.identifier:
+    identifier = cfg.identifier or literal_identifier(cfg)  # a literal prompt's is checked as a named one
+    if identifier:
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", local_files_only=True)
-        report.warnings.extend(f"--identifier {cfg.identifier!r}: {w}" for w in check_identifier(tokenizer, cfg.identifier))
+        named = f"--identifier {identifier!r}" if cfg.identifier else f"the identifier of --instance_prompt, {identifier!r}"
+        report.warnings.extend(f"{named}: {w}" for w in check_identifier(tokenizer, identifier))
 
 
 def _modules(model: Path, component: str, library: str, class_name: str) -> dict[str, torch.nn.Module]:

@@ -159,6 +159,15 @@ def test_a_literal_diffusers_prompt_records_its_own_identifier(tiny_sd, subject_
     assert "identifier: sks" in (tmp_path / "o" / "dreambooth_config.yaml").read_text()
 
 
+def test_check_reads_a_literal_prompts_identifier_as_a_named_one(tiny_sd, subject_dir, tmp_path, capsys):
+    """diffusers' recipe "a photo of sks dog": sks, a rifle's name to the text encoder, is warned of too."""
+    assert main(["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
+                 str(subject_dir), "--instance_prompt", "a photo of sks dog", "--class_prompt", "a photo of dog",
+                 "--output_dir", str(tmp_path / "o")]) == 0
+    captured = capsys.readouterr()
+    assert "the identifier of --instance_prompt, 'sks'" in captured.out + captured.err
+
+
 def test_diffusers_plain_recipe_trains_without_naming_the_identifier(tiny_sd, subject_dir, tmp_path):
     """No class prompt tells which word of "a photo of sks dog" is the identifier, and nothing here needs it."""
     out = tmp_path / "o"
