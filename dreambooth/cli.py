@@ -82,6 +82,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from dreambooth.trainer import train
 
     out = train(cfg)
+    if int(os.environ.get("RANK", "0")):  # under a launcher, the first process speaks for the run
+        return
     if cfg.lora:
         print(f"saved the LoRA adapters to {out} (load them onto the base model with pipe.load_lora_weights, "
               f"or `dreambooth generate --model {out}`)")
@@ -89,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             print(f"  for AUTOMATIC1111 / ComfyUI: {out / 'lora_kohya.safetensors'}")
     else:
         print(f"saved the personalized pipeline to {out}")
-    if (out / "best" / "best.json").is_file():
+    if cfg.keep_best and (out / "best" / "best.json").is_file():
         print(f"  the best-scoring step's model: {out / 'best'} (best.json says which step)")
 
 

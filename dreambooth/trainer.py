@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -139,13 +140,27 @@ class Trainer:
                                           last_epoch=checkpoints.updates_applied(self.optimizer) - 1)
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)
-        best = self.output_dir / "best" / "best.json"
-        # a resumed --keep_best run must beat the best so far, if that best was published whole
-        # (its config goes out last, for full pipelines and LoRA adapters alike)
-        if self.start_step and best.is_file() and (best.parent / CONFIG_FILE).is_file():
-            self.best_score = json.loads(best.read_text())["eval/score"]
+            if not self.start_step:  # a fresh run: an earlier run's best model is none of this one's steps
+                shutil.rmtree(self.output_dir / "best", ignore_errors=True)
+        self.best_score = self._best_so_far()
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("dreambooth", config=export.scalar_config(cfg))
+
+    def _best_so_far(self) -> float:
+        """The score a resumed --keep_best run must beat: its best so far, if that was published whole (its
+        config goes out last, for full pipelines and LoRA adapters alike) and scored by the same meters."""
+        best = self.output_dir / "best" / "best.json"
+        if not (self.start_step and best.is_file() and (best.parent / CONFIG_FILE).is_file()):
+            return float("-inf")
+        record = json.loads(best.read_text())
+        if any(record.get(name, value) != value for name, value in self._meters().items()):
+            log.warning("warning: %s was scored with another --eval_encoder or --eval_prompt_scorer; the next "
+                        "evaluation replaces it", best.parent)
+            return float("-inf")
+        return record["eval/score"]
+
+    def _meters(self) -> dict[str, str | None]:
+        return {"eval_encoder": self.cfg.eval_encoder, "eval_prompt_scorer": self.cfg.eval_prompt_scorer}
 
     def _freeze_and_place(self) -> None:
         """Choose what trains (all weights or LoRA adapters); frozen parts go to the device in low precision."""
@@ -245,6 +260,8 @@ class Trainer:
     def train(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
         self.step = self.start_step
+        if self.start_step:  # a stop saves before it looks at its step: look now, unless that was done
+            self.look(last=self.step == cfg.max_train_steps, unless_done=True)
         # a context, so that an error message starts its own line, not the end of the bar
         with tqdm(total=cfg.max_train_steps, initial=self.step, desc="training", unit="step",
                   disable=not acc.is_local_main_process) as bar:
@@ -270,18 +287,22 @@ class Trainer:
                 if self.step % cfg.checkpointing_steps == 0 and self.step < cfg.max_train_steps:
                     self._save_checkpoint()
                 self.look(last=self.step == cfg.max_train_steps)
-        if self.start_step == cfg.max_train_steps:  # stopped in its last step, after the update, before the look
-            self.look(last=True)
         return self.save()
 
-    def look(self, last: bool) -> None:
-        """Validation grids and scores of this step, if due; the last step's model (the one saved) is
-        always looked at, and may be the best."""
+    def look(self, last: bool, unless_done: bool = False) -> None:
+        """Validation grids and scores of this step, if due (`unless_done`: and not written yet); the last
+        step's model (the one saved) is always looked at, and may be the best."""
         cfg = self.cfg
         if cfg.validation_prompts and (self.step % cfg.validation_steps == 0 or last):
-            self.validate()
+            if not (unless_done and self._grid_file().is_file()):
+                self.validate()
         if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
-            self.evaluate()
+            scored = any(row["step"] == self.step and "eval/score" in row for row in runlog.read(self.output_dir))
+            if not (unless_done and scored):
+                self.evaluate()
+
+    def _grid_file(self) -> Path:
+        return self.output_dir / "validation" / f"step-{self.step:06d}.png"
 
     def update(self) -> tuple[LossParts, torch.Tensor]:
         """One optimizer step: gradient_accumulation_steps training steps. Returns the last one's loss and
@@ -414,9 +435,8 @@ class Trainer:
         with self.sampling():
             grid = sample_grid(self.pipeline(), prompts, cfg.num_validation_images, cfg.inference_steps,
                                cfg.guidance_scale, cfg.seed, cfg.resolution)
-        folder = self.output_dir / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        grid.save(folder / f"step-{self.step:06d}.png")
+        self._grid_file().parent.mkdir(parents=True, exist_ok=True)
+        grid.save(self._grid_file())
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.writer.add_image("validation", np.asarray(grid), self.step, dataformats="HWC")
@@ -440,14 +460,17 @@ class Trainer:
         log.info("step %d: %s", self.step, ", ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items()))
         if self.cfg.keep_best and scores["eval/score"] > self.best_score:
             self.best_score = scores["eval/score"]
-            self.write_model(self.output_dir / "best", {"best.json": json.dumps({"step": self.step, **scores})})
+            best = self.output_dir / "best"
+            # its config and card say what it is: this step's model, in its own folder
+            as_trained = dataclasses.replace(self.cfg, output_dir=str(best), max_train_steps=self.step)
+            self.write_model(best, as_trained, {"best.json": json.dumps({"step": self.step, **scores, **self._meters()})})
 
-    def write_model(self, folder: Path, extra_files: dict[str, str] | None = None) -> None:
+    def write_model(self, folder: Path, cfg: TrainConfig, extra_files: dict[str, str] | None = None) -> None:
         """Weights (or adapters), config and model card, staged and then published into `folder`
         so that a crash never leaves a folder that looks complete."""
         with export.staged(folder) as staging:  # on a full disk, the checkpoints still hold the run
-            self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
-            export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt)
+            self.finetune.save(self.pipeline(for_saving=True), staging, cfg)
+            export.write_card_and_config(staging, cfg, self.instance_prompt, self.class_prompt)
             for name, text in (extra_files or {}).items():
                 (staging / name).write_text(text)
 
@@ -456,7 +479,7 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            self.write_model(self.output_dir)
+            self.write_model(self.output_dir, self.cfg)
             if not self.cfg.keep_checkpoints:  # only now: until the model is published, they are the run
                 checkpoints.delete_all(self.output_dir)
         return self.output_dir

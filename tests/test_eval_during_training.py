@@ -35,6 +35,50 @@ def test_a_resumed_lora_run_keeps_the_best_score_so_far(tiny_sd, subject_dir, tm
     assert trainer.start_step == 1 and trainer.best_score == best["eval/score"]
 
 
+def test_best_says_what_it_is_and_a_fresh_run_drops_an_earlier_runs(tiny_sd, subject_dir, tmp_path):
+    """best/'s config and card name its step and folder (they named the final model's); a fresh run into the
+    same folder deletes an earlier run's best/, none of its own steps."""
+    import yaml
+
+    out = train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=3, eval_every=1, keep_best=True,
+                       class_inference_steps=2))
+    best = json.loads((out / "best" / "best.json").read_text())
+    record = yaml.safe_load((out / "best" / "dreambooth_config.yaml").read_text())
+    assert (record["max_train_steps"], record["output_dir"]) == (best["step"], str(out / "best"))
+    assert f"| steps | {best['step']} |" in (out / "best" / "README.md").read_text()
+    assert (best["eval_encoder"], best["eval_prompt_scorer"]) == ("efficientnet-lite0", "none")
+    train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=1, class_inference_steps=2))
+    assert not (out / "best").exists()
+
+
+def test_a_resume_scores_the_step_a_stop_saved_before_scoring(tiny_sd, subject_dir, tmp_path, monkeypatch, caplog):
+    """And a best scored by other meters is replaced by the next evaluation, not compared with it."""
+    import signal
+
+    from dreambooth.run_guard import Interrupted
+
+    original = Trainer.training_step
+
+    def signalled_in_step_2(self, draw):
+        if draw == 1:
+            self.stop_signal = signal.SIGTERM
+        return original(self, draw)
+
+    values = dict(max_train_steps=3, eval_every=2, keep_best=True, class_inference_steps=2)
+    monkeypatch.setattr(Trainer, "training_step", signalled_in_step_2)
+    with pytest.raises(Interrupted, match="at step 2"):
+        train(config(tiny_sd, subject_dir, tmp_path, **values))
+    monkeypatch.undo()
+    out = train(config(tiny_sd, subject_dir, tmp_path, **values, resume_from_checkpoint="latest"))
+    assert [r["step"] for r in runlog.read(out) if "eval/score" in r] == [2, 3]
+    trainer = Trainer(config(tiny_sd, subject_dir, tmp_path, **{**values, "max_train_steps": 4},
+                             eval_prompt_scorer="toy-judge", resume_from_checkpoint="latest"))
+    trainer.setup()
+    assert trainer.start_step == 2 and trainer.best_score == float("-inf")
+    assert "scored with another --eval_encoder or --eval_prompt_scorer" in caplog.text
+    trainer.close()
+
+
 def test_the_last_line_names_the_kohya_file_and_the_best_model(tiny_sd, subject_dir, tmp_path, capsys):
     from dreambooth.cli import main
 

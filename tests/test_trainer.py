@@ -250,9 +250,11 @@ def test_a_run_says_which_photos_it_skipped(tiny_sd, subject_dir, tmp_path, capl
     assert "photos: skipped IMG_0001.HEIC: HEIC/HEIF: convert it to JPEG" in caplog.text
 
 
-def test_a_run_stopped_in_its_last_step_looks_at_it_when_resumed(tiny_sd, subject_dir, tmp_path, monkeypatch):
-    """The stop saves a checkpoint at the last step before its validation: the resume, with no step left,
-    validates (and would score) the model it saves."""
+@pytest.mark.parametrize("steps, every, grids", [(2, 5, ["step-000002.png"]), (3, 2, ["step-000002.png", "step-000003.png"])])
+def test_a_run_stopped_at_a_step_it_was_to_look_at_looks_when_resumed(tiny_sd, subject_dir, tmp_path, monkeypatch,
+                                                                      steps, every, grids):
+    """The stop saves a checkpoint at its step before that step's validation: the resume validates (and
+    would score) it first, be it the last step, whose model is the one saved, or one due on the way."""
     import signal
 
     from dreambooth.run_guard import Interrupted
@@ -265,7 +267,7 @@ def test_a_run_stopped_in_its_last_step_looks_at_it_when_resumed(tiny_sd, subjec
             self.stop_signal = signal.SIGTERM  # what the handler sets on SIGTERM
         return original(self, draw)
 
-    common = dict(max_train_steps=2, validation_prompts=["a {identifier} dog"], validation_steps=5,
+    common = dict(max_train_steps=steps, validation_prompts=["a {identifier} dog"], validation_steps=every,
                   num_validation_images=1, inference_steps=2)
     monkeypatch.setattr(Trainer, "training_step", signalled_in_step_2)
     with pytest.raises(Interrupted, match="at step 2"):
@@ -273,7 +275,7 @@ def test_a_run_stopped_in_its_last_step_looks_at_it_when_resumed(tiny_sd, subjec
     monkeypatch.undo()
     assert not (tmp_path / "out" / "validation").exists()
     train(config(tiny_sd, subject_dir, tmp_path, **common, resume_from_checkpoint="latest"))
-    assert [p.name for p in (tmp_path / "out" / "validation").iterdir()] == ["step-000002.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "validation").iterdir()) == grids
 
 
 def test_class_images_are_drawn_and_their_model_freed_before_the_training_parts_load(tiny_sd, subject_dir, tmp_path,
