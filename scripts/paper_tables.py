@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import shutil
 import statistics
@@ -231,6 +232,7 @@ def conclusions(results: dict[str, list[dict]]) -> str:
         ("prior preservation lowers PRES", "dreambooth", "no-prior", ["PRES (dino-imgfocus) ↓", "PRES, object crops ↓"]),
         ("prior preservation raises DIV", "dreambooth", "no-prior", ["DIV (lpips-style)"]),
         ("prior preservation costs a little fidelity", "no-prior", "dreambooth", FIDELITY),
+        ("without the prior, DreamBooth beats the base model's best description", "no-prior", "base", FIDELITY),
         ("the correct class noun beats no noun", "no-prior", "no-noun", FIDELITY),
         ("the correct class noun beats a wrong noun", "no-prior", "wrong-noun", FIDELITY),
     ]
@@ -238,6 +240,17 @@ def conclusions(results: dict[str, list[dict]]) -> str:
              "| claim | metric | difference (> 0 agrees) | pairs that agree |", "|---|---|---|---|"]
     lines += [f"| {claim} | {column} | {paired(results[b], results[w], column)} |"
               for claim, b, w, columns in claims if b in results and w in results for column in columns]
+    return "\n".join(lines) + "\n"
+
+
+def per_run(results: dict[str, list[dict]], subjects: list[str], seeds: list[int]) -> str:
+    """Every run's own scores (the tables' cells are their means), seed-major as the runs are."""
+    columns = [c for c in COLUMNS if c != "train time (s)"]
+    lines = ["### Per run", "", "| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for variant, runs in results.items():
+        for (seed, subject), result in zip(itertools.product(seeds, subjects), runs, strict=True):
+            lines.append(f"| {subject}, seed {seed}, {variant} | " + " | ".join(f"{COLUMNS[c](result):.3f}" for c in columns)
+                         + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -280,6 +293,7 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true",
                         help="first score every finished run again from its images (after a new judge or locator)")
     parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--per_run", action="store_true", help="also list every run's own scores")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work.expanduser()
@@ -330,6 +344,8 @@ def main() -> None:
             ["PRES (dino-imgfocus) ↓", "PRES, object crops ↓", *FIDELITY, "prompt fidelity (judge)", "train time (s)"]))
     if {"1", "3", "4"} & set(args.tables):
         text.append(conclusions(results))
+    if args.per_run:
+        text.append(per_run(results, args.subjects, args.seeds))
     n = f"{len(args.subjects)} subjects x {len(args.seeds)} seeds"
     output = f"Mean ± std over {n} (`python scripts/paper_tables.py {' '.join(sys.argv[1:])}`).\n\n"
     output += "\n".join(text)
