@@ -19,7 +19,7 @@ from typing import Literal, get_args, get_origin
 from dreambooth.config import (GenerationPrecision, TrainConfig, config_types, default_of, field_keys, flag_spellings,
                                from_dict, read_config_file, typed_values, without_none)
 from dreambooth.diffusers_flags import DIFFUSERS_NO_OPS, EPOCHS_REFUSED, add_diffusers_flags
-from dreambooth.errors import (ConfigError, finite_float, positive_int, run_command, seed_int,
+from dreambooth.errors import (ConfigError, finite_float, image_side, positive_int, run_command, seed_int,
                                writable_folder)
 
 log = logging.getLogger("dreambooth")
@@ -295,9 +295,9 @@ def _add_generate(sub) -> None:
     gen.add_argument("--batch_size", "--batch-size", type=positive_int, default=default_of("sample_batch_size"),
                      help="images sampled at once (memory); the images are the same at any batch size")
     gen.add_argument("--negative_prompt", "--negative-prompt", help="what the images should not show")
-    gen.add_argument("--height", type=positive_int, help="image height in pixels (default: the size the model "
-                     "was trained at, else its native size)")
-    gen.add_argument("--width", type=positive_int, help="image width in pixels (default: as --height)")
+    gen.add_argument("--height", type=image_side, help="image height in pixels, a multiple of 8 (default: the size "
+                     "the model was trained at, else its native size)")
+    gen.add_argument("--width", type=image_side, help="image width in pixels (default: as --height)")
     gen.add_argument("--lora_scale", "--lora-scale", type=finite_float,
                      help="how strongly a LoRA folder's adapters apply (default 1: as trained; 0: the base model)")
     gen.add_argument("--base", help=BASE_HELP)

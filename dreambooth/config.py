@@ -257,10 +257,6 @@ def validate(cfg: TrainConfig) -> None:
         need(not users, "identifier", f"{' and '.join(users)} use the identifier, and no one word of --instance_prompt "
              f"'{cfg.instance_prompt}' tells it; pass the word that names your subject, e.g. --identifier lun "
              "(`dreambooth identifier --model MODEL` lists rare ones)")
-    if cfg.identifier and "{identifier}" not in cfg.instance_prompt:  # the run would train another word than it records
-        need(cfg.identifier in cfg.instance_prompt, "identifier", f"{cfg.identifier!r} is not in --instance_prompt "
-             f"'{cfg.instance_prompt}', which trains the words it has; put {{identifier}} in the prompt, or name the "
-             "word of it that names your subject")
     need(cfg.lora_rank >= 1, "lora_rank", f"must be >= 1, got {cfg.lora_rank}")
     need(cfg.lora_alpha is None or cfg.lora_alpha > 0, "lora_alpha", f"must be > 0, got {cfg.lora_alpha}")
     need(0 <= cfg.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {cfg.lora_dropout}")

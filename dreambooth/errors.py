@@ -103,6 +103,15 @@ def run_command(command: Callable[[], object]) -> int:
     return 0
 
 
+def image_side(text: str) -> int:
+    """argparse type for --height/--width: a multiple of 8, as diffusers' pipelines need (else an error
+    after the model has loaded)."""
+    value = _whole_number(text, minimum=8)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"{value}: give a multiple of 8, e.g. {value // 8 * 8 or 8}")
+    return value
+
+
 def seed_int(text: str) -> int:
     """argparse type for seeds: below 2**32, as `train` takes them (image i uses seed + i, which torch's
     generators take up to 2**64), and not negative: image files are named by them, and '-00001.png' reads

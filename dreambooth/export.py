@@ -77,16 +77,19 @@ def publish(staging: Path, out: Path) -> None:
     fsync(out)  # the renames; what they moved was flushed in staging
 
 
-def write_card_and_config(out: Path, cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> None:
+def write_card_and_config(out: Path, cfg: TrainConfig, instance_prompt: str, class_prompt: str,
+                          best_step: int | None = None) -> None:
     """The resolved config (what `generate` reads back, and `train --config` runs again) and the model card,
     beside the weights. A resume's `--resume_from_checkpoint` is left out: the run it records starts afresh."""
     cfg = dataclasses.replace(cfg.with_absolute_paths(), resume_from_checkpoint=None)
     cfg.save(out / CONFIG_FILE)
-    (out / "README.md").write_text(model_card(cfg, instance_prompt, class_prompt))
+    (out / "README.md").write_text(model_card(cfg, instance_prompt, class_prompt, best_step))
 
 
-def model_card(cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> str:
-    """A Hugging Face-style model card: YAML front matter, then what was trained and how."""
+def model_card(cfg: TrainConfig, instance_prompt: str, class_prompt: str, best_step: int | None = None) -> str:
+    """A Hugging Face-style model card: YAML front matter, then what was trained and how; with `best_step`,
+    of the model `--keep_best` saved at that step into the run's `best/` (the config is the run's)."""
+    folder = f"{cfg.output_dir}/best" if best_step else cfg.output_dir
     front = {
         "library_name": "diffusers",
         "pipeline_tag": "text-to-image",
@@ -99,16 +102,18 @@ def model_card(cfg: TrainConfig, instance_prompt: str, class_prompt: str) -> str
     rows = [
         ("base model", cfg.pretrained_model_name_or_path), ("identifier", cfg.identifier or "none named (a literal instance prompt)"),
         ("class noun", cfg.class_noun or "none named (literal prompts)"), ("instance prompt", instance_prompt), ("class prompt", class_prompt),
-        ("prior preservation", prior), ("steps", cfg.max_train_steps), ("learning rate", cfg.learning_rate),
+        ("prior preservation", prior),
+        ("steps", f"{best_step}, the best-scoring of {cfg.max_train_steps} (best.json)" if best_step else cfg.max_train_steps),
+        ("learning rate", cfg.learning_rate),
         ("batch size", cfg.train_batch_size), ("resolution", cfg.resolution),
         ("text encoder trained", cfg.train_text_encoder), ("seed", cfg.seed),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     if cfg.lora:
         load = (f'pipe = DiffusionPipeline.from_pretrained("{cfg.pretrained_model_name_or_path}")\n'
-                f'pipe.load_lora_weights("{cfg.output_dir}")')
+                f'pipe.load_lora_weights("{folder}")')
     else:
-        load = f'pipe = DiffusionPipeline.from_pretrained("{cfg.output_dir}")'
+        load = f'pipe = DiffusionPipeline.from_pretrained("{folder}")'
     lines = "\n".join(f"{k}: {json.dumps(v)}" for k, v in front.items())
     # a literal instance prompt may name no identifier the record could fill in
     generate_prompt = "a {identifier} {class_noun}" if cfg.identifier and cfg.class_noun else instance_prompt
@@ -130,7 +135,7 @@ from diffusers import DiffusionPipeline
 image = pipe("{instance_prompt} on the beach").images[0]
 ```
 
-or `dreambooth generate --model {cfg.output_dir} --prompt "{generate_prompt} on the beach"`.
+or `dreambooth generate --model {folder} --prompt "{generate_prompt} on the beach"`.
 The full resolved configuration is in `{CONFIG_FILE}`.
 """
 

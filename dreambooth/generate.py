@@ -15,7 +15,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dreambooth.atomic import fsync_tree, removed_on_failure
+from dreambooth.atomic import fsync_tree, removed_on_failure, signals_deferred
 from dreambooth.config import fill_prompt, placeholder_problem
 from dreambooth.errors import ConfigError
 from dreambooth.outputs import is_lora_folder, load_trained, training_record
@@ -126,12 +126,13 @@ def generate(model: Path, prompt: str, out: Path, sampling: Sampling, base: str 
         make_grid(images, min(sampling.n, 4)).save(staging / "grid.png")
         (staging / "prompt.txt").write_text(text + "\n")
         fsync_tree(staging)
-    for earlier in out.iterdir():  # an earlier call's, else read as this prompt's
-        if SAMPLE_FILE.match(earlier.name) or earlier.name in ("grid.png", "prompt.txt"):
-            earlier.unlink()
     paths = []
-    for file in sorted(staging.iterdir(), key=lambda f: f.name == "prompt.txt"):  # the prompt, saying what they are, last
-        os.replace(file, out / file.name)
-        paths.append(out / file.name)
-    staging.rmdir()
+    with signals_deferred():  # Ctrl-C would leave some of the earlier images and some of these
+        for earlier in out.iterdir():  # an earlier call's, else read as this prompt's
+            if SAMPLE_FILE.match(earlier.name) or earlier.name in ("grid.png", "prompt.txt"):
+                earlier.unlink()
+        for file in sorted(staging.iterdir()):
+            os.replace(file, out / file.name)
+            paths.append(out / file.name)
+        staging.rmdir()
     return [path for path in paths if SAMPLE_FILE.match(path.name)]

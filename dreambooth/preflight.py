@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,12 @@ def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
     instance = fill_prompt(cfg.instance_prompt, cfg.identifier or "[V]", cfg.class_noun)
     if instance == fill_prompt(cfg.class_prompt, cfg.identifier, cfg.class_noun):
         report.problems.append(f"--instance_prompt {instance!r} equals the class prompt; it needs the identifier")
+    literal = "{identifier}" not in cfg.instance_prompt
+    if cfg.identifier and literal and not re.search(rf"(?<!\w){re.escape(cfg.identifier)}(?!\w)", cfg.instance_prompt):
+        # the run would train the prompt's words and record another (which `generate "{identifier}"` prompts)
+        report.problems.append(f"--identifier {cfg.identifier!r} is not a word of --instance_prompt "
+                               f"'{cfg.instance_prompt}', which trains the words it has; put {{identifier}} in the "
+                               "prompt, or name the word of it that names your subject")
     identifier = cfg.identifier or literal_identifier(cfg)  # a literal prompt's is checked as a named one
     if identifier:
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", local_files_only=True)

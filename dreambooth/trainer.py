@@ -140,8 +140,11 @@ class Trainer:
                                           last_epoch=checkpoints.updates_applied(self.optimizer) - 1)
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)
-            if not self.start_step:  # a fresh run: an earlier run's best model is none of this one's steps
-                shutil.rmtree(self.output_dir / "best", ignore_errors=True)
+            if not self.start_step:  # a fresh run: an earlier run's best model and grids are none of its steps
+                if (self.output_dir / "best" / "best.json").is_file():
+                    shutil.rmtree(self.output_dir / "best")
+                for grid in (self.output_dir / "validation").glob("step-*.png"):
+                    grid.unlink()
         self.best_score = self._best_so_far()
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("dreambooth", config=export.scalar_config(cfg))
@@ -460,17 +463,16 @@ class Trainer:
         log.info("step %d: %s", self.step, ", ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items()))
         if self.cfg.keep_best and scores["eval/score"] > self.best_score:
             self.best_score = scores["eval/score"]
-            best = self.output_dir / "best"
-            # its config and card say what it is: this step's model, in its own folder
-            as_trained = dataclasses.replace(self.cfg, output_dir=str(best), max_train_steps=self.step)
-            self.write_model(best, as_trained, {"best.json": json.dumps({"step": self.step, **scores, **self._meters()})})
+            self.write_model(self.output_dir / "best", best_step=self.step,
+                             extra_files={"best.json": json.dumps({"step": self.step, **scores, **self._meters()})})
 
-    def write_model(self, folder: Path, cfg: TrainConfig, extra_files: dict[str, str] | None = None) -> None:
-        """Weights (or adapters), config and model card, staged and then published into `folder`
-        so that a crash never leaves a folder that looks complete."""
+    def write_model(self, folder: Path, best_step: int | None = None, extra_files: dict[str, str] | None = None) -> None:
+        """Weights (or adapters), the run's config and a model card (of its best-scoring step's model, with
+        `best_step`), staged and then published into `folder` so that a crash never leaves a folder that
+        looks complete."""
         with export.staged(folder) as staging:  # on a full disk, the checkpoints still hold the run
-            self.finetune.save(self.pipeline(for_saving=True), staging, cfg)
-            export.write_card_and_config(staging, cfg, self.instance_prompt, self.class_prompt)
+            self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
+            export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt, best_step)
             for name, text in (extra_files or {}).items():
                 (staging / name).write_text(text)
 
@@ -479,7 +481,7 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            self.write_model(self.output_dir, self.cfg)
+            self.write_model(self.output_dir)
             if not self.cfg.keep_checkpoints:  # only now: until the model is published, they are the run
                 checkpoints.delete_all(self.output_dir)
         return self.output_dir

@@ -168,6 +168,22 @@ def test_check_reads_a_literal_prompts_identifier_as_a_named_one(tiny_sd, subjec
     assert "the identifier of --instance_prompt, 'sks'" in captured.out + captured.err
 
 
+@pytest.mark.parametrize("identifier, refused", [("lun", True), ("sk", True), ("sks", False)])
+def test_a_named_identifier_must_be_a_word_the_literal_prompt_trains(tiny_sd, subject_dir, tmp_path, capsys,
+                                                                      identifier, refused):
+    """The record would say one word and the run train another, which `generate "{identifier}"` then prompts;
+    a record written so before is still read (a batch skips its finished run)."""
+    assert main(["train", "--check", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir",
+                 str(subject_dir), "--instance_prompt", "a photo of sks dog,", "--class_prompt", "a photo of dog,",
+                 "--identifier", identifier, "--output_dir", str(tmp_path / "o")]) == (2 if refused else 0)
+    message = f"--identifier {identifier!r} is not a word of --instance_prompt 'a photo of sks dog,'"
+    assert (message in capsys.readouterr().err) == refused
+    from dreambooth.config import from_dict
+
+    assert from_dict({"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "identifier": identifier,
+                      "instance_prompt": "a photo of sks dog", "class_prompt": "a photo of dog"}).identifier == identifier
+
+
 def test_diffusers_plain_recipe_trains_without_naming_the_identifier(tiny_sd, subject_dir, tmp_path):
     """No class prompt tells which word of "a photo of sks dog" is the identifier, and nothing here needs it."""
     out = tmp_path / "o"

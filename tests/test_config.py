@@ -59,15 +59,6 @@ def test_a_literal_prompt_that_names_no_identifier_is_refused_where_one_is_used(
                    "instance_prompt": "a photo of sks dog", **uses})
 
 
-def test_a_named_identifier_must_be_the_one_a_literal_prompt_trains():
-    """The record would say one word and the run train another, which `generate "{identifier}"` then prompts."""
-    literal = {"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "instance_prompt": "a photo of sks dog",
-               "class_prompt": "a photo of dog"}
-    with pytest.raises(ConfigError, match="--identifier: 'lun' is not in --instance_prompt 'a photo of sks dog'"):
-        from_dict({**literal, "identifier": "lun"})
-    assert from_dict({**literal, "identifier": "sks"}).identifier == "sks"
-
-
 def test_diffusers_flags_parse_unchanged(tmp_path):
     argv = ["train", "--pretrained_model_name_or_path", "m", "--instance_data_dir", "d",
             "--instance_prompt", "a photo of sks dog", "--class_prompt", "a photo of dog", "--class_data_dir", "c",

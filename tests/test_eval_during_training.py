@@ -36,19 +36,27 @@ def test_a_resumed_lora_run_keeps_the_best_score_so_far(tiny_sd, subject_dir, tm
 
 
 def test_best_says_what_it_is_and_a_fresh_run_drops_an_earlier_runs(tiny_sd, subject_dir, tmp_path):
-    """best/'s config and card name its step and folder (they named the final model's); a fresh run into the
-    same folder deletes an earlier run's best/, none of its own steps."""
+    """best/'s card names its step and folder (it named the final model's); its config is the run's (its
+    schedule ran over all the steps). A fresh run into the same folder deletes an earlier run's best/ and
+    validation grids, none of its own steps, and leaves a best/ of the user's alone."""
     import yaml
 
+    values = dict(class_inference_steps=2, validation_prompts=["a {identifier} dog"], num_validation_images=1,
+                  inference_steps=2)
     out = train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=3, eval_every=1, keep_best=True,
-                       class_inference_steps=2))
+                       validation_steps=3, **values))
     best = json.loads((out / "best" / "best.json").read_text())
-    record = yaml.safe_load((out / "best" / "dreambooth_config.yaml").read_text())
-    assert (record["max_train_steps"], record["output_dir"]) == (best["step"], str(out / "best"))
-    assert f"| steps | {best['step']} |" in (out / "best" / "README.md").read_text()
+    assert yaml.safe_load((out / "best" / "dreambooth_config.yaml").read_text())["max_train_steps"] == 3
+    card = (out / "best" / "README.md").read_text()
+    assert f"| steps | {best['step']}, the best-scoring of 3 (best.json) |" in card and f"{out / 'best'}" in card
     assert (best["eval_encoder"], best["eval_prompt_scorer"]) == ("efficientnet-lite0", "none")
-    train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=1, class_inference_steps=2))
+    train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=2, validation_steps=2, **values))
     assert not (out / "best").exists()
+    assert [p.name for p in (out / "validation").iterdir()] == ["step-000002.png"]  # not the earlier step-000003
+    (out / "best").mkdir()
+    (out / "best" / "notes.txt").write_text("mine")
+    train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=1, class_inference_steps=2))
+    assert (out / "best" / "notes.txt").is_file()
 
 
 def test_a_resume_scores_the_step_a_stop_saved_before_scoring(tiny_sd, subject_dir, tmp_path, monkeypatch, caplog):

@@ -95,3 +95,37 @@ def test_generate_samples_at_the_trained_size_or_the_one_asked(tiny_sd, tmp_path
     assert main([*common, "--width", "48", "--negative_prompt", "a cat", "--output", str(tmp_path / "out")]) == 0
     assert np.abs(np.asarray(Image.open(tmp_path / "out" / "000000.png"), np.int16) - plain).max() > 0
     assert main([*common, "--lora_scale", "0.5"]) == 2  # a full pipeline has no adapters to scale
+    from tests.test_cli import exit_code
+
+    assert exit_code([*common, "--height", "30"]) == 2  # diffusers needs multiples of 8: refused before loading
+
+
+def test_evaluate_samples_at_the_trained_size_too(tiny_sd, tmp_path):
+    import shutil
+
+    import yaml
+    from PIL import Image
+
+    from dreambooth.evaluation.evaluate import generate_images
+
+    model = shutil.copytree(tiny_sd, tmp_path / "model")
+    (model / "dreambooth_config.yaml").write_text(yaml.safe_dump({"resolution": 64}))
+    out = generate_images(model, ["a dog"], 1, seed=0, steps=2, guidance=7.5, out=tmp_path / "images")
+    assert [Image.open(p).size for p in out.glob("*/*.png")] == [(64, 64)]
+
+
+def test_a_signal_waits_for_a_swap_to_finish():
+    """Ctrl-C in the middle of replacing an earlier call's images would leave a mix of two calls."""
+    import os
+    import signal
+
+    import pytest
+
+    from dreambooth.atomic import signals_deferred
+
+    finished = False
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished = True
+    assert finished

@@ -65,15 +65,17 @@ def load_image_folder(folder: Path) -> list[PromptImages]:
 
 def generate_images(model: Path, prompts: Sequence[str], n_per_prompt: int, seed: int, steps: int,
                     guidance: float, out: Path, base: str | Path | None = None) -> Path:
-    """Sample every (filled) prompt with the same seeds (image i uses seed + i) into `out` in the folder layout."""
+    """Sample every (filled) prompt with the same seeds (image i uses seed + i) into `out` in the folder layout,
+    at the size the model was trained at (as `generate` and the validation grids), else its native size."""
     from dreambooth.generate import sample  # diffusers import only when generating
 
     pipe = load_trained(model, base)
+    trained_at = training_record(model).get("resolution")
     with tqdm(total=len(prompts) * n_per_prompt, desc="sampling for evaluation", unit="img") as bar:
         for index, prompt in enumerate(prompts):
             folder = out / f"{index:02d}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')[:60]}"
             folder.mkdir(parents=True, exist_ok=True)
-            for i, image in enumerate(sample(pipe, prompt, n_per_prompt, steps, guidance, seed, bar=bar)):
+            for i, image in enumerate(sample(pipe, prompt, n_per_prompt, steps, guidance, seed, trained_at, bar=bar)):
                 image.save(folder / f"{seed + i:06d}.png")
             (folder / PROMPT_FILE).write_text(prompt + "\n", encoding="utf-8")
     return out
