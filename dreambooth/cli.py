@@ -352,8 +352,7 @@ def _add_import(sub) -> None:
     imp = sub.add_parser("import", help="turn an A1111/ComfyUI single-file checkpoint into a base-model folder",
                          description="Write a single-file SD 1.x, 2.x or SDXL checkpoint (original key layout) as "
                                      "a diffusers pipeline folder, the base model `train` takes. The family is "
-                                     "told from the file's keys, SD 2.x's 768-v or base from its metadata "
-                                     "(taken as 768-v where it has none).")
+                                     "told from the file's keys and metadata (an SD 2.x file without: 768-v).")
     imp.add_argument("file", help="the .safetensors checkpoint")
     imp.add_argument("--output", required=True, help="the pipeline folder to write (new or empty)")
     imp.add_argument("--family", choices=("sd1", "sd2-v", "sd2-base", "sdxl"),
