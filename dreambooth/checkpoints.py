@@ -132,6 +132,7 @@ def resume(accelerator: Accelerator, output_dir: Path, which: str | None) -> int
         log.warning("warning: %s ran on %d process(es), this resume on %d: the examples from here on differ "
                     "from an uninterrupted run's (the training stays valid)", path, ran_on, accelerator.num_processes)
     if accelerator.is_main_process:  # checkpoints of the abandoned future would otherwise win `latest`
+        log.info("resuming from %s (step %d)", path, step)
         for newer in complete_checkpoints(output_dir):
             if int(_NAME.match(newer.name).group(1)) > step:
                 shutil.rmtree(newer)

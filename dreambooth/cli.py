@@ -130,8 +130,10 @@ def checked_trained(path: str | Path, base: str | None = None) -> Path:
 def cmd_identifier(args: argparse.Namespace) -> None:
     from dreambooth.identifier import find_identifiers
     from dreambooth.models import load_tokenizers
+    from dreambooth.outputs import is_lora_folder, lora_base
 
-    tokenizers = load_tokenizers(checked_model(args.model))  # SDXL: one token in both
+    model = checked_trained(args.model, None)
+    tokenizers = load_tokenizers(lora_base(model) if is_lora_folder(model) else model)  # SDXL: one token in both
     print("rank  token_id  identifier")
     for rank, candidate in enumerate(find_identifiers(tokenizers, top_k=args.top_k), start=1):
         print(f"{rank:>4}  {candidate.token_id:>8}  {candidate.text}")
@@ -276,7 +278,7 @@ def _add_batch(sub) -> None:
 
 def _add_identifier(sub) -> None:
     ident = sub.add_parser("identifier", help="list rare-token identifiers of a model's tokenizer")
-    ident.add_argument("--model", required=True, help="diffusers pipeline folder")
+    ident.add_argument("--model", required=True, help="diffusers pipeline folder (or a LoRA folder: its base's)")
     ident.add_argument("--top_k", "--top-k", "-k", type=positive_int, default=10, help="how many to list, best first")
     ident.set_defaults(run=cmd_identifier)
 
@@ -297,7 +299,8 @@ def _add_generate(sub) -> None:
     gen.add_argument("--negative_prompt", "--negative-prompt", help="what the images should not show")
     gen.add_argument("--height", type=image_side, help="image height in pixels, a multiple of 8 (default: the size "
                      "the model was trained at, else its native size)")
-    gen.add_argument("--width", type=image_side, help="image width in pixels (default: as --height)")
+    gen.add_argument("--width", type=image_side, help="image width in pixels, a multiple of 8 (default: as "
+                     "--height's)")
     gen.add_argument("--lora_scale", "--lora-scale", type=finite_float,
                      help="how strongly a LoRA folder's adapters apply (default 1: as trained; 0: the base model)")
     gen.add_argument("--base", help=BASE_HELP)

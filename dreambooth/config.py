@@ -8,6 +8,7 @@ flags from these fields; a YAML/TOML file uses the same keys.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -126,6 +127,8 @@ class TrainConfig:
     keep_checkpoints: bool = option(True, "keep the checkpoints after the final model is saved; "
                                     "--no_keep_checkpoints deletes them, freeing their disk")
     resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder", "--resume")
+    overwrite_output_dir: bool = option(False, "let a fresh run replace the finished model of an earlier run in "
+                                        "--output_dir (refused otherwise)")
     logging_dir: str = option("logs", "TensorBoard folder, inside output_dir")
     report_to: Literal["tensorboard", "none"] = option("tensorboard", "where metrics are logged")
 
@@ -373,7 +376,9 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
         negated = [f"{field}: false for {key}" for key in unknown if key.startswith(("no_", "no-"))
                    for field in (key[3:].replace("-", "_"), "with_" + key[3:].replace("-", "_"))
                    if hints.get(field) is bool]
-        hint = f" (write {'; '.join(negated)})" if negated else ""
+        close = [f"{key}: did you mean {match[0]}?" for key in unknown
+                 if (match := difflib.get_close_matches(key, hints, n=1, cutoff=0.8))]
+        hint = f" (write {'; '.join(negated)})" if negated else f" ({'; '.join(close)})" if close else ""
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}{hint}; see `dreambooth train --help`")
     return TrainConfig(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
 
@@ -386,7 +391,8 @@ RESOLVED_AT_SETUP = {"identifier": (None,), "resolution": (None,), "mixed_precis
 NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
                  "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
                  "inference_steps", "guidance_scale", "eval_every", "eval_encoder", "eval_prompt_scorer", "keep_best",
-                 "allow_pickle", "keep_checkpoints", "class_cache_dir", "gradient_checkpointing", "attention",
+                 "allow_pickle", "keep_checkpoints", "overwrite_output_dir", "class_cache_dir", "gradient_checkpointing",
+                 "attention",
                  "lora_format", "allow_tf32")
 
 

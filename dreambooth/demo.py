@@ -55,7 +55,8 @@ class DemoSettings:
             output_dir=str(output_dir), num_class_images=self.num_class_images,
             class_inference_steps=self.inference_steps, max_train_steps=self.steps, learning_rate=self.learning_rate,
             train_batch_size=self.batch_size, random_flip=True, center_crop=True, report_to="none",
-            train_text_encoder=self.train_text_encoder, checkpointing_steps=max(self.steps, 1))
+            train_text_encoder=self.train_text_encoder, checkpointing_steps=max(self.steps, 1),
+            overwrite_output_dir=True)  # the demo and the paper tables always start over
 
 
 def find_subject(name: str) -> tuple[Path, str]:

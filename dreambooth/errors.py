@@ -76,12 +76,13 @@ def sigterm_interrupts():
 
 
 def run_command(command: Callable[[], object]) -> int:
-    """The exit code of `command`: 0, or 2 with `error: <message>` on stderr for a user mistake."""
+    """The exit code of `command`: 0, or 2 with `error: <message>` on stderr for a user mistake (`interrupted:`
+    and 128 + the signal's number for a run a signal stopped)."""
     try:
         with sigterm_interrupts():
             command()
     except DreamBoothError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{getattr(exc, 'label', 'error')}: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM, or one outside training's loop
         print("interrupted at once, saving nothing more", file=sys.stderr)

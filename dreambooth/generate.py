@@ -97,26 +97,26 @@ SAMPLE_FILE = re.compile(r"^\d{6,}\.png$")  # image i is saved as its seed, six 
 def generate(model: Path, prompt: str, out: Path, sampling: Sampling, base: str | Path | None = None) -> list[Path]:
     """Write n PNGs, a grid and the prompt for `prompt` ({identifier}/{class_noun} filled from the model)
     into `out`, replacing an earlier call's: all of them, or (on a failure) none, the earlier ones kept."""
-    if problem := placeholder_problem(prompt, "--prompt"):
-        raise ConfigError(problem)
     record = training_record(model)
-    for name in ("identifier", "class_noun"):
-        if f"{{{name}}}" in prompt and not record.get(name):
-            raise ConfigError(f"--prompt uses {{{name}}} but {model} records none; write the word out instead")
+    for option, template in (("--prompt", prompt), ("--negative_prompt", sampling.negative_prompt or "")):
+        if problem := placeholder_problem(template, option):
+            raise ConfigError(problem)
+        for name in ("identifier", "class_noun"):
+            if f"{{{name}}}" in template and not record.get(name):
+                raise ConfigError(f"{option} uses {{{name}}} but {model} records none; write the word out instead")
     if sampling.lora_scale is not None and not is_lora_folder(model):
         raise ConfigError(f"--lora_scale: {model} is a full pipeline, not a LoRA folder; drop it (or merge a LoRA at "
                           "another scale with `dreambooth merge --scale`)")
-    text = fill_prompt(prompt, record.get("identifier"), record.get("class_noun"))
+    text, negative = (fill_prompt(t, record.get("identifier"), record.get("class_noun")) if t else None
+                      for t in (prompt, sampling.negative_prompt))
     pipe = load_trained(model, base)
-    trained_at = record.get("resolution")
-    height = sampling.height or sampling.width or trained_at
-    width = sampling.width or sampling.height or trained_at
+    trained_at = record.get("resolution")  # each side not asked for: as trained (None: the model's native size)
+    height, width = sampling.height or trained_at, sampling.width or trained_at
     # diffusers scales a LoRA's text-encoder adapters by the same
     scale = {} if sampling.lora_scale is None else {"cross_attention_kwargs": {"scale": sampling.lora_scale}}
     with tqdm(total=sampling.n, desc="sampling", unit="img") as bar:
         images = sample(pipe, text, sampling.n, sampling.steps, sampling.guidance, sampling.seed,
-                        (height, width) if height else None, sampling.batch_size, bar, sampling.negative_prompt,
-                        **scale)
+                        (height, width), sampling.batch_size, bar, negative, **scale)
     staging = out / ".generate.tmp"
     shutil.rmtree(staging, ignore_errors=True)  # a crashed call's
     with removed_on_failure(staging, writing=out):

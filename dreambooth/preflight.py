@@ -112,6 +112,9 @@ def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", local_files_only=True)
         named = f"--identifier {identifier!r}" if cfg.identifier else f"the identifier of --instance_prompt, {identifier!r}"
         report.warnings.extend(f"{named}: {w}" for w in check_identifier(tokenizer, identifier))
+        if cfg.class_noun and identifier.lower() == cfg.class_noun.lower():
+            report.warnings.append(f"{named} is the class noun itself: the subject gets no word of its own, and prior "
+                                   "preservation pulls that word back to the class; use a rare token")
 
 
 def _modules(model: Path, component: str, library: str, class_name: str) -> dict[str, torch.nn.Module]:
@@ -352,6 +355,9 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
         # a fresh run would prune its own first checkpoint against the earlier ones, and 'latest' would resume those
         report.problems.append(f"--output_dir {output_dir} holds {earlier.name} of an earlier run: add "
                                "--resume_from_checkpoint latest to go on with it, or choose another --output_dir")
+    elif (output_dir / CONFIG_FILE).is_file() and not cfg.overwrite_output_dir:  # it would be lost at the end
+        report.problems.append(f"--output_dir {output_dir} holds the finished model of an earlier run, which this run "
+                               "would replace; choose another --output_dir, or pass --overwrite_output_dir")
     _check_runtime(cfg, report)
     if cfg.eval_every is not None:
         _check_eval_encoder(cfg, report)

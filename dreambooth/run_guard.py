@@ -25,6 +25,8 @@ class InUse(ConfigError):
 class Interrupted(DreamBoothError):
     """SIGINT/SIGTERM during training: a checkpoint was saved; the message says how to resume."""
 
+    label = "interrupted"  # what was asked for, not an error
+
     def __init__(self, what: str, signal_number: int,
                  resume: str = "resume with the same command plus --resume_from_checkpoint latest") -> None:
         super().__init__(f"{what}; {resume}")

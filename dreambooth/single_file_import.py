@@ -244,8 +244,9 @@ def import_single_file(file: str | Path, output: str | Path, family: str | None 
                                                        torch_dtype=torch.float32, **extra)
         except (KeyError, RuntimeError, ValueError) as exc:  # keys or shapes the architecture does not have
             described = f"--config {configs}" if config else f"the {family} architecture"
-            raise ModelError(f"{file}: does not fit {described} ({_first_line(exc)}); "
-                             "check --family or --config") from None
+            raise ModelError(f"{file}: does not fit {described} ({_first_line(exc)}); check --family, or pass "
+                             "--config with a diffusers folder of the file's architecture (for a file `dreambooth "
+                             "export` wrote, the folder it was exported from)") from None
         except OSError as exc:
             if exc.errno is not None:  # the disk's own errors keep their one-line message
                 raise

@@ -334,3 +334,46 @@ def test_evaluate_help_states_the_sampling_defaults_evaluate_applies():
     options = {a.dest: a for a in build_parser().commands["evaluate"]._actions}
     for dest, parameter in (("num_images", "n_per_prompt"), ("steps", "steps"), ("seed", "seed")):
         assert options[dest].default is None and f"(default: {defaults[parameter]})" in options[dest].help
+
+
+def test_a_fresh_run_does_not_replace_a_finished_model_unasked(tiny_sd, subject_dir, tmp_path, capsys):
+    """The finished model would be lost at the end of the run; --overwrite_output_dir says to replace it."""
+    common = ["train", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
+              "--class_noun", "dog", "--no_prior_preservation", "--max_train_steps", "1", "--report_to", "none",
+              "--output_dir", str(tmp_path / "o")]
+    assert main(common) == 0
+    before = (tmp_path / "o" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert main([*common, "--learning_rate", "1e-3"]) == 2
+    assert "holds the finished model of an earlier run" in capsys.readouterr().err
+    assert (tmp_path / "o" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    assert main([*common, "--learning_rate", "1e-3", "--overwrite_output_dir"]) == 0
+
+
+def test_identifier_lists_a_lora_folders_base_and_a_typo_gets_a_suggestion(tiny_sd, subject_dir, tmp_path, capsys):
+    from dreambooth.config import from_dict
+    from dreambooth.errors import ConfigError
+
+    out = tmp_path / "lora"
+    assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(subject_dir),
+                 "--class_noun", "dog", "--no_prior_preservation", "--max_train_steps", "1", "--report_to", "none",
+                 "--lora", "--output_dir", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["identifier", "--model", str(out), "-k", "2"]) == 0
+    listed = capsys.readouterr().out
+    assert main(["identifier", "--model", str(tiny_sd), "-k", "2"]) == 0
+    assert capsys.readouterr().out == listed
+    with pytest.raises(ConfigError, match="learnin_rate: did you mean learning_rate"):
+        from_dict({"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "learnin_rate": 1e-5})
+
+
+def test_a_run_stopped_by_a_signal_is_not_called_an_error(capsys):
+    import signal
+
+    from dreambooth.errors import run_command
+    from dreambooth.run_guard import Interrupted
+
+    def stopped():
+        raise Interrupted("stopped by SIGINT at step 3; saved out/checkpoint-3", signal.SIGINT)
+
+    assert run_command(stopped) == 130
+    assert capsys.readouterr().err.startswith("interrupted: stopped by SIGINT at step 3")

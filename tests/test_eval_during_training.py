@@ -50,12 +50,13 @@ def test_best_says_what_it_is_and_a_fresh_run_drops_an_earlier_runs(tiny_sd, sub
     card = (out / "best" / "README.md").read_text()
     assert f"| steps | {best['step']}, the best-scoring of 3 (best.json) |" in card and f"{out / 'best'}" in card
     assert (best["eval_encoder"], best["eval_prompt_scorer"]) == ("efficientnet-lite0", "none")
-    train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=2, validation_steps=2, **values))
+    train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=2, validation_steps=2, overwrite_output_dir=True,
+                 **values))
     assert not (out / "best").exists()
     assert [p.name for p in (out / "validation").iterdir()] == ["step-000002.png"]  # not the earlier step-000003
     (out / "best").mkdir()
     (out / "best" / "notes.txt").write_text("mine")
-    train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=1, class_inference_steps=2))
+    train(config(tiny_sd, subject_dir, tmp_path, max_train_steps=1, class_inference_steps=2, overwrite_output_dir=True))
     assert (out / "best" / "notes.txt").is_file()
 
 

@@ -88,12 +88,18 @@ def test_generate_samples_at_the_trained_size_or_the_one_asked(tiny_sd, tmp_path
     model = shutil.copytree(tiny_sd, tmp_path / "model")
     (model / "dreambooth_config.yaml").write_text(yaml.safe_dump({"resolution": 64, "identifier": "zwx"}))
     common = ["generate", "--model", str(model), "--steps", "2", "-n", "1", "--prompt", "a {identifier} dog"]
-    for extra, size in [([], (64, 64)), (["--height", "32", "--width", "48"], (48, 32)), (["--width", "48"], (48, 48))]:
+    for extra, size in [([], (64, 64)), (["--height", "32", "--width", "48"], (48, 32)), (["--width", "48"], (48, 64))]:
         assert main([*common, *extra, "--output", str(tmp_path / "out")]) == 0
         assert Image.open(tmp_path / "out" / "000000.png").size == size
     plain = np.asarray(Image.open(tmp_path / "out" / "000000.png"), np.int16)
     assert main([*common, "--width", "48", "--negative_prompt", "a cat", "--output", str(tmp_path / "out")]) == 0
-    assert np.abs(np.asarray(Image.open(tmp_path / "out" / "000000.png"), np.int16) - plain).max() > 0
+    negated = np.asarray(Image.open(tmp_path / "out" / "000000.png"), np.int16)
+    assert np.abs(negated - plain).max() > 0
+    # the negative prompt's placeholders are filled as the prompt's, and a typo refused the same way
+    assert main([*common, "--width", "48", "--negative_prompt", "{identifier}", "--output", str(tmp_path / "o2")]) == 0
+    assert main([*common, "--width", "48", "--negative_prompt", "zwx", "--output", str(tmp_path / "o3")]) == 0
+    assert np.array_equal(*(np.asarray(Image.open(tmp_path / o / "000000.png")) for o in ("o2", "o3")))
+    assert main([*common, "--negative_prompt", "{identifer}"]) == 2
     assert main([*common, "--lora_scale", "0.5"]) == 2  # a full pipeline has no adapters to scale
     from tests.test_cli import exit_code
 
