@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -91,13 +90,3 @@ def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     """safetensors' `save_file`, whole or not at all: a crash leaves the old file (or none)."""
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
-
-@contextlib.contextmanager
-def signals_deferred():
-    """SIGINT and SIGTERM wait until the block ends (a swap of several files is then never cut half-way)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

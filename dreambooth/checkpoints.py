@@ -74,7 +74,8 @@ def save(accelerator: Accelerator, output_dir: Path, step: int, keep: int | None
 
 
 def delete_all(output_dir: Path) -> None:
-    """Delete every checkpoint, complete or cut short (the final model no longer needs them)."""
+    """Delete every checkpoint, complete or cut short (the final model no longer needs them, or a fresh run
+    replaces the run they were of)."""
     for path in [*complete_checkpoints(output_dir), *output_dir.glob(".checkpoint-*.tmp")]:
         shutil.rmtree(path, ignore_errors=True)
 

@@ -132,8 +132,8 @@ def cmd_identifier(args: argparse.Namespace) -> None:
     from dreambooth.models import load_tokenizers
     from dreambooth.outputs import is_lora_folder, lora_base
 
-    model = checked_trained(args.model, None)
-    tokenizers = load_tokenizers(lora_base(model) if is_lora_folder(model) else model)  # SDXL: one token in both
+    model = checked_trained(args.model, args.base)
+    tokenizers = load_tokenizers(lora_base(model, args.base) if is_lora_folder(model) else model)  # SDXL: both
     print("rank  token_id  identifier")
     for rank, candidate in enumerate(find_identifiers(tokenizers, top_k=args.top_k), start=1):
         print(f"{rank:>4}  {candidate.token_id:>8}  {candidate.text}")
@@ -279,6 +279,7 @@ def _add_batch(sub) -> None:
 def _add_identifier(sub) -> None:
     ident = sub.add_parser("identifier", help="list rare-token identifiers of a model's tokenizer")
     ident.add_argument("--model", required=True, help="diffusers pipeline folder (or a LoRA folder: its base's)")
+    ident.add_argument("--base", help=BASE_HELP)
     ident.add_argument("--top_k", "--top-k", "-k", type=positive_int, default=10, help="how many to list, best first")
     ident.set_defaults(run=cmd_identifier)
 

@@ -373,12 +373,13 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     unknown = sorted(set(values) - set(hints))
     if unknown:
         # a file sets a switch's value: --no_prior_preservation is `with_prior_preservation: false` there
-        negated = [f"{field}: false for {key}" for key in unknown if key.startswith(("no_", "no-"))
+        negated = {key: field for key in unknown if key.startswith(("no_", "no-"))
                    for field in (key[3:].replace("-", "_"), "with_" + key[3:].replace("-", "_"))
-                   if hints.get(field) is bool]
-        close = [f"{key}: did you mean {match[0]}?" for key in unknown
-                 if (match := difflib.get_close_matches(key, hints, n=1, cutoff=0.8))]
-        hint = f" (write {'; '.join(negated)})" if negated else f" ({'; '.join(close)})" if close else ""
+                   if hints.get(field) is bool}
+        advice = [f"write {field}: false for {key}" for key, field in negated.items()]
+        advice += [f"{key}: did you mean {match[0]}?" for key in unknown
+                   if key not in negated and (match := difflib.get_close_matches(key, hints, n=1, cutoff=0.8))]
+        hint = f" ({'; '.join(advice)})" if advice else ""
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}{hint}; see `dreambooth train --help`")
     return TrainConfig(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from dreambooth import checkpoints
 from dreambooth.config import TrainConfig, fill_prompt
 from dreambooth.errors import DataError
 from dreambooth.generate import sample
@@ -134,7 +133,6 @@ def run_demo(output: Path, subject: str = "striped-bag", model: Path | None = No
     before = sample(load_pipeline(model), class_prompt, n, steps, GUIDANCE, seed=0)
     timings["samples before"] = time.perf_counter() - clock
     print(f"[2/4] DreamBooth with prior preservation: {settings.steps} steps (class images first)", flush=True)
-    checkpoints.delete_all(output / "model")  # the demo always starts over; an interrupted one left a checkpoint
     trained = train(settings.train_config(model, instance_dir, class_noun, output / "model"))
     timings["class images + training"] = time.perf_counter() - clock - sum(timings.values())
     print("[3/4] sampling the subject in new contexts and with new properties", flush=True)

@@ -80,8 +80,9 @@ def publish(staging: Path, out: Path) -> None:
 def write_card_and_config(out: Path, cfg: TrainConfig, instance_prompt: str, class_prompt: str,
                           best_step: int | None = None) -> None:
     """The resolved config (what `generate` reads back, and `train --config` runs again) and the model card,
-    beside the weights. A resume's `--resume_from_checkpoint` is left out: the run it records starts afresh."""
-    cfg = dataclasses.replace(cfg.with_absolute_paths(), resume_from_checkpoint=None)
+    beside the weights. A resume's `--resume_from_checkpoint` is left out: the run it records starts afresh;
+    and `--overwrite_output_dir`, a permission for that run's folder, not for a run of the record's."""
+    cfg = dataclasses.replace(cfg.with_absolute_paths(), resume_from_checkpoint=None, overwrite_output_dir=False)
     cfg.save(out / CONFIG_FILE)
     (out / "README.md").write_text(model_card(cfg, instance_prompt, class_prompt, best_step))
 

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dreambooth.atomic import fsync_tree, removed_on_failure, signals_deferred
+from dreambooth.atomic import fsync_tree, removed_on_failure
 from dreambooth.config import fill_prompt, placeholder_problem
 from dreambooth.errors import ConfigError
 from dreambooth.outputs import is_lora_folder, load_trained, training_record
+from dreambooth.run_guard import signals_noted
 
 
 def make_grid(images: list[Image.Image], columns: int) -> Image.Image:
@@ -110,8 +112,9 @@ def generate(model: Path, prompt: str, out: Path, sampling: Sampling, base: str 
     text, negative = (fill_prompt(t, record.get("identifier"), record.get("class_noun")) if t else None
                       for t in (prompt, sampling.negative_prompt))
     pipe = load_trained(model, base)
-    trained_at = record.get("resolution")  # each side not asked for: as trained (None: the model's native size)
-    height, width = sampling.height or trained_at, sampling.width or trained_at
+    # each side not asked for: as trained, else the model's native size
+    size = record.get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = sampling.height or size, sampling.width or size
     # diffusers scales a LoRA's text-encoder adapters by the same
     scale = {} if sampling.lora_scale is None else {"cross_attention_kwargs": {"scale": sampling.lora_scale}}
     with tqdm(total=sampling.n, desc="sampling", unit="img") as bar:
@@ -126,8 +129,8 @@ def generate(model: Path, prompt: str, out: Path, sampling: Sampling, base: str 
         make_grid(images, min(sampling.n, 4)).save(staging / "grid.png")
         (staging / "prompt.txt").write_text(text + "\n")
         fsync_tree(staging)
-    paths = []
-    with signals_deferred():  # Ctrl-C would leave some of the earlier images and some of these
+    paths, caught = [], []
+    with signals_noted(caught.append):  # Ctrl-C waits: cut here, it would leave some of each call's images
         for earlier in out.iterdir():  # an earlier call's, else read as this prompt's
             if SAMPLE_FILE.match(earlier.name) or earlier.name in ("grid.png", "prompt.txt"):
                 earlier.unlink()
@@ -135,4 +138,6 @@ def generate(model: Path, prompt: str, out: Path, sampling: Sampling, base: str 
             os.replace(file, out / file.name)
             paths.append(out / file.name)
         staging.rmdir()
+    if caught:
+        signal.raise_signal(caught[0])  # now, as it would have acted
     return [path for path in paths if SAMPLE_FILE.match(path.name)]

@@ -102,7 +102,8 @@ def _check_prompts(cfg: TrainConfig, model: Path, report: Report) -> None:
     if instance == fill_prompt(cfg.class_prompt, cfg.identifier, cfg.class_noun):
         report.problems.append(f"--instance_prompt {instance!r} equals the class prompt; it needs the identifier")
     literal = "{identifier}" not in cfg.instance_prompt
-    if cfg.identifier and literal and not re.search(rf"(?<!\w){re.escape(cfg.identifier)}(?!\w)", cfg.instance_prompt):
+    if cfg.identifier and literal and not re.search(rf"(?<!\w){re.escape(cfg.identifier)}(?!\w)", cfg.instance_prompt,
+                                                    re.IGNORECASE):  # CLIP lowercases both
         # the run would train the prompt's words and record another (which `generate "{identifier}"` prompts)
         report.problems.append(f"--identifier {cfg.identifier!r} is not a word of --instance_prompt "
                                f"'{cfg.instance_prompt}', which trains the words it has; put {{identifier}} in the "
@@ -351,11 +352,14 @@ def preflight(cfg: TrainConfig, check_disk: bool = True) -> Report:
                                        "afresh in another --output_dir")
         except DreamBoothError as exc:
             report.problems.append(str(exc))
+    elif cfg.overwrite_output_dir:  # the run deletes the earlier one's checkpoints first
+        pass
     elif (earlier := checkpoints.latest(output_dir)) is not None:
         # a fresh run would prune its own first checkpoint against the earlier ones, and 'latest' would resume those
         report.problems.append(f"--output_dir {output_dir} holds {earlier.name} of an earlier run: add "
-                               "--resume_from_checkpoint latest to go on with it, or choose another --output_dir")
-    elif (output_dir / CONFIG_FILE).is_file() and not cfg.overwrite_output_dir:  # it would be lost at the end
+                               "--resume_from_checkpoint latest to go on with it, --overwrite_output_dir to start "
+                               "afresh there, or choose another --output_dir")
+    elif (output_dir / CONFIG_FILE).is_file():  # it would be lost at the end
         report.problems.append(f"--output_dir {output_dir} holds the finished model of an earlier run, which this run "
                                "would replace; choose another --output_dir, or pass --overwrite_output_dir")
     _check_runtime(cfg, report)

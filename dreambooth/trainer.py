@@ -140,7 +140,8 @@ class Trainer:
                                           last_epoch=checkpoints.updates_applied(self.optimizer) - 1)
         if acc.is_main_process:
             runlog.restart_at(self.output_dir, self.start_step)
-            if not self.start_step:  # a fresh run: an earlier run's best model and grids are none of its steps
+            if not self.start_step:  # a fresh run (over an earlier one only with --overwrite_output_dir): the
+                checkpoints.delete_all(self.output_dir)  # earlier run's checkpoints, best and grids are not its steps
                 if (self.output_dir / "best" / "best.json").is_file():
                     shutil.rmtree(self.output_dir / "best")
                 for grid in (self.output_dir / "validation").glob("step-*.png"):

@@ -347,6 +347,14 @@ def test_a_fresh_run_does_not_replace_a_finished_model_unasked(tiny_sd, subject_
     assert "holds the finished model of an earlier run" in capsys.readouterr().err
     assert (tmp_path / "o" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
     assert main([*common, "--learning_rate", "1e-3", "--overwrite_output_dir"]) == 0
+    # the permission is not recorded for a run of the config; over an earlier run's checkpoints it starts afresh
+    assert "overwrite_output_dir: false" in (tmp_path / "o" / "dreambooth_config.yaml").read_text()
+    assert main([*common, "--max_train_steps", "3", "--checkpointing_steps", "2", "--overwrite_output_dir"]) == 0
+    assert (tmp_path / "o" / "checkpoint-2").is_dir()
+    assert main([*common, "--learning_rate", "1e-3"]) == 2
+    assert "--overwrite_output_dir to start afresh there" in capsys.readouterr().err
+    assert main([*common, "--learning_rate", "1e-3", "--overwrite_output_dir"]) == 0
+    assert not (tmp_path / "o" / "checkpoint-2").exists()
 
 
 def test_identifier_lists_a_lora_folders_base_and_a_typo_gets_a_suggestion(tiny_sd, subject_dir, tmp_path, capsys):
@@ -361,6 +369,8 @@ def test_identifier_lists_a_lora_folders_base_and_a_typo_gets_a_suggestion(tiny_
     assert main(["identifier", "--model", str(out), "-k", "2"]) == 0
     listed = capsys.readouterr().out
     assert main(["identifier", "--model", str(tiny_sd), "-k", "2"]) == 0
+    assert capsys.readouterr().out == listed
+    assert main(["identifier", "--model", str(out), "--base", str(tiny_sd), "-k", "2"]) == 0  # a base moved
     assert capsys.readouterr().out == listed
     with pytest.raises(ConfigError, match="learnin_rate: did you mean learning_rate"):
         from_dict({"pretrained_model_name_or_path": "m", "instance_data_dir": "d", "learnin_rate": 1e-5})

@@ -4,6 +4,7 @@ import numpy as np
 
 from dreambooth.generate import sample
 from dreambooth.models import load_pipeline
+from tests.tiny_models import IMAGE_SIZE
 
 
 def test_images_do_not_depend_on_the_batch_size(tiny_sd):
@@ -104,6 +105,10 @@ def test_generate_samples_at_the_trained_size_or_the_one_asked(tiny_sd, tmp_path
     from tests.test_cli import exit_code
 
     assert exit_code([*common, "--height", "30"]) == 2  # diffusers needs multiples of 8: refused before loading
+    # a model with no record: the side not asked for is its native size
+    assert main(["generate", "--model", str(tiny_sd), "--steps", "2", "-n", "1", "--prompt", "a dog", "--width", "48",
+                 "--output", str(tmp_path / "native")]) == 0
+    assert Image.open(tmp_path / "native" / "000000.png").size == (48, IMAGE_SIZE)
 
 
 def test_evaluate_samples_at_the_trained_size_too(tiny_sd, tmp_path):
@@ -120,18 +125,33 @@ def test_evaluate_samples_at_the_trained_size_too(tiny_sd, tmp_path):
     assert [Image.open(p).size for p in out.glob("*/*.png")] == [(64, 64)]
 
 
-def test_a_signal_waits_for_a_swap_to_finish():
-    """Ctrl-C in the middle of replacing an earlier call's images would leave a mix of two calls."""
+def test_ctrl_c_waits_for_the_swap_of_an_earlier_calls_images(tiny_sd, tmp_path, monkeypatch):
+    """Cut half-way, the swap would leave some of each call's images; a thread besides the main one (tqdm's
+    monitor, torch's workers) must not let the signal through either."""
     import os
     import signal
+    import threading
 
-    import pytest
+    from dreambooth import generate
+    from dreambooth.cli import main
 
-    from dreambooth.atomic import signals_deferred
+    common = ["generate", "--model", str(tiny_sd), "--steps", "2", "--output", str(tmp_path)]
+    assert main([*common, "--prompt", "a dog", "-n", "2"]) == 0
+    replace, moved = os.replace, []
 
-    finished = False
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
+    def signalled_on_first_move(source, target):
+        if not moved:
             os.kill(os.getpid(), signal.SIGINT)
-            finished = True
-    assert finished
+        moved.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(generate.os, "replace", signalled_on_first_move)
+    idle = threading.Event()
+    threading.Thread(target=idle.wait, daemon=True).start()
+    try:
+        assert main([*common, "--prompt", "a cat", "-n", "3", "--seed", "5"]) == 130
+    finally:
+        idle.set()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000005.png", "000006.png", "000007.png", "grid.png",
+                                                          "prompt.txt"]
+    assert (tmp_path / "prompt.txt").read_text() == "a cat\n"
