@@ -142,8 +142,13 @@ def cmd_identifier(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from dreambooth.generate import Sampling, generate
 
-    checked_trained(args.model, args.base)
-    output = Path(args.output or Path(args.model).expanduser() / "samples").expanduser()
+    from dreambooth.outputs import training_record
+
+    model = checked_trained(args.model, args.base)
+    if args.output is None and not training_record(model):  # a base model's folder is not this tool's to write in
+        raise ConfigError(f"--output: {model} is a model `dreambooth train` did not write; name a folder for the "
+                          "images")
+    output = Path(args.output or model / "samples").expanduser()
     created = not output.exists()
     out = writable_folder(output, "--output")
     sampling = Sampling(args.num_images, args.steps, args.guidance_scale, args.seed, args.batch_size,
@@ -289,7 +294,8 @@ def _add_generate(sub) -> None:
     gen.add_argument("--model", required=True, help="pipeline folder written by `dreambooth train`")
     gen.add_argument("--prompt", required=True, help="may use {identifier} and {class_noun}")
     gen.add_argument("-n", "--num_images", "--num-images", type=positive_int, default=4, help="images to sample")
-    gen.add_argument("--output", type=Path, help="folder for the PNGs (default: MODEL/samples)")
+    gen.add_argument("--output", type=Path, help="folder for the PNGs (default: MODEL/samples for a model `train` "
+                     "wrote)")
     gen.add_argument("--steps", type=positive_int, default=default_of("inference_steps"), help="sampler steps")
     gen.add_argument("--guidance_scale", "--guidance-scale", type=finite_float, default=default_of("guidance_scale"),
                      help="classifier-free guidance")

@@ -85,8 +85,10 @@ class Trainer:
         report = preflight(cfg)  # every input problem at once, before anything heavy
         for line in report.warnings:  # photos skipped among them
             log.warning("warning: %s", line)
-        for note in report.notes:  # how many photos (and class images of the user's) the run uses
-            log.info(note.splitlines()[0])
+        for note in report.notes:  # how many photos (and class images of the user's) the run uses, and the
+            lines = note.splitlines()  # files skipped as no photos, the first few
+            more = [f"  and {len(lines) - 4} more (`train --check` lists them all)"] if len(lines) > 4 else []
+            log.info("\n".join(lines[:4] + more))
         report.raise_if_problems()
         set_seed(cfg.seed)
         # The model's tokenizers and size first: the identifier, prompts and resolution all depend on them.

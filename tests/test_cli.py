@@ -387,3 +387,20 @@ def test_a_run_stopped_by_a_signal_is_not_called_an_error(capsys):
 
     assert run_command(stopped) == 130
     assert capsys.readouterr().err.startswith("interrupted: stopped by SIGINT at step 3")
+
+
+def test_train_names_the_files_it_skips_and_generate_keeps_out_of_a_base_models_folder(tiny_sd, subject_dir, tmp_path,
+                                                                                       capsys, caplog):
+    import logging
+    import shutil
+
+    photos = shutil.copytree(subject_dir, tmp_path / "photos")
+    (photos / "subject.json").write_text('{"class_noun": "dog"}')
+    with caplog.at_level(logging.INFO, logger="dreambooth"):
+        assert main(["train", "--pretrained_model_name_or_path", str(tiny_sd), "--instance_data_dir", str(photos),
+                     "--class_noun", "dog", "--no_prior_preservation", "--max_train_steps", "1", "--report_to", "none",
+                     "--output_dir", str(tmp_path / "o")]) == 0
+    assert "skipped subject.json" in caplog.text
+    assert main(["generate", "--model", str(tiny_sd), "--prompt", "a dog", "-n", "1", "--steps", "2"]) == 2
+    assert "did not write; name a folder for the images" in capsys.readouterr().err
+    assert not (tiny_sd / "samples").exists()
