@@ -89,4 +89,3 @@ def write_text_atomic(path: Path, text: str) -> None:
 def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors' `save_file`, whole or not at all: a crash leaves the old file (or none)."""
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-

@@ -141,7 +141,6 @@ def cmd_identifier(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from dreambooth.generate import Sampling, generate
-
     from dreambooth.outputs import training_record
 
     model = checked_trained(args.model, args.base)
@@ -154,7 +153,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     sampling = Sampling(args.num_images, args.steps, args.guidance_scale, args.seed, args.batch_size,
                         args.negative_prompt, args.height, args.width, args.lora_scale)
     try:
-        paths = generate(Path(args.model), args.prompt, out, sampling, args.base)
+        paths = generate(model, args.prompt, out, sampling, args.base)
     except BaseException:
         if created and not any(out.iterdir()):  # made for this call, which wrote nothing: not left behind
             out.rmdir()

@@ -393,8 +393,7 @@ NOT_THE_MODEL = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_
                  "report_to", "sample_batch_size", "validation_prompts", "validation_steps", "num_validation_images",
                  "inference_steps", "guidance_scale", "eval_every", "eval_encoder", "eval_prompt_scorer", "keep_best",
                  "allow_pickle", "keep_checkpoints", "overwrite_output_dir", "class_cache_dir", "gradient_checkpointing",
-                 "attention",
-                 "lora_format", "allow_tf32")
+                 "attention", "lora_format", "allow_tf32")
 
 
 def changed_settings(asked: TrainConfig, recorded: dict[str, Any], source: str,

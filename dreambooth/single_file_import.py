@@ -6,8 +6,8 @@ architecture, which it would otherwise download. They are written here instead, 
 configs of SD 1.5, SD 2.1 (768-v and base) and SDXL base 1.0; the family is told from the file's
 keys, what it predicts from its markers: the model spec's architecture and prediction type (metadata
 that kohya-ss and our export write; ComfyUI names the latter `predict_key`), SDXL's `v_pred` and `ztsnr`
-keys. Without them an SD 2.x file is taken as 768-v, as diffusers does. A file of another architecture needs `config=`: a diffusers
-folder whose configs describe it.
+keys. Without them an SD 2.x file is taken as 768-v, as diffusers does. A file of another architecture
+needs `config=`: a diffusers folder whose configs describe it.
 """
 
 from __future__ import annotations

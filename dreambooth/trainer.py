@@ -303,8 +303,8 @@ class Trainer:
             if not (unless_done and self._grid_file().is_file()):
                 self.validate()
         if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
-            scored = any(row["step"] == self.step and "eval/score" in row for row in runlog.read(self.output_dir))
-            if not (unless_done and scored):
+            if not (unless_done and any(row["step"] == self.step and "eval/score" in row
+                                        for row in runlog.read(self.output_dir))):
                 self.evaluate()
 
     def _grid_file(self) -> Path:
@@ -466,18 +466,18 @@ class Trainer:
         log.info("step %d: %s", self.step, ", ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items()))
         if self.cfg.keep_best and scores["eval/score"] > self.best_score:
             self.best_score = scores["eval/score"]
-            self.write_model(self.output_dir / "best", best_step=self.step,
-                             extra_files={"best.json": json.dumps({"step": self.step, **scores, **self._meters()})})
+            self.write_model(self.output_dir / "best", best={"step": self.step, **scores, **self._meters()})
 
-    def write_model(self, folder: Path, best_step: int | None = None, extra_files: dict[str, str] | None = None) -> None:
-        """Weights (or adapters), the run's config and a model card (of its best-scoring step's model, with
-        `best_step`), staged and then published into `folder` so that a crash never leaves a folder that
-        looks complete."""
+    def write_model(self, folder: Path, best: dict | None = None) -> None:
+        """Weights (or adapters), the run's config and a model card, staged and then published into `folder`
+        so that a crash never leaves a folder that looks complete; with `best` (its step, scores and meters,
+        written as best.json), the card is of the best-scoring step's model."""
         with export.staged(folder) as staging:  # on a full disk, the checkpoints still hold the run
             self.finetune.save(self.pipeline(for_saving=True), staging, self.cfg)
-            export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt, best_step)
-            for name, text in (extra_files or {}).items():
-                (staging / name).write_text(text)
+            export.write_card_and_config(staging, self.cfg, self.instance_prompt, self.class_prompt,
+                                         best["step"] if best else None)
+            if best:
+                (staging / "best.json").write_text(json.dumps(best))
 
     def save(self) -> Path:
         """Write the diffusers pipeline folder, model card and resolved config; return the folder."""
